@@ -1,0 +1,77 @@
+"""Luminance extraction and colour recombination (DESIGN.md, "Colour").
+
+All functions take float tensors in [0, 1] shaped (B, C, H, W) with C = 1 (gray) or 3 (RGB).
+YCbCr is the full-range BT.601 variant (as OpenCV's RGB2YCrCb and kornia use): Y in [0, 1],
+Cb/Cr in [0, 1] with 0.5 neutral.
+"""
+
+from __future__ import annotations
+
+import torch
+from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
+
+from .tasks import ColorPolicy
+
+GRAY_TOLERANCE = 2.0 / 255.0
+"""Largest channel difference for which an RGB image still counts as gray (JPEG noise)."""
+
+
+def is_gray(image: torch.Tensor, tolerance: float = GRAY_TOLERANCE) -> bool:
+    """Whether an image (C, H, W) or (B, C, H, W) has gray content (1 channel or R = G = B)."""
+    if image.shape[-3] == 1:
+        return True
+    red, green, blue = image[..., 0, :, :], image[..., 1, :, :], image[..., 2, :, :]
+    return bool(((red - green).abs().max() <= tolerance) and ((red - blue).abs().max() <= tolerance))
+
+
+def luminance(image: torch.Tensor) -> torch.Tensor:
+    """Y channel of a gray or RGB image: (B, C, H, W) -> (B, 1, H, W), in [0, 1]."""
+    if image.shape[-3] == 1:
+        return image
+    return rgb_to_ycbcr(image)[..., :1, :, :]
+
+
+def chroma(image: torch.Tensor) -> torch.Tensor:
+    """Cb/Cr channels of a gray or RGB image: (B, C, H, W) -> (B, 2, H, W), 0.5 is neutral."""
+    if image.shape[-3] == 1:
+        return torch.full_like(image, 0.5).expand(*image.shape[:-3], 2, *image.shape[-2:]).clone()
+    return rgb_to_ycbcr(image)[..., 1:, :, :]
+
+
+def saturation_weighted_chroma(chroma_a: torch.Tensor, chroma_b: torch.Tensor) -> torch.Tensor:
+    """Per-pixel, per-channel blend of two Cb/Cr maps weighted by their distance from neutral.
+
+    The rule of the MEF literature: C = (C_a |C_a - 0.5| + C_b |C_b - 0.5|) / (|C_a - 0.5| + |C_b - 0.5|),
+    neutral where both are neutral. Shapes (B, 2, H, W) -> (B, 2, H, W).
+    """
+    weight_a = (chroma_a - 0.5).abs()
+    weight_b = (chroma_b - 0.5).abs()
+    total = weight_a + weight_b
+    blended = (chroma_a * weight_a + chroma_b * weight_b) / total.clamp_min(1e-12)
+    return torch.where(total > 1e-12, blended, torch.full_like(blended, 0.5))
+
+
+def recombine(
+    fused_y: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, policy: ColorPolicy
+) -> torch.Tensor:
+    """Put colour back on a fused luminance according to the task's policy.
+
+    Args:
+        fused_y: (B, 1, H, W) fused luminance in [0, 1].
+        image_a, image_b: (B, C, H, W) the two source images (C = 1 or 3), same H and W.
+        policy: the task's colour policy.
+
+    Returns:
+        (B, 1, H, W) when the policy's chroma sources are gray, else (B, 3, H, W) RGB; in [0, 1].
+    """
+    if policy == ColorPolicy.CHROMA_FROM_B:
+        if is_gray(image_b):
+            return fused_y
+        fused_chroma = chroma(image_b)
+    elif policy == ColorPolicy.SATURATION_WEIGHTED:
+        if is_gray(image_a) and is_gray(image_b):
+            return fused_y
+        fused_chroma = saturation_weighted_chroma(chroma(image_a), chroma(image_b))
+    else:
+        raise ValueError(f"Unknown colour policy {policy!r}.")
+    return ycbcr_to_rgb(torch.cat([fused_y, fused_chroma], dim=-3)).clamp(0.0, 1.0)

@@ -1,0 +1,266 @@
+"""Image canonicalisation, padding and output conversion for FusionFM (in the style of Marigold's
+image processor).
+
+Canonical form inside the library: a float32 tensor (C, H, W) in [0, 1] with C = 1 (gray) or
+C = 3 (RGB). Accepted inputs:
+
+- PIL images of mode 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, I;16 (16-bit, e.g. thermal), I, F;
+  alpha is dropped.
+- numpy arrays (H, W), (H, W, C) or a batch (B, H, W, C), C in {1, 3, 4}: uint8 (0..255), uint16 and
+  other integer types (high bit depth, see ``high_bit_depth``), float in [0, 1].
+- torch tensors (H, W), (C, H, W) or a batch (B, C, H, W), C in {1, 3, 4}: uint8, or float in [0, 1].
+- a list of any of these for a batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+import torch.nn.functional as F
+
+from .color import is_gray
+
+ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
+PipelineImageInput = ImageInput | Sequence[ImageInput]
+OutputType = Literal["pil", "np", "pt"]
+
+MIN_SIDE = 2
+"""Smallest height or width (pixels) that can be fused."""
+
+FLOAT_RANGE_TOLERANCE = 1e-3
+"""Float inputs may exceed [0, 1] by this much (rounding) and are clipped; more is an error."""
+
+
+class FusionImageProcessor:
+    """Turns user images into canonical tensors and fused tensors back into user formats.
+
+    Args:
+        high_bit_depth: how images deeper than 8 bits (uint16, PIL I;16 / I / F integer data) map
+            to [0, 1]. ``"minmax"`` (default) stretches each image's own min..max to 0..1, which is
+            what raw 16-bit thermal frames (using a few thousand codes) need; ``"full_range"``
+            divides by 65535.
+    """
+
+    def __init__(self, high_bit_depth: Literal["minmax", "full_range"] = "minmax") -> None:
+        if high_bit_depth not in ("minmax", "full_range"):
+            raise ValueError(f"high_bit_depth must be 'minmax' or 'full_range', got {high_bit_depth!r}.")
+        self.high_bit_depth = high_bit_depth
+
+    # ------------------------------------------------------------------ input
+    def to_tensor_list(self, images: PipelineImageInput, name: str = "image") -> list[torch.Tensor]:
+        """Canonicalise one image, a batch or a list into a list of (C, H, W) float tensors.
+
+        Raises:
+            TypeError / ValueError: with a message naming ``name`` and what is wrong with it.
+        """
+        if isinstance(images, (list, tuple)):
+            if len(images) == 0:
+                raise ValueError(f"{name} is an empty list; pass at least one image.")
+            tensors: list[torch.Tensor] = []
+            for index, image in enumerate(images):
+                tensors.extend(self._canonicalise(image, f"{name}[{index}]"))
+            return tensors
+        return self._canonicalise(images, name)
+
+    def _canonicalise(self, image: Any, name: str) -> list[torch.Tensor]:
+        if isinstance(image, PIL.Image.Image):
+            tensors = [self._from_pil(image, name)]
+        elif isinstance(image, np.ndarray):
+            tensors = self._from_numpy(image, name)
+        elif isinstance(image, torch.Tensor):
+            tensors = self._from_torch(image, name)
+        elif isinstance(image, (str, Path)):
+            raise TypeError(
+                f"{name} is a path ({image!s}); load it first, e.g. with fusionfm.load_image(path)."
+            )
+        else:
+            raise TypeError(
+                f"{name} has unsupported type {type(image).__name__}; pass a PIL image, a numpy array "
+                "or a torch tensor (or a list of them)."
+            )
+        for tensor in tensors:
+            height, width = tensor.shape[-2:]
+            if height < MIN_SIDE or width < MIN_SIDE:
+                raise ValueError(
+                    f"{name} is {height}x{width} pixels; FusionFM needs at least {MIN_SIDE}x{MIN_SIDE}."
+                )
+        return tensors
+
+    def _from_pil(self, image: PIL.Image.Image, name: str) -> torch.Tensor:
+        mode = image.mode
+        if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            return self._from_numpy(np.asarray(image), name)[0]
+        if mode in ("P", "PA"):
+            image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+        elif mode in ("1", "LA"):
+            image = image.convert("L")
+        elif mode not in ("L", "RGB", "RGBA"):
+            image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+        return self._from_numpy(np.asarray(image), name)[0]
+
+    def _from_numpy(self, array: np.ndarray, name: str) -> list[torch.Tensor]:
+        if array.ndim == 4:
+            return [self._from_numpy(item, f"{name}[{index}]")[0] for index, item in enumerate(array)]
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.ndim != 3:
+            raise ValueError(
+                f"{name} is a numpy array of shape {array.shape}; expected (H, W), (H, W, C) or (B, H, W, C)."
+            )
+        if array.shape[2] not in (1, 3, 4):
+            hint = " (channels first? numpy images are (H, W, C))" if array.shape[0] in (1, 3, 4) else ""
+            raise ValueError(f"{name} has shape {array.shape}: {array.shape[2]} channels{hint}; expected 1, 3 or 4.")
+        array = np.ascontiguousarray(array) if array.flags.writeable else np.array(array)
+        tensor = torch.from_numpy(array).permute(2, 0, 1)
+        return [self._finish(self._scale(tensor, name), name)]
+
+    def _from_torch(self, tensor: torch.Tensor, name: str) -> list[torch.Tensor]:
+        tensor = tensor.detach().cpu()
+        if tensor.ndim == 4:
+            return [self._from_torch(item, f"{name}[{index}]")[0] for index, item in enumerate(tensor)]
+        if tensor.ndim == 2:
+            tensor = tensor[None]
+        if tensor.ndim != 3:
+            raise ValueError(
+                f"{name} is a tensor of shape {tuple(tensor.shape)}; expected (H, W), (C, H, W) or (B, C, H, W)."
+            )
+        if tensor.shape[0] not in (1, 3, 4):
+            hint = " (channels last? tensors are (C, H, W))" if tensor.shape[-1] in (1, 3, 4) else ""
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)}: {tensor.shape[0]} channels{hint}; expected 1, 3 or 4."
+            )
+        if tensor.dtype not in (torch.uint8,) and not tensor.dtype.is_floating_point:
+            raise TypeError(f"{name} has dtype {tensor.dtype}; tensors must be uint8 (0..255) or float in [0, 1].")
+        return [self._finish(self._scale(tensor, name), name)]
+
+    def _scale(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """Map integer or float pixel values to float32 in [0, 1]."""
+        if tensor.dtype == torch.bool:
+            raise TypeError(f"{name} is boolean; pass uint8 (0..255) or float in [0, 1] pixels.")
+        if tensor.dtype == torch.uint8:
+            return tensor.float() / 255.0
+        if tensor.dtype.is_floating_point:
+            tensor = tensor.float()
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{name} contains NaN or infinite values.")
+            low, high = tensor.min().item(), tensor.max().item()
+            if low < -FLOAT_RANGE_TOLERANCE or high > 1.0 + FLOAT_RANGE_TOLERANCE:
+                raise ValueError(
+                    f"{name} is a float image with values in [{low:.4g}, {high:.4g}]; float images must be "
+                    "in [0, 1] (divide 8-bit data by 255)."
+                )
+            return tensor.clamp(0.0, 1.0)
+        if tensor.is_complex():
+            raise TypeError(f"{name} has complex dtype {tensor.dtype}; pass real-valued pixels.")
+        # Integer data deeper than 8 bits (uint16, int32 from PIL mode I, ...).
+        tensor = tensor.to(torch.float64)
+        if self.high_bit_depth == "full_range":
+            return (tensor / 65535.0).clamp(0.0, 1.0).float()
+        low, high = tensor.min(), tensor.max()
+        if high <= low:
+            return torch.zeros_like(tensor, dtype=torch.float32)
+        return ((tensor - low) / (high - low)).float()
+
+    @staticmethod
+    def _finish(tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """Drop alpha and collapse gray-content RGB to one channel."""
+        if tensor.shape[0] == 4:
+            tensor = tensor[:3]
+        if tensor.shape[0] == 3 and is_gray(tensor):
+            tensor = tensor.mean(dim=0, keepdim=True)
+        return tensor.contiguous()
+
+    # ------------------------------------------------------------------ geometry
+    @staticmethod
+    def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Replicate-pad (B, C, H, W) at the bottom and right so H and W divide by ``multiple``.
+
+        Returns the padded tensor and the original (H, W) for :meth:`crop`.
+        """
+        height, width = images.shape[-2:]
+        pad_h = (-height) % multiple
+        pad_w = (-width) % multiple
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+        return images, (height, width)
+
+    @staticmethod
+    def crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Undo :meth:`pad_to_multiple`: (B, C, H', W') -> (B, C, H, W)."""
+        return images[..., : size[0], : size[1]]
+
+    @staticmethod
+    def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Bilinear resize of (B, C, H, W) to ``size`` = (H', W'), antialiased when shrinking."""
+        if tuple(images.shape[-2:]) == tuple(size):
+            return images
+        shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+        resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+        return resized.clamp(0.0, 1.0)
+
+    @staticmethod
+    def processing_size(size: tuple[int, int], processing_resolution: int | None) -> tuple[int, int]:
+        """(H, W) whose long edge is ``processing_resolution`` (aspect kept); unchanged for None or 0."""
+        if not processing_resolution:
+            return size
+        height, width = size
+        scale = processing_resolution / max(height, width)
+        return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
+
+    # ------------------------------------------------------------------ output
+    @staticmethod
+    def postprocess(images: list[torch.Tensor], output_type: OutputType) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor | list:
+        """Convert fused (C, H, W) tensors in [0, 1] to the requested output type.
+
+        ``"pil"``: a list of PIL images, mode L (gray) or RGB. ``"np"``: float32 (B, H, W, C).
+        ``"pt"``: float32 (B, C, H, W). For np/pt, C is 1 when every result is gray and 3 otherwise
+        (gray results are repeated to RGB in a mixed batch); results of different sizes cannot be
+        stacked and come back as a list of (H, W, C) arrays / (C, H, W) tensors.
+        """
+        if output_type == "pil":
+            return [to_pil(image) for image in images]
+        channels = 1 if all(image.shape[0] == 1 for image in images) else 3
+        images = [image.expand(channels, -1, -1) if image.shape[0] != channels else image for image in images]
+        same_size = len({tuple(image.shape) for image in images}) == 1
+        if output_type == "pt":
+            return torch.stack(images) if same_size else list(images)
+        arrays = [image.permute(1, 2, 0).float().numpy() for image in images]
+        return np.stack(arrays) if same_size else arrays
+
+
+def to_pil(image: torch.Tensor) -> PIL.Image.Image:
+    """(C, H, W) float tensor in [0, 1] -> PIL image of mode L (C = 1) or RGB (C = 3)."""
+    array = (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        return PIL.Image.fromarray(array[:, :, 0], mode="L")
+    return PIL.Image.fromarray(array, mode="RGB")
+
+
+def load_image(path: str | Path) -> PIL.Image.Image:
+    """Open an image file, applying EXIF orientation and keeping its mode (L, RGB, I;16, ...).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not an image PIL can decode (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No image file at {path}.")
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            return PIL.ImageOps.exif_transpose(image)
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"Could not read {path} as an image ({error}). Is the file complete and an image?") from error
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= value."""
+    return int(math.ceil(value / multiple) * multiple)

@@ -1,0 +1,318 @@
+"""FusionFMPipeline: fuse two registered images in one flow-matching step."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
+
+from .color import luminance, recombine
+from .hub import DOWNLOAD_KWARGS, resolve_pipeline_path
+from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
+from .scheduler import FlowMatchFusionScheduler
+from .tasks import FusionTask, get_task
+from .unet import FusionUNet
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+_DTYPE_NAMES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+@dataclass
+class FusionFMPipelineOutput(BaseOutput):
+    """Output of :class:`FusionFMPipeline`.
+
+    Args:
+        images: fused images in the input pairs' order: a list of PIL images (mode L or RGB), a numpy
+            array (B, H, W, C) or a tensor (B, C, H, W) in [0, 1]. C is 1 when every result is gray.
+            Results of different sizes come back as a list for ``np``/``pt``.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list
+
+
+@dataclass
+class _PreparedPair:
+    image_a: torch.Tensor  # (C, H, W) at input resolution
+    image_b: torch.Tensor
+    y_a: torch.Tensor  # (1, h, w) at processing resolution
+    y_b: torch.Tensor
+    task: FusionTask
+
+
+class FusionFMPipeline(DiffusionPipeline):
+    """Fuses image pairs (IVF, MIF, MEF, MFF) with a one-step flow-matching U-Net.
+
+    The U-Net predicts the velocity of a straight flow from x0 = coupling(a, b) to the fused
+    luminance; the scheduler integrates it (one Euler step by default). Colour is put back from the
+    inputs according to the task (DESIGN.md, "Colour").
+
+    Args:
+        unet: the velocity network.
+        scheduler: the flow-matching scheduler (coupling and time grid).
+        default_num_inference_steps: steps used when the call does not say (1).
+        default_processing_resolution: long edge to process at when the call does not say (None: the
+            input's own resolution).
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(
+        self,
+        unet: FusionUNet,
+        scheduler: FlowMatchFusionScheduler,
+        default_num_inference_steps: int = 1,
+        default_processing_resolution: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(
+            default_num_inference_steps=default_num_inference_steps,
+            default_processing_resolution=default_processing_resolution,
+        )
+        self.image_processor = FusionImageProcessor()
+        # The scheduler's grid is per call state: one call at a time per pipeline object.
+        self._call_lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> FusionFMPipeline:
+        """Load from a local folder or a Hub repo id (downloaded first; cache and offline mode honoured).
+
+        Weights are read from safetensors only. Download keyword arguments (``revision``,
+        ``cache_dir``, ``token``, ``local_files_only``, ``force_download``, ``proxies``) go to the
+        Hub; the rest (e.g. ``dtype``) to diffusers.
+        """
+        download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
+        folder = resolve_pipeline_path(pretrained_model_name_or_path, **download_kwargs)
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(folder, **kwargs)
+
+    # ------------------------------------------------------------------ validation
+    def check_inputs(
+        self,
+        image_a: PipelineImageInput,
+        image_b: PipelineImageInput,
+        task: str | FusionTask | Sequence[str | FusionTask],
+        num_inference_steps: int,
+        processing_resolution: int | None,
+        resize_b_to_a: bool,
+        batch_size: int,
+        output_type: str,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[FusionTask]]:
+        """Validate every argument and canonicalise the images; raise with a clear message otherwise.
+
+        Returns the lists of (C, H, W) tensors for a and b (b resized to a if asked) and one task
+        per pair.
+        """
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
+        if processing_resolution is not None and (
+            not isinstance(processing_resolution, int) or processing_resolution < 0
+        ):
+            raise ValueError(
+                f"processing_resolution must be None, 0 (input resolution) or a positive long edge in pixels, "
+                f"got {processing_resolution!r}."
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+        if image_a is None or image_b is None:
+            raise ValueError("Both image_a and image_b are required.")
+        if isinstance(image_a, (list, tuple)) != isinstance(image_b, (list, tuple)):
+            raise ValueError("Pass image_a and image_b both as single images or both as lists of the same length.")
+
+        images_a = self.image_processor.to_tensor_list(image_a, "image_a")
+        images_b = self.image_processor.to_tensor_list(image_b, "image_b")
+        if len(images_a) != len(images_b):
+            raise ValueError(f"Got {len(images_a)} image_a but {len(images_b)} image_b; they must pair up one to one.")
+
+        if isinstance(task, (list, tuple)):
+            if len(task) != len(images_a):
+                raise ValueError(f"Got {len(task)} tasks for {len(images_a)} pairs; pass one task or one per pair.")
+            tasks = [get_task(name) for name in task]
+        else:
+            tasks = [get_task(task)] * len(images_a)
+
+        for index, (a, b) in enumerate(zip(images_a, images_b, strict=True)):
+            if a.shape[-2:] == b.shape[-2:]:
+                continue
+            if not resize_b_to_a:
+                where = f" in pair {index}" if len(images_a) > 1 else ""
+                raise ValueError(
+                    f"image_a is {a.shape[-2]}x{a.shape[-1]} but image_b is {b.shape[-2]}x{b.shape[-1]} (HxW){where}. "
+                    "Fusion needs registered images of one size: resize or crop them, or pass "
+                    "resize_b_to_a=True to resize image_b to image_a's size."
+                )
+            images_b[index] = self.image_processor.resize(b[None], tuple(a.shape[-2:]))[0]
+        return images_a, images_b, tasks
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image_a: PipelineImageInput,
+        image_b: PipelineImageInput,
+        task: str | FusionTask | Sequence[str | FusionTask] = "IVF",
+        num_inference_steps: int | None = None,
+        processing_resolution: int | None = None,
+        match_input_resolution: bool = True,
+        resize_b_to_a: bool = False,
+        batch_size: int = 1,
+        generator: torch.Generator | None = None,
+        compute_dtype: torch.dtype | str | None = None,
+        output_type: OutputType = "pil",
+        show_progress_bar: bool = True,
+        return_dict: bool = True,
+    ) -> FusionFMPipelineOutput | tuple:
+        """Fuse ``image_a`` with ``image_b``.
+
+        Args:
+            image_a, image_b: the two sources (see :mod:`fusionfm.image_processor` for accepted types);
+                for IVF a is infrared and b visible, for MIF a is MRI and b CT/PET/SPECT, for MEF a is
+                under- and b over-exposed, for MFF a is near- and b far-focused.
+            task: a task name (``"IVF"``, ``"MIF-PET"``, ``"MEF"``, ...) or one per pair.
+            num_inference_steps: Euler steps (default: the pipeline config, 1).
+            processing_resolution: long edge in pixels to fuse at; None uses the config default and 0
+                the input resolution.
+            match_input_resolution: resize the result back to the input size (else keep the
+                processing size).
+            resize_b_to_a: resize image_b to image_a's size instead of rejecting different sizes.
+            batch_size: pairs per network call (pairs of the same processing size are batched).
+            generator: random generator for the ``gaussian`` coupling.
+            compute_dtype: ``"bf16"``, ``"fp32"``, ``"fp16"`` or a torch dtype; None picks bf16 where the
+                device supports it (with channels-last on CPU) and fp32 elsewhere.
+            output_type: ``"pil"``, ``"np"`` or ``"pt"``.
+            show_progress_bar: show a progress bar over batches.
+            return_dict: return a :class:`FusionFMPipelineOutput` rather than a tuple.
+        """
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
+        if processing_resolution is None:
+            processing_resolution = self.config.default_processing_resolution
+        images_a, images_b, tasks = self.check_inputs(
+            image_a, image_b, task, num_inference_steps, processing_resolution, resize_b_to_a, batch_size,
+            output_type,
+        )
+        dtype = self._resolve_compute_dtype(compute_dtype)
+
+        pairs = [
+            self._prepare_pair(a, b, pair_task, processing_resolution)
+            for a, b, pair_task in zip(images_a, images_b, tasks, strict=True)
+        ]
+        batches = self._batches(pairs, batch_size)
+
+        with self._call_lock:
+            self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+            fused_y: dict[int, torch.Tensor] = {}
+            progress = tqdm(batches, desc="Fusing", unit="batch", leave=False,
+                            **{"disable": not show_progress_bar, **self._progress_bar_config_or_empty()})
+            for indices in progress:
+                fused = self._fuse_luminance([pairs[i] for i in indices], generator, dtype)
+                fused_y.update(zip(indices, fused, strict=True))
+
+        results = [self._finish_pair(pairs[i], fused_y[i], match_input_resolution) for i in range(len(pairs))]
+        images = self.image_processor.postprocess(results, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return FusionFMPipelineOutput(images=images)
+
+    # ------------------------------------------------------------------ steps of a call
+    def _prepare_pair(
+        self, image_a: torch.Tensor, image_b: torch.Tensor, task: FusionTask, processing_resolution: int | None
+    ) -> _PreparedPair:
+        size = self.image_processor.processing_size(tuple(image_a.shape[-2:]), processing_resolution)
+        y_a = self.image_processor.resize(luminance(image_a[None]), size)[0]
+        y_b = self.image_processor.resize(luminance(image_b[None]), size)[0]
+        return _PreparedPair(image_a, image_b, y_a, y_b, task)
+
+    @staticmethod
+    def _batches(pairs: list[_PreparedPair], batch_size: int) -> list[list[int]]:
+        """Indices of pairs, grouped by processing size, in chunks of ``batch_size``."""
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, pair in enumerate(pairs):
+            by_size[tuple(pair.y_a.shape[-2:])].append(index)
+        return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+
+    def _fuse_luminance(
+        self, pairs: list[_PreparedPair], generator: torch.Generator | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Integrate the flow for one batch of same-size pairs: (B, 1, h, w) fused Y in [0, 1]."""
+        device = self._execution_device
+        multiple = self.unet.size_multiple
+        y_a, size = self.image_processor.pad_to_multiple(torch.stack([p.y_a for p in pairs]).to(device), multiple)
+        y_b, _ = self.image_processor.pad_to_multiple(torch.stack([p.y_b for p in pairs]).to(device), multiple)
+        task_ids = torch.tensor([p.task.class_id for p in pairs], device=device, dtype=torch.long)
+
+        weights_dtype = self.unet.dtype
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != weights_dtype and dtype != torch.float32)
+        x = self.scheduler.source_point(y_a, y_b, generator)
+        for t in self.scheduler.timesteps:
+            t_batch = t.expand(len(pairs)).to(device)
+            with autocast:
+                velocity = self.unet(
+                    x.to(weights_dtype), y_a.to(weights_dtype), y_b.to(weights_dtype), t_batch, task_ids
+                )
+            x = self.scheduler.step(velocity.float(), t, x).prev_sample
+        return self.image_processor.crop(x, size).clamp(0.0, 1.0).cpu()
+
+    def _finish_pair(self, pair: _PreparedPair, fused_y: torch.Tensor, match_input_resolution: bool) -> torch.Tensor:
+        """Resize the fused luminance and put colour back: (C, H, W) in [0, 1]."""
+        image_a, image_b = pair.image_a[None], pair.image_b[None]
+        if match_input_resolution:
+            fused_y = self.image_processor.resize(fused_y[None], tuple(image_a.shape[-2:]))
+        else:
+            fused_y = fused_y[None]
+            image_a = self.image_processor.resize(image_a, tuple(fused_y.shape[-2:]))
+            image_b = self.image_processor.resize(image_b, tuple(fused_y.shape[-2:]))
+        return recombine(fused_y, image_a, image_b, pair.task.color_policy)[0]
+
+    def _progress_bar_config_or_empty(self) -> dict:
+        # Honours DiffusionPipeline.set_progress_bar_config(disable=True, ...).
+        return dict(getattr(self, "_progress_bar_config", {}))
+
+    def _resolve_compute_dtype(self, compute_dtype: torch.dtype | str | None) -> torch.dtype:
+        """The dtype to run the U-Net in; prepares channels-last weights for the CPU bf16 path."""
+        device = self._execution_device
+        if compute_dtype is None or compute_dtype == "auto":
+            if self.unet.dtype != torch.float32:
+                dtype = self.unet.dtype
+            elif device.type == "cpu":
+                dtype = torch.bfloat16 if cpu_supports_bf16() else torch.float32
+            elif device.type == "cuda":
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            else:
+                dtype = torch.float32
+        elif isinstance(compute_dtype, torch.dtype):
+            dtype = compute_dtype
+        elif isinstance(compute_dtype, str) and compute_dtype.lower() in _DTYPE_NAMES:
+            dtype = _DTYPE_NAMES[compute_dtype.lower()]
+        else:
+            raise ValueError(f"compute_dtype must be None, 'auto', 'fp32', 'bf16', 'fp16' or a torch dtype, got {compute_dtype!r}.")
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"compute_dtype {dtype} is not a floating-point type FusionFM can run in.")
+        if device.type == "cpu" and dtype == torch.bfloat16:
+            # oneDNN's bf16 convolutions are fastest on channels-last weights (about 1.5x here).
+            self.unet.to(memory_format=torch.channels_last)
+        return dtype
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 beats fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -1,0 +1,122 @@
+"""The velocity network: a diffusers ``UNet2DModel`` on [x_t, a, b] with the task as class embedding.
+
+``FusionUNet`` wraps ``UNet2DModel`` for one reason, speed: it packs each 2x2 block of pixels into
+channels (pixel unshuffle) before the U-Net and unpacks the velocity after it, so the U-Net runs on
+a quarter of the pixels. On 2 CPU cores at 640x480 in bf16 that takes the default preset from about
+230 ms (same widths at full resolution) to about 120 ms, with no information lost (the packing is
+a lossless rearrangement). It also gives the network named inputs, so callers never concatenate
+channels or scale time themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import ModelMixin, UNet2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from .tasks import NUM_TASK_CLASSES
+
+UNET_PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: a few thousand parameters, milliseconds per call.
+    "tiny": dict(patch_size=1, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                 mid_block_attention=False),
+    # The shipped model: about 2.5 M parameters, about 120 ms per 640x480 pair on 2 cores (bf16).
+    # Widths 16-32-64-128 at 1/2, 1/4, 1/8, 1/16 of the image; self-attention at 1/16 only
+    # (at 1/8 it alone costs about 400 ms).
+    "default": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1,
+                    norm_num_groups=8, mid_block_attention=True),
+    # Twice the width, for GPUs or when speed matters less.
+    "large": dict(patch_size=2, block_out_channels=(32, 64, 128, 256), layers_per_block=2,
+                  norm_num_groups=8, mid_block_attention=True),
+}
+
+
+class FusionUNet(ModelMixin, ConfigMixin):
+    """Predicts the flow velocity v(x_t, t | a, b, task).
+
+    Args:
+        patch_size: pixels per side packed into channels before the U-Net (1 = none).
+        block_out_channels: widths of the U-Net levels.
+        layers_per_block: ResNet blocks per level.
+        norm_num_groups: GroupNorm groups (must divide every width).
+        mid_block_attention: self-attention in the U-Net's lowest level.
+        num_tasks: size of the task class embedding.
+        time_scale: t in [0, 1] is fed to the sinusoidal time embedding as t * time_scale.
+    """
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: int = 2,
+        block_out_channels: tuple[int, ...] = (16, 32, 64, 128),
+        layers_per_block: int = 1,
+        norm_num_groups: int = 8,
+        mid_block_attention: bool = True,
+        num_tasks: int = NUM_TASK_CLASSES,
+        time_scale: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        levels = len(block_out_channels)
+        packed = patch_size * patch_size
+        self.unet = UNet2DModel(
+            in_channels=3 * packed,
+            out_channels=packed,
+            block_out_channels=tuple(block_out_channels),
+            down_block_types=("DownBlock2D",) * levels,
+            up_block_types=("UpBlock2D",) * levels,
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            add_attention=mid_block_attention,
+            attention_head_dim=8,
+            num_class_embeds=num_tasks,
+        )
+
+    @property
+    def size_multiple(self) -> int:
+        """Heights and widths must be multiples of this (pad with the image processor)."""
+        return self.config.patch_size * 2 ** (len(self.config.block_out_channels) - 1)
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        image_a: torch.Tensor,
+        image_b: torch.Tensor,
+        t: torch.Tensor,
+        task_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Velocity at x_t.
+
+        Args:
+            x_t: (B, 1, H, W) point on the flow.
+            image_a, image_b: (B, 1, H, W) source luminances in [0, 1].
+            t: (B,) float times in [0, 1].
+            task_ids: (B,) long task class ids (``FusionTask.class_id``).
+
+        Returns:
+            (B, 1, H, W) velocity. H and W must be multiples of :attr:`size_multiple`.
+        """
+        patch = self.config.patch_size
+        inputs = torch.cat([x_t, image_a, image_b], dim=1)
+        if patch > 1:
+            inputs = F.pixel_unshuffle(inputs, patch)
+        timesteps = t.to(dtype=torch.float32) * self.config.time_scale
+        velocity = self.unet(inputs, timesteps, class_labels=task_ids.long()).sample
+        if patch > 1:
+            velocity = F.pixel_shuffle(velocity, patch)
+        return velocity
+
+
+def build_unet(preset: str = "default", **overrides: Any) -> FusionUNet:
+    """A freshly initialised :class:`FusionUNet` from a named preset, with config overrides.
+
+    Presets: ``"tiny"`` (tests), ``"default"`` (the shipped model), ``"large"``.
+    """
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"Unknown U-Net preset {preset!r}. Known presets: {', '.join(UNET_PRESETS)}.")
+    return FusionUNet(**{**UNET_PRESETS[preset], **overrides})
