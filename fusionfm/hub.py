@@ -51,7 +51,9 @@ def resolve_pipeline_path(name_or_path: str | os.PathLike, **download_kwargs) ->
     return Path(folder)
 
 
-def upload_operations(folder: str | os.PathLike, model_card: str | os.PathLike | None = None) -> list[CommitOperationAdd]:
+def upload_operations(
+    folder: str | os.PathLike, model_card: str | os.PathLike | None = None
+) -> list[CommitOperationAdd]:
     """The files a push of ``folder`` would upload, as commit operations (no network).
 
     The pipeline files of :data:`PIPELINE_FILE_PATTERNS`, plus ``model_card`` as ``README.md``.

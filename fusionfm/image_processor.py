@@ -216,7 +216,9 @@ class FusionImageProcessor:
 
     # ------------------------------------------------------------------ output
     @staticmethod
-    def postprocess(images: list[torch.Tensor], output_type: OutputType) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor | list:
+    def postprocess(
+        images: list[torch.Tensor], output_type: OutputType
+    ) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor | list:
         """Convert fused (C, H, W) tensors in [0, 1] to the requested output type.
 
         ``"pil"``: a list of PIL images, mode L (gray) or RGB. ``"np"``: float32 (B, H, W, C).

@@ -301,7 +301,9 @@ class FusionFMPipeline(DiffusionPipeline):
         elif isinstance(compute_dtype, str) and compute_dtype.lower() in _DTYPE_NAMES:
             dtype = _DTYPE_NAMES[compute_dtype.lower()]
         else:
-            raise ValueError(f"compute_dtype must be None, 'auto', 'fp32', 'bf16', 'fp16' or a torch dtype, got {compute_dtype!r}.")
+            raise ValueError(
+                f"compute_dtype must be None, 'auto', 'fp32', 'bf16', 'fp16' or a torch dtype, got {compute_dtype!r}."
+            )
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"compute_dtype {dtype} is not a floating-point type FusionFM can run in.")
         if device.type == "cpu" and dtype == torch.bfloat16:
