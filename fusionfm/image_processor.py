@@ -240,9 +240,7 @@ class FusionImageProcessor:
 def to_pil(image: torch.Tensor) -> PIL.Image.Image:
     """(C, H, W) float tensor in [0, 1] -> PIL image of mode L (C = 1) or RGB (C = 3)."""
     array = (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    if array.shape[2] == 1:
-        return PIL.Image.fromarray(array[:, :, 0], mode="L")
-    return PIL.Image.fromarray(array, mode="RGB")
+    return PIL.Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
 
 def load_image(path: str | Path) -> PIL.Image.Image:

@@ -1,0 +1,281 @@
+"""FusionFMPipeline on real pairs: sizes, modes, colour policy, batching, the flow, seeds, save/load, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_pipeline
+
+from fusionfm import FusionFMPipeline, get_task
+from fusionfm.color import chroma, luminance
+
+FP32 = dict(compute_dtype="fp32")
+
+
+def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
+    """(1, C, H, W) float in [0, 1] from an 8-bit L or RGB PIL image."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def _hand_flow(pipe: FusionFMPipeline, y_a: torch.Tensor, y_b: torch.Tensor, task: str, steps: int) -> torch.Tensor:
+    """The Euler integration written out independently of the pipeline: (1, 1, H, W) in [0, 1]."""
+    height, width = y_a.shape[-2:]
+    multiple = pipe.unet.size_multiple
+    pad = (0, (-width) % multiple, 0, (-height) % multiple)
+    a, b = F.pad(y_a, pad, mode="replicate"), F.pad(y_b, pad, mode="replicate")
+    x = (a + b) / 2
+    task_id = torch.tensor([get_task(task).class_id])
+    with torch.no_grad():
+        for k in range(steps):
+            t = torch.tensor([k / steps])
+            x = x + (1.0 / steps) * pipe.unet(x, a, b, t, task_id)
+    return x[..., :height, :width].clamp(0, 1)
+
+
+def test_odd_size_comes_back_at_its_size(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF")
+    box = (10, 5, 10 + 383, 5 + 257)  # 257 x 383 (H x W)
+    fused = tiny_pipe(ir.crop(box), vi.crop(box), task="IVF").images[0]
+    assert fused.size == (383, 257)
+    assert fused.mode == "RGB"
+
+
+@pytest.mark.parametrize("key,task", [("IVF", "IVF"), ("MIF-PET", "MIF-PET"), ("MEF", "MEF"), ("MFF", "MFF")])
+def test_every_task_gives_a_non_trivial_image_of_the_input_size(tiny_pipe, real_pair, key, task):
+    a, b = real_pair(key)
+    out = tiny_pipe(a, b, task=task, output_type="pt", **FP32).images
+    assert out.shape[-2:] == (a.size[1], a.size[0])
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    y = luminance(out)
+    mean = (luminance(_to_tensor(a.convert("RGB"))) + luminance(_to_tensor(b.convert("RGB")))) / 2
+    assert (y - mean).abs().mean() > 0.01  # the network moved x0
+
+
+def test_one_step_equals_x0_plus_velocity(tiny_pipe, real_pair):
+    # TNO: both gray, so the output is the fused luminance itself.
+    ir, vi = real_pair("IVF-gray")
+    ir, vi = ir.crop((0, 0, 203, 151)), vi.crop((0, 0, 203, 151))
+    out = tiny_pipe(ir, vi, task="IVF", output_type="pt", **FP32).images
+    expected = _hand_flow(tiny_pipe, _to_tensor(ir.convert("L")), _to_tensor(vi.convert("L")), "IVF", steps=1)
+    assert out.shape == expected.shape == (1, 1, 151, 203)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_n_steps_follow_the_euler_rule(tiny_pipe, real_pair, steps):
+    mri, ct = real_pair("MIF-CT")
+    out = tiny_pipe(mri, ct, task="MIF-CT", num_inference_steps=steps, output_type="pt", **FP32).images
+    expected = _hand_flow(tiny_pipe, _to_tensor(mri.convert("L")), _to_tensor(ct.convert("L")), "MIF-CT", steps)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    one_step = tiny_pipe(mri, ct, task="MIF-CT", output_type="pt", **FP32).images
+    assert (out - one_step).abs().max() > 1e-3  # more steps really integrate differently
+
+
+def test_ivf_keeps_the_visible_chroma(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF")
+    out = tiny_pipe(ir, vi, task="IVF", output_type="pt", **FP32).images
+    assert out.shape[1] == 3
+    difference = (chroma(out) - chroma(_to_tensor(vi))).abs().amax(dim=1)
+    # Exact wherever no RGB channel was clipped (clipping out-of-gamut colours shifts chroma).
+    in_gamut = ((out > 0) & (out < 1)).all(dim=1)
+    assert in_gamut.float().mean() > 0.3
+    assert difference[in_gamut].max() < 1e-4
+
+
+def test_mif_pet_takes_chroma_from_pet_and_ct_stays_gray(tiny_pipe, real_pair):
+    mri, pet = real_pair("MIF-PET")
+    fused_pet = tiny_pipe(mri, pet, task="MIF-PET").images[0]
+    assert fused_pet.mode == "RGB"
+    fused = _to_tensor(fused_pet)
+    difference = (chroma(fused) - chroma(_to_tensor(pet))).abs().amax(dim=1)
+    in_gamut = ((fused > 0.02) & (fused < 0.98)).all(dim=1)
+    assert in_gamut.float().mean() > 0.1
+    assert difference[in_gamut].max() < 3 / 255  # 8-bit rounding of the PNG-ready output
+    mri, ct = real_pair("MIF-CT")
+    assert mri.mode == ct.mode == "RGB"  # stored as RGB, gray content
+    assert tiny_pipe(mri, ct, task="MIF-CT").images[0].mode == "L"
+
+
+def test_gray_plus_gray_gives_gray(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF-gray")
+    assert tiny_pipe(ir, vi, task="IVF").images[0].mode == "L"
+    assert tiny_pipe(ir.convert("L"), vi.convert("L"), task="MEF").images[0].mode == "L"
+
+
+def test_mef_chroma_lies_between_the_inputs(tiny_pipe, real_pair):
+    under, over = real_pair("MEF")
+    out = tiny_pipe(under, over, task="MEF", output_type="pt", **FP32).images
+    c_a, c_b, c_f = chroma(_to_tensor(under)), chroma(_to_tensor(over)), chroma(out)
+    low, high = torch.minimum(c_a, c_b), torch.maximum(c_a, c_b)
+    inside = ((c_f >= low - 1e-3) & (c_f <= high + 1e-3)).float().mean()
+    assert inside > 0.9
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16"])
+def test_input_modes(tiny_pipe, real_pair, mode):
+    ir, vi = real_pair("IVF")
+    if mode == "I;16":
+        # A raw 16-bit thermal frame uses a narrow code range; min-max scaling recovers the 8-bit image.
+        codes = 7000 + np.asarray(ir, dtype=np.uint16) * 8
+        ir_mode = PIL.Image.fromarray(codes.astype(np.uint16))
+        assert ir_mode.mode == "I;16"
+        stretched = np.asarray(ir, dtype=np.float32)
+        stretched = (stretched - stretched.min()) / (stretched.max() - stretched.min())
+        reference = tiny_pipe(stretched, vi, task="IVF", output_type="np", **FP32).images
+        out = tiny_pipe(ir_mode, vi, task="IVF", output_type="np", **FP32).images
+        np.testing.assert_allclose(out, reference, atol=1e-5)
+        return
+    vi_mode = vi.convert(mode) if mode != "P" else vi.convert("P", palette=PIL.Image.Palette.ADAPTIVE)
+    fused = tiny_pipe(ir, vi_mode, task="IVF").images[0]
+    assert fused.size == ir.size
+    assert fused.mode == ("L" if mode == "L" else "RGB")
+    if mode == "RGBA":  # alpha is dropped: same result as RGB
+        rgb = tiny_pipe(ir, vi, task="IVF").images[0]
+        assert np.array_equal(np.asarray(fused), np.asarray(rgb))
+
+
+def test_numpy_and_torch_inputs_match_pil(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF")
+    reference = tiny_pipe(ir, vi, task="IVF", output_type="np", **FP32).images
+    ir_array, vi_array = np.array(ir), np.array(vi)
+    from_uint8 = tiny_pipe(ir_array, vi_array, task="IVF", output_type="np", **FP32).images
+    from_float = tiny_pipe(ir_array / 255.0, vi_array.astype(np.float32) / 255.0, task="IVF", output_type="np",
+                           **FP32).images
+    from_torch = tiny_pipe(torch.from_numpy(ir_array), torch.from_numpy(vi_array).permute(2, 0, 1), task="IVF",
+                           output_type="np", **FP32).images
+    for other in (from_uint8, from_float, from_torch):
+        np.testing.assert_allclose(other, reference, atol=1e-5)
+
+
+def test_batch_equals_one_pair_at_a_time(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF")
+    under, over = real_pair("MEF")
+    crops = [(0, 0, 300, 200), (50, 10, 350, 210)]
+    images_a = [ir.crop(c) for c in crops] + [under]
+    images_b = [vi.crop(c) for c in crops] + [over]
+    tasks = ["IVF", "IVF", "MEF"]
+    batched = tiny_pipe(images_a, images_b, task=tasks, batch_size=2, output_type="pt", **FP32).images
+    assert isinstance(batched, list) and len(batched) == 3  # two sizes: not stackable
+    for index in range(3):
+        single = tiny_pipe(images_a[index], images_b[index], task=tasks[index], output_type="pt", **FP32).images[0]
+        torch.testing.assert_close(batched[index], single, atol=1e-5, rtol=0)
+
+
+def test_stacked_batch_output_types(tiny_pipe, real_pair):
+    mri, pet = real_pair("MIF-PET")
+    mri_ct, ct = real_pair("MIF-CT")
+    pt = tiny_pipe([mri, mri_ct], [pet, ct], task=["MIF-PET", "MIF-CT"], output_type="pt", batch_size=2).images
+    assert pt.shape == (2, 3, 256, 256)  # one colour result: the gray one is repeated to RGB
+    np_images = tiny_pipe([mri_ct], [ct], task="MIF-CT", output_type="np").images
+    assert np_images.shape == (1, 256, 256, 1) and np_images.dtype == np.float32
+    tensor_batch = torch.stack([torch.from_numpy(np.array(ct)).permute(2, 0, 1)] * 2)
+    assert tiny_pipe(tensor_batch, tensor_batch, task="MIF-CT", output_type="pt").images.shape == (2, 1, 256, 256)
+
+
+def test_same_seed_same_output_for_the_gaussian_coupling(real_pair):
+    pipe = make_pipeline(coupling="gaussian")
+    ir, vi = real_pair("IVF")
+
+    def run(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return pipe(ir, vi, task="IVF", generator=generator, output_type="np", **FP32).images
+
+    first, again, other = run(0), run(0), run(1)
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).max() > 1e-3
+
+
+def test_processing_resolution(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF")  # 502 x 212
+    matched = tiny_pipe(ir, vi, task="IVF", processing_resolution=128).images[0]
+    assert matched.size == ir.size
+    small = tiny_pipe(ir, vi, task="IVF", processing_resolution=128, match_input_resolution=False).images[0]
+    assert small.size == (128, round(212 * 128 / 502))
+    full = tiny_pipe(ir, vi, task="IVF", output_type="np", **FP32).images
+    low = tiny_pipe(ir, vi, task="IVF", processing_resolution=128, output_type="np", **FP32).images
+    assert np.abs(full - low).mean() > 1e-3  # it really processed at another size
+
+
+def test_resize_b_to_a(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF")
+    fused = tiny_pipe(ir, vi.resize((251, 106)), task="IVF", resize_b_to_a=True).images[0]
+    assert fused.size == ir.size
+
+
+def test_bf16_is_close_to_fp32(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF")
+    fp32 = tiny_pipe(ir, vi, task="IVF", output_type="np", compute_dtype="fp32").images
+    bf16 = tiny_pipe(ir, vi, task="IVF", output_type="np", compute_dtype="bf16").images
+    assert np.abs(fp32 - bf16).mean() < 0.02
+
+
+def test_save_then_load_gives_the_same_output(tmp_path, real_pair):
+    pipe = make_pipeline()
+    ir, vi = real_pair("IVF")
+    before = pipe(ir, vi, task="IVF", output_type="np", **FP32).images
+    pipe.save_pretrained(tmp_path / "model")
+    saved = sorted(p.relative_to(tmp_path / "model").as_posix() for p in (tmp_path / "model").rglob("*") if p.is_file())
+    assert saved == ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+                     "unet/diffusion_pytorch_model.safetensors"]
+    loaded = FusionFMPipeline.from_pretrained(tmp_path / "model")
+    loaded.set_progress_bar_config(disable=True)
+    after = loaded(ir, vi, task="IVF", output_type="np", **FP32).images
+    for key, tensor in pipe.unet.state_dict().items():
+        assert torch.equal(tensor, loaded.unet.state_dict()[key]), key
+    assert loaded.scheduler.config.coupling == "mean"
+    # Same weights; the loaded tensors' memory layout may pick another conv kernel (differences ~1e-6).
+    np.testing.assert_allclose(before, after, atol=1e-5)
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    pipe = make_pipeline()
+    pipe.save_pretrained(tmp_path / "model", safe_serialization=False)
+    assert (tmp_path / "model/unet/diffusion_pytorch_model.bin").is_file()
+    with pytest.raises(Exception, match="safetensors"):
+        FusionFMPipeline.from_pretrained(tmp_path / "model")
+
+
+BAD_INPUTS = [
+    (dict(task="XYZ"), "Unknown task 'XYZ'. Known tasks: IVF, MIF, MIF-CT"),
+    (dict(num_inference_steps=0), "num_inference_steps must be an integer >= 1"),
+    (dict(num_inference_steps=1.5), "num_inference_steps must be an integer >= 1"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(output_type="jpg"), "output_type must be one of pil, np, pt"),
+    (dict(processing_resolution=-5), "processing_resolution must be None, 0"),
+    (dict(compute_dtype="int8"), "compute_dtype must be"),
+    (dict(image_b="size"), r"image_a is 212x502 but image_b is 100x200 \(HxW\).*resize_b_to_a=True"),
+    (dict(image_a=np.zeros((0, 5), np.uint8)), "image_a is 0x5 pixels"),
+    (dict(image_a=np.zeros((1, 1), np.uint8), image_b=np.zeros((1, 1), np.uint8)), "image_a is 1x1 pixels"),
+    (dict(image_a=torch.full((1, 8, 8), float("nan"))), "image_a contains NaN or infinite values"),
+    (dict(image_a=torch.full((1, 8, 8), float("inf"))), "image_a contains NaN or infinite values"),
+    (dict(image_a=np.full((8, 8), 3.0)), r"float images must be in \[0, 1\]"),
+    (dict(image_a=torch.zeros(2, 2, 3, 8, 8)), "expected \\(H, W\\), \\(C, H, W\\) or \\(B, C, H, W\\)"),
+    (dict(image_a=np.zeros((3, 8, 8), np.uint8)), "channels first\\? numpy images are \\(H, W, C\\)"),
+    (dict(image_a=torch.zeros(8, 8, 3)), "channels last\\? tensors are \\(C, H, W\\)"),
+    (dict(image_a=torch.zeros(1, 8, 8, dtype=torch.int64)), "tensors must be uint8"),
+    (dict(image_a=np.zeros((8, 8), bool)), "image_a is boolean"),
+    (dict(image_a="ir.png"), "image_a is a path"),
+    (dict(image_a=None), "Both image_a and image_b are required"),
+    (dict(image_a=[], image_b=[]), "image_a is an empty list"),
+    (dict(image_a="list"), "both as single images or both as lists"),
+    (dict(task=["IVF", "MEF"]), "Got 2 tasks for 1 pairs"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[m[:40] for _, m in BAD_INPUTS])
+def test_bad_inputs_get_clear_errors(tiny_pipe, real_pair, overrides, message):
+    ir, vi = real_pair("IVF")
+    kwargs = dict(image_a=ir, image_b=vi, task="IVF")
+    kwargs.update(overrides)
+    if kwargs["image_b"] == "size":
+        kwargs["image_b"] = vi.resize((200, 100))
+    if isinstance(kwargs["image_a"], str) and kwargs["image_a"] == "list":
+        kwargs["image_a"] = [ir]
+    with pytest.raises((ValueError, TypeError), match=message):
+        tiny_pipe(**kwargs)
