@@ -1,0 +1,57 @@
+"""The task registry and the U-Net factory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusionfm import TASKS, UNET_PRESETS, build_unet, get_task
+from fusionfm.tasks import FAMILIES, NUM_TASK_CLASSES, ColorPolicy, task_for_modality_b
+
+
+@pytest.mark.parametrize("alias,name", [("ivf", "IVF"), ("MIF (PET)", "MIF-PET"), ("mif_spect", "MIF-SPECT"),
+                                        (" mef ", "MEF"), ("MIF-CT", "MIF-CT")])
+def test_task_aliases(alias, name):
+    assert get_task(alias).name == name
+
+
+def test_unknown_task_lists_the_known_ones():
+    with pytest.raises(ValueError, match="Unknown task 'XRAY'. Known tasks: IVF, MIF, MIF-CT, MIF-PET, MIF-SPECT, MEF, MFF"):
+        get_task("XRAY")
+
+
+def test_registry_is_consistent():
+    assert {task.family for task in TASKS.values()} == set(FAMILIES)
+    assert {task.class_id for task in TASKS.values()} == set(range(NUM_TASK_CLASSES))
+    assert {TASKS[name].class_id for name in ("MIF", "MIF-CT", "MIF-PET", "MIF-SPECT")} == {1}
+    assert (TASKS["IVF"].label_a, TASKS["IVF"].label_b) == ("Infrared", "Visible")
+    assert TASKS["MEF"].color_policy == ColorPolicy.SATURATION_WEIGHTED
+    assert task_for_modality_b("MIF", "pet").name == "MIF-PET"
+    assert task_for_modality_b("IVF", "vi").name == "IVF"
+
+
+@pytest.mark.parametrize("preset", sorted(UNET_PRESETS))
+def test_presets_predict_a_velocity_of_the_input_shape(preset):
+    unet = build_unet(preset).eval()
+    multiple = unet.size_multiple
+    x = torch.rand(2, 1, multiple * 2, multiple * 3)
+    with torch.no_grad():
+        velocity = unet(x, x, x, torch.tensor([0.0, 0.5]), torch.tensor([0, 3]))
+    assert velocity.shape == x.shape and torch.isfinite(velocity).all()
+    # The task and the time both condition the output.
+    with torch.no_grad():
+        other_task = unet(x, x, x, torch.tensor([0.0, 0.5]), torch.tensor([1, 2]))
+        other_time = unet(x, x, x, torch.tensor([0.9, 0.1]), torch.tensor([0, 3]))
+    assert (velocity - other_task).abs().max() > 1e-4 and (velocity - other_time).abs().max() > 1e-4
+
+
+def test_default_preset_size():
+    unet = build_unet("default")
+    assert unet.size_multiple == 16
+    parameters = sum(p.numel() for p in unet.parameters())
+    assert 2_000_000 < parameters < 3_000_000
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="Unknown U-Net preset 'huge'. Known presets: tiny, default, large"):
+        build_unet("huge")
