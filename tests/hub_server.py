@@ -21,7 +21,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class HubServer:
     def __init__(self, repo_id: str, folder: Path) -> None:
         self.repo_id = repo_id
-        self.files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        self.files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in files}
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

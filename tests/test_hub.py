@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_pipeline
-from hub_server import HubServer
+from hub_server import COMMIT, HubServer
 
 from fusionfm.hub import push_folder_to_hub, resolve_pipeline_path, upload_operations
 
@@ -59,8 +59,7 @@ def test_hub_download_then_offline_cache(tmp_path, saved_model):
         requests = list(hub.requests)
     # The real download path ran: repo info, tree listing, then the files themselves.
     assert any(r.startswith(f"GET /api/models/{REPO_ID}/revision/") for r in requests)
-    assert f"GET /{REPO_ID}/resolve/{'0123456789abcdef0123456789abcdef01234567'}/unet/diffusion_pytorch_model.safetensors" \
-        in requests
+    assert f"GET /{REPO_ID}/resolve/{COMMIT}/unet/diffusion_pytorch_model.safetensors" in requests
     np.testing.assert_allclose(np.load(tmp_path / "online.npy"), expected, atol=1e-5)
     snapshots = list((hf_home / "hub").glob("models--fusionfm-test--tiny/snapshots/*/unet/*.safetensors"))
     assert len(snapshots) == 1
