@@ -1,0 +1,87 @@
+"""Inference speed of FusionFMPipeline on one 640x480 pair: median ms per pair by steps and precision.
+
+    python benchmarks/bench_inference.py                      # default preset, random weights
+    python benchmarks/bench_inference.py --model path/or/hub-id --repeats 11
+
+Times the whole call (PIL in, PIL out: colour conversion, padding, network, colour back). Speed
+does not depend on the weights, so a freshly initialised preset measures the shipped architecture.
+Prints a Markdown table; machines are shared, so quote medians over several repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet, load_image
+
+MSRS_PAIR = Path(__file__).resolve().parents[2] / "shared/data/IVF/MSRS/test/{}/00537D.png"
+
+
+def benchmark_pair() -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """A real 640x480 IVF pair (MSRS) when ../shared is there, else random images of that size."""
+    if Path(str(MSRS_PAIR).format("ir")).is_file():
+        return load_image(str(MSRS_PAIR).format("ir")), load_image(str(MSRS_PAIR).format("vi"))
+    rng = np.random.default_rng(0)
+    return (PIL.Image.fromarray(rng.integers(0, 256, (480, 640), dtype=np.uint8)),
+            PIL.Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)))
+
+
+def gflops_per_step(pipe: FusionFMPipeline, height: int = 480, width: int = 640) -> float:
+    """GFLOPs of one U-Net evaluation on a (padded) height x width pair."""
+    multiple = pipe.unet.size_multiple
+    height, width = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    x = torch.rand(1, 1, height, width)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        pipe.unet(x, x, x, torch.zeros(1), torch.zeros(1, dtype=torch.long))
+    return counter.get_total_flops() / 1e9
+
+
+def median_ms(pipe: FusionFMPipeline, pair, steps: int, dtype: str, repeats: int, warmup: int) -> float:
+    times = []
+    for index in range(warmup + repeats):
+        start = time.perf_counter()
+        pipe(*pair, task="IVF", num_inference_steps=steps, compute_dtype=dtype)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="pipeline folder or Hub id (default: a fresh U-Net of --preset)")
+    parser.add_argument("--preset", default="default", help="U-Net preset when no --model is given")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+
+    if args.model:
+        pipe = FusionFMPipeline.from_pretrained(args.model)
+    else:
+        torch.manual_seed(0)
+        pipe = FusionFMPipeline(unet=build_unet(args.preset).eval(), scheduler=FlowMatchFusionScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    pair = benchmark_pair()
+    parameters = sum(p.numel() for p in pipe.unet.parameters())
+    print(f"model: {args.model or 'preset ' + args.preset}; {parameters / 1e6:.2f} M parameters; "
+          f"{gflops_per_step(pipe):.1f} GFLOPs per step at 640x480; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; median of {args.repeats} runs after {args.warmup} warm-up runs\n")
+    print("| steps | " + " | ".join(f"{dtype} ms/pair" for dtype in args.dtypes) + " |")
+    print("|---:|" + "---:|" * len(args.dtypes))
+    for steps in args.steps:
+        cells = [f"{median_ms(pipe, pair, steps, dtype, args.repeats, args.warmup):.0f}" for dtype in args.dtypes]
+        print(f"| {steps} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
