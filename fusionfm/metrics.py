@@ -1,0 +1,326 @@
+"""Fusion metrics with the conventions of the evaluator most image-fusion papers use (CDDFuse's
+``Evaluator``), as batched torch functions.
+
+Inputs are 8-bit gray images as float, shaped (B, 1, H, W) or (B, H, W) (one image: (H, W)), values
+in [0, 255]; every function returns a float64 tensor of shape (B,). Computation is in float64: SSIM
+and VIF subtract squared local means of values up to 255^2, where float32 loses the flat regions.
+``../shared/golden/README.md`` lists the conventions; tests reproduce its reference values to 1e-3.
+
+No-reference: EN, SD, SF, AG (of the fused image). With the sources a and b: MI, SCD, VIF, Qabf,
+SSIM, MSE, CC, PSNR.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from scipy.fft import next_fast_len
+
+from .color import luminance
+
+METRIC_NAMES = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "MSE", "CC", "PSNR")
+HIGHER_IS_BETTER = {name: name != "MSE" for name in METRIC_NAMES}
+
+
+def _batch(image: torch.Tensor) -> torch.Tensor:
+    """(H, W), (B, H, W) or (B, 1, H, W) -> (B, 1, H, W) float64."""
+    image = torch.as_tensor(image)
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim == 3:
+        image = image[:, None]
+    if image.ndim != 4 or image.shape[1] != 1:
+        raise ValueError(f"Metrics take gray images (H, W), (B, H, W) or (B, 1, H, W); got shape {tuple(image.shape)}.")
+    return image.to(torch.float64)
+
+
+def to_gray_255(image: PIL.Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """An image as the evaluator sees it: 8-bit gray (BT.601 luma, rounded) as float64 (1, 1, H, W).
+
+    Accepts a PIL image, a uint8 array (H, W[, C]) or a float tensor (C, H, W) / (B, C, H, W) in [0, 1].
+    """
+    if isinstance(image, PIL.Image.Image):
+        image = np.asarray(image.convert("L") if image.mode not in ("L",) else image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"numpy images for metrics must be uint8, got {image.dtype}.")
+        tensor = torch.from_numpy(np.array(image)).to(torch.float64)
+        if tensor.ndim == 3:
+            tensor = luminance(tensor.permute(2, 0, 1)[None] / 255.0)[0, 0] * 255.0
+        return _batch(tensor.round())
+    tensor = image if image.ndim == 4 else image[None]
+    return _batch((luminance(tensor.to(torch.float64)) * 255.0).round().clamp(0, 255)[:, 0])
+
+
+def _sum(x: torch.Tensor) -> torch.Tensor:
+    return x.sum(dim=(1, 2, 3))
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=(1, 2, 3))
+
+
+def _histograms(image: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """(B, 1, H, W) integer-valued -> (B, bins) counts."""
+    values = image.round().clamp(0, bins - 1).long().flatten(1)
+    offsets = torch.arange(values.shape[0])[:, None] * bins
+    return torch.bincount((values + offsets).flatten(), minlength=values.shape[0] * bins).view(-1, bins)
+
+
+# ---------------------------------------------------------------- no-reference metrics
+def entropy(fused: torch.Tensor) -> torch.Tensor:
+    """EN: Shannon entropy (bits) of the 256-bin histogram of round(F)."""
+    fused = _batch(fused)
+    p = _histograms(fused).double() / fused[0].numel()
+    return -(p * torch.log2(torch.where(p > 0, p, torch.ones_like(p)))).sum(dim=1)
+
+
+def standard_deviation(fused: torch.Tensor) -> torch.Tensor:
+    """SD: population standard deviation of F."""
+    return _batch(fused).std(dim=(1, 2, 3), correction=0)
+
+
+def spatial_frequency(fused: torch.Tensor) -> torch.Tensor:
+    """SF: sqrt(mean squared horizontal difference + mean squared vertical difference)."""
+    fused = _batch(fused)
+    horizontal = _mean((fused[..., :, 1:] - fused[..., :, :-1]) ** 2)
+    vertical = _mean((fused[..., 1:, :] - fused[..., :-1, :]) ** 2)
+    return torch.sqrt(horizontal + vertical)
+
+
+def _central_gradient(image: torch.Tensor, dim: int) -> torch.Tensor:
+    """numpy.gradient-style: central differences inside, one-sided at the borders."""
+    first = image.narrow(dim, 1, 1) - image.narrow(dim, 0, 1)
+    last = image.narrow(dim, -1, 1) - image.narrow(dim, -2, 1)
+    size = image.shape[dim]
+    inner = (image.narrow(dim, 2, size - 2) - image.narrow(dim, 0, size - 2)) / 2
+    return torch.cat([first, inner, last], dim=dim)
+
+
+def average_gradient(fused: torch.Tensor) -> torch.Tensor:
+    """AG: mean of sqrt((Gx^2 + Gy^2) / 2)."""
+    fused = _batch(fused)
+    gx, gy = _central_gradient(fused, 3), _central_gradient(fused, 2)
+    return _mean(torch.sqrt((gx**2 + gy**2) / 2))
+
+
+# ---------------------------------------------------------------- metrics with the sources
+def _mutual_information_pair(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """MI (nats) of the joint histogram of two integer-valued images, per batch element."""
+    batch = x.shape[0]
+    xi = x.round().clamp(0, 255).long().flatten(1)
+    yi = y.round().clamp(0, 255).long().flatten(1)
+    offsets = torch.arange(batch)[:, None] * 65536
+    joint = torch.bincount((xi * 256 + yi + offsets).flatten(), minlength=batch * 65536).view(batch, 256, 256)
+    p = joint.double() / xi.shape[1]
+    px, py = p.sum(dim=2, keepdim=True), p.sum(dim=1, keepdim=True)
+    ratio = torch.where(p > 0, p / (px * py).clamp_min(1e-300), torch.ones_like(p))
+    return (p * torch.log(ratio)).sum(dim=(1, 2))
+
+
+def mutual_information(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """MI: MI(F, A) + MI(F, B) in nats, over the integer pixel values."""
+    fused, image_a, image_b = _batch(fused), _batch(image_a), _batch(image_b)
+    return _mutual_information_pair(fused, image_a) + _mutual_information_pair(fused, image_b)
+
+
+def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation over all pixels, per batch element."""
+    x = x - _mean(x).view(-1, 1, 1, 1)
+    y = y - _mean(y).view(-1, 1, 1, 1)
+    return _sum(x * y) / torch.sqrt(_sum(x * x) * _sum(y * y))
+
+
+def scd(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """SCD: corr(A, F - B) + corr(B, F - A)."""
+    fused, image_a, image_b = _batch(fused), _batch(image_a), _batch(image_b)
+    return _correlation(image_a, fused - image_b) + _correlation(image_b, fused - image_a)
+
+
+def correlation_coefficient(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """CC: mean of corr(A, F) and corr(B, F)."""
+    fused, image_a, image_b = _batch(fused), _batch(image_a), _batch(image_b)
+    return (_correlation(image_a, fused) + _correlation(image_b, fused)) / 2
+
+
+def mse(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """MSE: mean of MSE(F, A) and MSE(F, B)."""
+    fused, image_a, image_b = _batch(fused), _batch(image_a), _batch(image_b)
+    return (_mean((image_a - fused) ** 2) + _mean((image_b - fused) ** 2)) / 2
+
+
+def psnr(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB): 10 log10(max(F)^2 / MSE), the evaluator's peak convention."""
+    fused = _batch(fused)
+    peak = fused.flatten(1).amax(dim=1)
+    return 10 * torch.log10(peak**2 / mse(fused, image_a, image_b))
+
+
+def _gaussian_1d(size: int) -> torch.Tensor:
+    """The normalised 1-D factor of VIF's MATLAB-style Gaussian window (sigma = size / 5)."""
+    sigma = size / 5.0
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x * x) / (2 * sigma * sigma))
+    return g / g.sum()
+
+
+# Filtering is done in float64 through the FFT (Gaussians) and cumulative sums (box windows): torch's
+# float64 depthwise convolution takes a generic path about 12x slower (300 ms for VIF's first scale at
+# 640x480), and float32 cannot be used (see the module docstring).
+def _gaussian_valid(images: torch.Tensor, kernel_1d: torch.Tensor) -> torch.Tensor:
+    """'valid' filtering of every channel of (B, C, H, W) with the window outer(k, k), via the FFT."""
+    size = kernel_1d.numel()
+    height, width = images.shape[-2:]
+    fft_size = (next_fast_len(height), next_fast_len(width))
+    # A circular convolution of length >= H leaves the 'valid' outputs (index >= size - 1) unwrapped.
+    spectrum = torch.fft.rfft2(images, s=fft_size) * _window_spectrum(size, fft_size)
+    filtered = torch.fft.irfft2(spectrum, s=fft_size)
+    return filtered[..., size - 1 : height, size - 1 : width]
+
+
+@functools.lru_cache(maxsize=64)
+def _window_spectrum(size: int, fft_size: tuple[int, int]) -> torch.Tensor:
+    """rfft2 of VIF's Gaussian window of ``size`` taps (flipped, so the product correlates)."""
+    kernel_1d = _gaussian_1d(size)
+    return torch.fft.rfft2(torch.outer(kernel_1d, kernel_1d).flip(0, 1), s=fft_size)
+
+
+def _box_valid(images: torch.Tensor, size: int) -> torch.Tensor:
+    """'valid' mean over size x size windows of every channel of (B, C, H, W), via cumulative sums."""
+    rows = F.pad(images.cumsum(dim=-2), (0, 0, 1, 0))
+    rows = rows[..., size:, :] - rows[..., :-size, :]
+    columns = F.pad(rows.cumsum(dim=-1), (1, 0))
+    return (columns[..., size:] - columns[..., :-size]) / (size * size)
+
+
+def _vif_terms(s1: torch.Tensor, s2: torch.Tensor, s12: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One scale of pixel-domain VIF: (numerator, denominator) sums, with the reference's masking order."""
+    sigma_nsq, eps = 2.0, 1e-10
+    s1, s2 = s1.clamp_min(0), s2.clamp_min(0)
+    g = s12 / (s1 + eps)
+    sv = s2 - g * s12
+    low1 = s1 < eps
+    g = torch.where(low1, 0.0, g)
+    sv = torch.where(low1, s2, sv)
+    s1 = torch.where(low1, 0.0, s1)
+    low2 = s2 < eps
+    g = torch.where(low2, 0.0, g)
+    sv = torch.where(low2, 0.0, sv)
+    negative = g < 0
+    sv = torch.where(negative, s2, sv)
+    g = torch.where(negative, 0.0, g)
+    sv = torch.where(sv <= eps, eps, sv)
+    numerator = _sum(torch.log10(1 + g * g * s1 / (sv + sigma_nsq)))
+    denominator = _sum(torch.log10(1 + s1 / sigma_nsq))
+    return numerator, denominator
+
+
+def vif(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """VIF: VIF(A, F) + VIF(B, F), 4-scale pixel-domain VIF (sigma_nsq = 2); NaN counts as 1."""
+    fused, image_a, image_b = _batch(fused), _batch(image_a), _batch(image_b)
+    images = torch.cat([image_a, image_b, fused], dim=1)  # (B, 3, H, W): both pairs share F
+    numerators = torch.zeros(fused.shape[0], 2, dtype=torch.float64)
+    denominators = torch.zeros_like(numerators)
+    for scale in range(1, 5):
+        kernel = _gaussian_1d(2 ** (5 - scale) + 1)
+        if scale > 1:
+            images = _gaussian_valid(images, kernel)[..., ::2, ::2]
+        a, b, f = images[:, :1], images[:, 1:2], images[:, 2:]
+        stats = _gaussian_valid(torch.cat([images, images * images, a * f, b * f], dim=1), kernel)
+        mu = stats[:, 0:3]
+        var = stats[:, 3:6] - mu * mu
+        cov = stats[:, 6:8] - mu[:, 0:2] * mu[:, 2:3]
+        for source in range(2):
+            num, den = _vif_terms(var[:, source : source + 1], var[:, 2:3], cov[:, source : source + 1])
+            numerators[:, source] += num
+            denominators[:, source] += den
+    ratio = numerators / denominators
+    return torch.where(torch.isnan(ratio), 1.0, ratio).sum(dim=1)
+
+
+def _sobel_strength_and_angle(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient strength and orientation arctan(gy / gx) (pi/2 where gx = 0) of the reference's 3x3 Sobel
+    operators, applied as scipy's convolve2d(mode='same') does (zero padding, flipped kernel)."""
+    padded = F.pad(image, (1, 1, 1, 1))
+    height, width = image.shape[-2:]
+
+    def shifted(dy: int, dx: int) -> torch.Tensor:
+        return padded[..., 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+
+    # Separable Sobel: smoothing [1, 2, 1] across, difference [1, 0, -1] along (the flipped kernels).
+    smooth_rows = shifted(-1, 0) + 2 * shifted(0, 0) + shifted(1, 0)
+    smooth_rows_padded = F.pad(smooth_rows, (1, 1))
+    gx = smooth_rows_padded[..., :width] - smooth_rows_padded[..., 2:]
+    smooth_columns = shifted(0, -1) + 2 * shifted(0, 0) + shifted(0, 1)
+    smooth_columns_padded = F.pad(smooth_columns, (0, 0, 1, 1))
+    gy = smooth_columns_padded[..., 2:, :] - smooth_columns_padded[..., :height, :]
+    strength = torch.sqrt(gx * gx + gy * gy)
+    angle = torch.where(gx == 0, math.pi / 2, torch.atan(gy / torch.where(gx == 0, 1.0, gx)))
+    return strength, angle
+
+
+def _edge_preservation(g_source, a_source, g_fused, a_fused) -> torch.Tensor:
+    """Q^{XF} per pixel, with the reference's GAF convention (g_F where strengths are equal)."""
+    gaf = torch.where(g_source > g_fused, g_fused / torch.where(g_source > 0, g_source, 1.0),
+                      torch.where(g_source == g_fused, g_fused, g_source / torch.where(g_fused > 0, g_fused, 1.0)))
+    aaf = 1 - (a_source - a_fused).abs() / (math.pi / 2)
+    q_strength = 0.9994 / (1 + torch.exp(-15 * (gaf - 0.5)))
+    q_angle = 0.9879 / (1 + torch.exp(-22 * (aaf - 0.8)))
+    return q_strength * q_angle
+
+
+def qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """Qabf: Xydeas-Petrovic edge preservation, weighted by the sources' gradient strengths."""
+    # float32 is exact here for 8-bit images (Sobel responses are integers below 2^24) and twice as fast.
+    fused, image_a, image_b = (_batch(x).float() for x in (fused, image_a, image_b))
+    g_a, a_a = _sobel_strength_and_angle(image_a)
+    g_b, a_b = _sobel_strength_and_angle(image_b)
+    g_f, a_f = _sobel_strength_and_angle(fused)
+    q_af = _edge_preservation(g_a, a_a, g_f, a_f)
+    q_bf = _edge_preservation(g_b, a_b, g_f, a_f)
+    return (_sum((q_af * g_a + q_bf * g_b).double()) / _sum((g_a + g_b).double()))
+
+
+def _ssim_map(ux, uy, uxx, uyy, uxy, data_range: float) -> torch.Tensor:
+    """SSIM from local means (7x7 windows) with sample covariance, scikit-image's formula."""
+    cov_norm = 49 / 48
+    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+
+
+def ssim(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """SSIM: SSIM(F, A) + SSIM(F, B) with scikit-image's structural_similarity defaults (7x7 uniform
+    window, K1 = 0.01, K2 = 0.03, sample covariance, 3-pixel border left out); ``data_range=2`` is what
+    the published tables used (see the golden README)."""
+    fused, image_a, image_b = _batch(fused), _batch(image_a), _batch(image_b)
+    f, a, b = fused, image_a, image_b
+    means = _box_valid(torch.cat([f, a, b, f * f, a * a, b * b, f * a, f * b], dim=1), 7)
+    uf, ua, ub, uff, uaa, ubb, ufa, ufb = means.unbind(dim=1)
+    ssim_a = _ssim_map(uf, ua, uff, uaa, ufa, data_range).mean(dim=(1, 2))
+    ssim_b = _ssim_map(uf, ub, uff, ubb, ufb, data_range).mean(dim=(1, 2))
+    return ssim_a + ssim_b
+
+
+def fusion_metrics(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """All twelve metrics of :data:`METRIC_NAMES` for a batch of (F, A, B): name -> (B,) float64."""
+    fused, image_a, image_b = _batch(fused), _batch(image_a), _batch(image_b)
+    return {
+        "EN": entropy(fused),
+        "SD": standard_deviation(fused),
+        "SF": spatial_frequency(fused),
+        "AG": average_gradient(fused),
+        "MI": mutual_information(fused, image_a, image_b),
+        "SCD": scd(fused, image_a, image_b),
+        "VIF": vif(fused, image_a, image_b),
+        "Qabf": qabf(fused, image_a, image_b),
+        "SSIM": ssim(fused, image_a, image_b),
+        "MSE": mse(fused, image_a, image_b),
+        "CC": correlation_coefficient(fused, image_a, image_b),
+        "PSNR": psnr(fused, image_a, image_b),
+    }

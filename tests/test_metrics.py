@@ -1,0 +1,70 @@
+"""fusionfm.metrics reproduces the field's evaluator on the golden triples, and batches correctly."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import SHARED
+
+from fusionfm.metrics import METRIC_NAMES, fusion_metrics, to_gray_255
+
+GOLDEN = SHARED / "golden"
+ROWS = list(csv.DictReader((GOLDEN / "metrics_reference.csv").open(newline="")))
+
+
+def _gray(name: str) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(PIL.Image.open(GOLDEN / "images" / name), dtype=np.float32).copy())
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r['dataset']}-{r['stem']}-{r['fused']}" for r in ROWS])
+def test_golden_values(row):
+    metrics = fusion_metrics(_gray(row["image_f"]), _gray(row["image_a"]), _gray(row["image_b"]))
+    for name in METRIC_NAMES:
+        reference = float(row[name])
+        assert metrics[name].item() == pytest.approx(reference, rel=1e-3), name
+
+
+def test_golden_ssim_with_the_8_bit_range():
+    row = ROWS[0]
+    from fusionfm.metrics import ssim
+
+    value = ssim(_gray(row["image_f"]), _gray(row["image_a"]), _gray(row["image_b"]), data_range=255)
+    assert value.item() == pytest.approx(float(row["SSIM_255"]), rel=1e-3)
+
+
+def test_a_batch_equals_one_at_a_time():
+    same_size = [r for r in ROWS if r["stem"] == "carLight"]
+    fused = torch.stack([_gray(r["image_f"]) for r in same_size])
+    a = torch.stack([_gray(r["image_a"]) for r in same_size])
+    b = torch.stack([_gray(r["image_b"]) for r in same_size])
+    batched = fusion_metrics(fused, a, b)
+    for index in range(len(same_size)):
+        single = fusion_metrics(fused[index], a[index], b[index])
+        for name in METRIC_NAMES:
+            torch.testing.assert_close(batched[name][index], single[name][0], rtol=1e-12, atol=1e-12)
+
+
+def test_fusing_a_source_with_itself_is_perfect_on_reference_metrics():
+    a = _gray(ROWS[0]["image_a"])
+    metrics = fusion_metrics(a, a, a)
+    assert metrics["SSIM"].item() == pytest.approx(2.0, abs=1e-9)
+    assert metrics["CC"].item() == pytest.approx(1.0, abs=1e-9)
+    assert metrics["MSE"].item() == 0
+    assert metrics["Qabf"].item() > 0.9  # the sigmoid constants cap a perfect match just below 1
+
+
+def test_to_gray_255_matches_pil_luma(real_pair):
+    _, vi = real_pair("IVF")
+    from_pil = to_gray_255(vi)
+    from_tensor = to_gray_255(torch.from_numpy(np.array(vi)).permute(2, 0, 1).float() / 255)
+    assert from_pil.shape == (1, 1, vi.size[1], vi.size[0])
+    torch.testing.assert_close(from_pil, from_tensor, atol=1.0, rtol=0)  # PIL rounds its luma slightly differently
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="Metrics take gray images"):
+        fusion_metrics(torch.zeros(1, 3, 8, 8), torch.zeros(8, 8), torch.zeros(8, 8))
