@@ -199,25 +199,21 @@ def _box_valid(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _vif_terms(s1: torch.Tensor, s2: torch.Tensor, s12: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One scale of pixel-domain VIF: (numerator, denominator) sums, with the reference's masking order."""
+    """One scale of pixel-domain VIF: (numerator, denominator) sums over pixels.
+
+    The reference masks in steps (g = 0 and s1 = 0 where s1 < eps; g = 0, sv = 0 where s2 < eps;
+    sv = s2, g = 0 where g < 0; sv >= eps). Their net effect, used here: a pixel with s1 < eps adds
+    nothing to either sum, and adds to the numerator only where s2 >= eps and g >= 0.
+    """
     sigma_nsq, eps = 2.0, 1e-10
-    s1, s2 = s1.clamp_min(0), s2.clamp_min(0)
-    g = s12 / (s1 + eps)
-    sv = s2 - g * s12
-    low1 = s1 < eps
-    g = torch.where(low1, 0.0, g)
-    sv = torch.where(low1, s2, sv)
-    s1 = torch.where(low1, 0.0, s1)
-    low2 = s2 < eps
-    g = torch.where(low2, 0.0, g)
-    sv = torch.where(low2, 0.0, sv)
-    negative = g < 0
-    sv = torch.where(negative, s2, sv)
-    g = torch.where(negative, 0.0, g)
-    sv = torch.where(sv <= eps, eps, sv)
-    numerator = _sum(torch.log10(1 + g * g * s1 / (sv + sigma_nsq)))
-    denominator = _sum(torch.log10(1 + s1 / sigma_nsq))
-    return numerator, denominator
+    s2 = s2.clamp_min(0)
+    informative = s1 >= eps
+    g = s12 / (s1.clamp_min(0) + eps)
+    sv = (s2 - g * s12).clamp_min(eps)
+    kept = informative & (s2 >= eps) & (g >= 0)
+    numerator = torch.log1p(g * g * s1 / (sv + sigma_nsq)).masked_fill_(~kept, 0.0)
+    denominator = torch.log1p(s1 / sigma_nsq).masked_fill_(~informative, 0.0)
+    return _sum(numerator) / math.log(10), _sum(denominator) / math.log(10)
 
 
 def vif(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
@@ -265,13 +261,12 @@ def _sobel_strength_and_angle(image: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def _edge_preservation(g_source, a_source, g_fused, a_fused) -> torch.Tensor:
-    """Q^{XF} per pixel, with the reference's GAF convention (g_F where strengths are equal)."""
-    gaf = torch.where(g_source > g_fused, g_fused / torch.where(g_source > 0, g_source, 1.0),
-                      torch.where(g_source == g_fused, g_fused, g_source / torch.where(g_fused > 0, g_fused, 1.0)))
+    """Q^{XF} per pixel, with the reference's GAF convention (g_F, not 1, where strengths are equal)."""
+    ratio = torch.minimum(g_source, g_fused) / torch.maximum(g_source, g_fused).clamp_min(1e-30)
+    gaf = torch.where(g_source == g_fused, g_fused, ratio)
     aaf = 1 - (a_source - a_fused).abs() / (math.pi / 2)
-    q_strength = 0.9994 / (1 + torch.exp(-15 * (gaf - 0.5)))
-    q_angle = 0.9879 / (1 + torch.exp(-22 * (aaf - 0.8)))
-    return q_strength * q_angle
+    # T / (1 + exp(k (x - D))) with k < 0 is T * sigmoid(-k (x - D)).
+    return 0.9994 * 0.9879 * torch.sigmoid(15 * (gaf - 0.5)) * torch.sigmoid(22 * (aaf - 0.8))
 
 
 def qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
