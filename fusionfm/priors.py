@@ -1,0 +1,241 @@
+"""Prior fusion methods: classical fusers whose outputs are pseudo-label candidates.
+
+Every built-in prior is a function ``fuse(image_a, image_b) -> fused_y`` on batched tensors:
+images (B, C, H, W) in [0, 1] with C = 1 or 3, result the fused luminance (B, 1, H, W) in [0, 1].
+:func:`run_prior` puts colour back with the task's policy (DESIGN.md, "Colour").
+:class:`ExternalPriors` reads other methods' fused images from ``priors/<METHOD>/<stem>.*`` folders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pywt
+import torch
+import torch.nn.functional as F
+from kornia.filters import box_blur, gaussian_blur2d, guided_blur, laplacian, median_blur
+
+from .color import luminance, recombine
+from .image_processor import FusionImageProcessor, load_image
+from .tasks import FAMILIES, FusionTask, get_task
+
+Fuser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A prior fusion method and the task families it suits."""
+
+    name: str
+    fuse: Fuser
+    families: tuple[str, ...]
+    description: str
+
+
+# ---------------------------------------------------------------- building blocks
+def _pyramid_levels(height: int, width: int, max_levels: int = 5) -> int:
+    """Levels such that the coarsest level keeps at least 8 pixels on its short side."""
+    return max(1, min(max_levels, int(math.log2(max(min(height, width), 8) / 8)) + 1))
+
+
+def _down(image: torch.Tensor) -> torch.Tensor:
+    blurred = gaussian_blur2d(image, (5, 5), (1.0, 1.0), border_type="replicate")
+    return F.interpolate(blurred, size=((image.shape[-2] + 1) // 2, (image.shape[-1] + 1) // 2), mode="bilinear",
+                         align_corners=False)
+
+
+def _up(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return gaussian_blur2d(F.interpolate(image, size=size, mode="bilinear", align_corners=False), (5, 5), (1.0, 1.0),
+                           border_type="replicate")
+
+
+def gaussian_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """[G_0 = image, G_1, ...] each half the size of the previous (rounded up)."""
+    pyramid = [image]
+    for _ in range(levels - 1):
+        pyramid.append(_down(pyramid[-1]))
+    return pyramid
+
+
+def laplacian_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """[L_0, ..., L_{n-2}, G_{n-1}] with L_k = G_k - up(G_{k+1}); :func:`collapse` inverts it exactly."""
+    gaussians = gaussian_pyramid(image, levels)
+    details = [g - _up(g_next, tuple(g.shape[-2:])) for g, g_next in zip(gaussians[:-1], gaussians[1:], strict=True)]
+    return details + [gaussians[-1]]
+
+
+def collapse(pyramid: list[torch.Tensor]) -> torch.Tensor:
+    """Rebuild the image from :func:`laplacian_pyramid` levels."""
+    image = pyramid[-1]
+    for detail in reversed(pyramid[:-1]):
+        image = detail + _up(image, tuple(detail.shape[-2:]))
+    return image
+
+
+def _choose_max_abs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.where(x.abs() >= y.abs(), x, y)
+
+
+# ---------------------------------------------------------------- the priors (luminance out)
+def average(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """Pixel mean of the two luminances."""
+    return (luminance(image_a) + luminance(image_b)) / 2
+
+
+def choose_max(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """Pixel maximum of the two luminances (bright structures of both survive)."""
+    return torch.maximum(luminance(image_a), luminance(image_b))
+
+
+def laplacian_pyramid_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """Laplacian pyramid: max-abs detail coefficients, averaged base."""
+    y_a, y_b = luminance(image_a), luminance(image_b)
+    levels = _pyramid_levels(*y_a.shape[-2:])
+    pyramid_a, pyramid_b = laplacian_pyramid(y_a, levels), laplacian_pyramid(y_b, levels)
+    fused = [_choose_max_abs(la, lb) for la, lb in zip(pyramid_a[:-1], pyramid_b[:-1], strict=True)]
+    fused.append((pyramid_a[-1] + pyramid_b[-1]) / 2)
+    return collapse(fused).clamp(0, 1)
+
+
+def wavelet_fusion(image_a: torch.Tensor, image_b: torch.Tensor, wavelet: str = "db2", levels: int = 3) -> torch.Tensor:
+    """Discrete wavelet transform (PyWavelets): max-abs detail coefficients, averaged approximation."""
+    y_a, y_b = luminance(image_a), luminance(image_b)
+    height, width = y_a.shape[-2:]
+    levels = min(levels, pywt.dwt_max_level(min(height, width), pywt.Wavelet(wavelet).dec_len))
+    results = []
+    for a, b in zip(y_a[:, 0].double().numpy(), y_b[:, 0].double().numpy(), strict=True):
+        coeffs_a = pywt.wavedec2(a, wavelet, level=max(levels, 1), mode="symmetric")
+        coeffs_b = pywt.wavedec2(b, wavelet, level=max(levels, 1), mode="symmetric")
+        fused = [(coeffs_a[0] + coeffs_b[0]) / 2]
+        for details_a, details_b in zip(coeffs_a[1:], coeffs_b[1:], strict=True):
+            fused.append(tuple(np.where(np.abs(da) >= np.abs(db), da, db) for da, db in zip(details_a, details_b,
+                                                                                             strict=True)))
+        results.append(pywt.waverec2(fused, wavelet, mode="symmetric")[:height, :width])
+    return torch.from_numpy(np.stack(results)).float()[:, None].clamp(0, 1)
+
+
+def guided_filter_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """GFF (Li, Kang and Hu, 2013): two-scale split, Laplacian saliency, weights refined by guided filters."""
+    y_a, y_b = luminance(image_a), luminance(image_b)
+    base_a, base_b = box_blur(y_a, 31, border_type="replicate"), box_blur(y_b, 31, border_type="replicate")
+    saliency = [gaussian_blur2d(laplacian(y, 3, border_type="replicate").abs(), (11, 11), (5.0, 5.0),
+                                border_type="replicate") for y in (y_a, y_b)]
+    winner_a = (saliency[0] >= saliency[1]).float()
+    weights = []
+    for radius, eps in ((45, 0.3), (7, 1e-6)):  # base weights: smooth; detail weights: edge-aware
+        w_a = guided_blur(y_a, winner_a, 2 * radius + 1, eps, border_type="replicate", separable=True)
+        w_b = guided_blur(y_b, 1 - winner_a, 2 * radius + 1, eps, border_type="replicate", separable=True)
+        total = (w_a + w_b).clamp_min(1e-6)
+        weights.append((w_a / total, w_b / total))
+    (wb_a, wb_b), (wd_a, wd_b) = weights
+    fused = wb_a * base_a + wb_b * base_b + wd_a * (y_a - base_a) + wd_b * (y_b - base_b)
+    return fused.clamp(0, 1)
+
+
+def exposure_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """Mertens-style exposure fusion: contrast x saturation x well-exposedness weights, blended in a
+    Laplacian pyramid. Weights are computed from the colour images; the luminance is blended."""
+    weights = []
+    for image in (image_a, image_b):
+        y = luminance(image)
+        contrast = laplacian(y, 3, border_type="replicate").abs()
+        saturation = image.std(dim=1, keepdim=True, correction=0) if image.shape[1] == 3 else torch.ones_like(y)
+        well_exposed = torch.exp(-((image - 0.5) ** 2) / (2 * 0.2**2)).prod(dim=1, keepdim=True)
+        weights.append(contrast * saturation * well_exposed + 1e-12)
+    total = weights[0] + weights[1]
+    weight_a = weights[0] / total
+    y_a, y_b = luminance(image_a), luminance(image_b)
+    levels = _pyramid_levels(*y_a.shape[-2:])
+    pyramid_a, pyramid_b = laplacian_pyramid(y_a, levels), laplacian_pyramid(y_b, levels)
+    pyramid_w = gaussian_pyramid(weight_a, levels)
+    fused = [w * la + (1 - w) * lb for w, la, lb in zip(pyramid_w, pyramid_a, pyramid_b, strict=True)]
+    return collapse(fused).clamp(0, 1)
+
+
+def focus_map_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """Multi-focus fusion: energy-of-Laplacian focus measure, a majority-filtered decision map, refined
+    by a guided filter, then a per-pixel blend of the sources."""
+    y_a, y_b = luminance(image_a), luminance(image_b)
+    focus = [box_blur(laplacian(y, 3, border_type="replicate") ** 2, 9, border_type="replicate") for y in (y_a, y_b)]
+    decision = (focus[0] >= focus[1]).float()
+    decision = (box_blur(decision, 15, border_type="replicate") > 0.5).float()  # remove speckle
+    guide = (y_a + y_b) / 2
+    weight_a = guided_blur(guide, decision, 9, 0.01, border_type="replicate", separable=True).clamp(0, 1)
+    return (weight_a * y_a + (1 - weight_a) * y_b).clamp(0, 1)
+
+
+def two_scale_saliency_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """Two-scale fusion with visual saliency (Bavirisetti and Dhuli, 2016): mean-filter base layers are
+    averaged; detail layers are weighted by |mean - median| saliency."""
+    y_a, y_b = luminance(image_a), luminance(image_b)
+    base_a, base_b = box_blur(y_a, 35, border_type="replicate"), box_blur(y_b, 35, border_type="replicate")
+    saliency_a = (box_blur(y_a, 35, border_type="replicate") - median_blur(y_a, 3)).abs()
+    saliency_b = (box_blur(y_b, 35, border_type="replicate") - median_blur(y_b, 3)).abs()
+    total = saliency_a + saliency_b
+    weight_a = torch.where(total > 1e-8, saliency_a / total.clamp_min(1e-8), torch.full_like(total, 0.5))
+    fused = (base_a + base_b) / 2 + weight_a * (y_a - base_a) + (1 - weight_a) * (y_b - base_b)
+    return fused.clamp(0, 1)
+
+
+PRIORS: dict[str, Prior] = {
+    prior.name: prior
+    for prior in (
+        Prior("average", average, FAMILIES, "pixel mean"),
+        Prior("max", choose_max, ("IVF", "MIF"), "pixel maximum"),
+        Prior("laplacian", laplacian_pyramid_fusion, FAMILIES, "Laplacian pyramid, max-abs details"),
+        Prior("wavelet", wavelet_fusion, FAMILIES, "db2 DWT, 3 levels, max-abs details"),
+        Prior("gff", guided_filter_fusion, FAMILIES, "guided-filter fusion (Li et al. 2013)"),
+        Prior("exposure", exposure_fusion, ("MEF",), "Mertens-style exposure fusion"),
+        Prior("focus_map", focus_map_fusion, ("MFF",), "focus-measure decision map + guided filter"),
+        Prior("two_scale_saliency", two_scale_saliency_fusion, ("IVF", "MIF"), "two-scale visual saliency"),
+    )
+}
+
+
+def priors_for(task: str | FusionTask) -> list[Prior]:
+    """The built-in priors that suit a task's family."""
+    family = get_task(task).family
+    return [prior for prior in PRIORS.values() if family in prior.families]
+
+
+def run_prior(name: str, image_a: torch.Tensor, image_b: torch.Tensor, task: str | FusionTask) -> torch.Tensor:
+    """Fuse with a built-in prior and put colour back per the task: (B, C, H, W) -> (B, 1 or 3, H, W)."""
+    if name not in PRIORS:
+        raise ValueError(f"Unknown prior {name!r}. Known priors: {', '.join(PRIORS)}.")
+    fused_y = PRIORS[name].fuse(image_a, image_b)
+    return recombine(fused_y, image_a, image_b, get_task(task).color_policy)
+
+
+class ExternalPriors:
+    """Fused images of other methods stored as ``<dataset>/priors/<METHOD>/<stem>.<ext>``.
+
+    Args:
+        dataset_dir: a dataset folder in the layout of ``shared/data`` (e.g. ``IVF/VIFB``).
+    """
+
+    def __init__(self, dataset_dir: str | Path) -> None:
+        self.root = Path(dataset_dir) / "priors"
+        self.methods = sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        self._processor = FusionImageProcessor()
+
+    def paths(self, stem: str) -> dict[str, Path]:
+        """Method name -> file of that method's output for ``stem`` (methods without one are left out)."""
+        found = {}
+        for method in self.methods:
+            matches = sorted((self.root / method).glob(f"{stem}.*"))
+            if matches:
+                found[method] = matches[0]
+        return found
+
+    def load(self, method: str, stem: str, size: tuple[int, int]) -> torch.Tensor:
+        """A method's output for ``stem`` as (1, C, H, W) in [0, 1], resized to ``size`` = (H, W) if it
+        was shipped at another size (e.g. MEFB's FMMEF outputs at twice the input size)."""
+        path = self.paths(stem).get(method)
+        if path is None:
+            raise FileNotFoundError(f"No output of {method} for {stem!r} under {self.root / method}.")
+        (image,) = self._processor.to_tensor_list(load_image(path), name=str(path))
+        return self._processor.resize(image[None], size)
