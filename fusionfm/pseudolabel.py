@@ -1,0 +1,214 @@
+"""Build pseudo-labels for a task: every candidate fusion is scored, the best is kept (stage 1).
+
+    python -m fusionfm.pseudolabel --data ../shared/data --task IVF --split train --out labels/IVF
+    python -m fusionfm.pseudolabel --data ../shared/data --task MEF --synthetic --split test --out labels/MEF
+
+Writes, under ``--out``:
+
+- ``<dataset>/<stem>.png``: the label (8-bit, L or RGB by the task's colour rule);
+- for synthetic pairs also ``<dataset>/sources/<modality>/<stem>.png`` and ``<dataset>/truth/<stem>.png``;
+- ``labels.csv``: one row per candidate of every pair (its origin, the twelve metrics, the weighted
+  selection score, whether it was selected), plus ``refined``, ``score_before``, ``score_after`` on the
+  selected row (the Fusion Refiner, stage 2, is not built yet: refined is 0 and the scores are equal).
+
+Resumable: a pair counts as done when its label file exists and its rows are in the CSV; a killed run
+leaves neither a half-written PNG (written to a temporary file, then renamed) nor counted partial rows.
+Deterministic: the same arguments give the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .datasets import find_pairs, load_pair
+from .image_processor import to_pil
+from .metrics import METRIC_NAMES
+from .priors import ExternalPriors, priors_for, run_prior
+from .selection import select
+from .synthetic import SyntheticPairs
+from .tasks import FusionTask, get_task
+
+CSV_COLUMNS = ["task", "dataset", "split", "stem", "candidate", "origin", "selected", "score", *METRIC_NAMES,
+               "refined", "score_before", "score_after"]
+
+
+@dataclass
+class LabelJob:
+    """One pair to label: where it comes from and how to load it."""
+
+    task: FusionTask
+    dataset: str
+    split: str
+    stem: str
+    external: ExternalPriors | None = None
+    synthetic: tuple[SyntheticPairs, int] | None = None
+    record: object | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.dataset, self.stem
+
+
+def real_jobs(data_root: Path, task: str, split: str, datasets: list[str] | None, use_external: bool) -> list[LabelJob]:
+    jobs, externals = [], {}
+    for pair in find_pairs(data_root, task, split, datasets):
+        if use_external and pair.dataset not in externals:
+            externals[pair.dataset] = ExternalPriors(pair.dataset_dir)
+        jobs.append(LabelJob(pair.task, pair.dataset, split, pair.stem, externals.get(pair.dataset), record=pair))
+    return jobs
+
+
+def synthetic_jobs(data_root: Path, task: str, split: str, seed: int, limit: int | None) -> list[LabelJob]:
+    pairs = SyntheticPairs(data_root, get_task(task).family, split, seed=seed, limit=limit)
+    dataset = f"synthetic-{pairs.rows[0]['dataset']}"
+    return [LabelJob(get_task(task), dataset, split, row["stem"], synthetic=(pairs, index))
+            for index, row in enumerate(pairs.rows)]
+
+
+def save_png_atomically(image: torch.Tensor, path: Path) -> None:
+    """Write (C, H, W) in [0, 1] as an 8-bit PNG; readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    to_pil(image).save(temporary, format="PNG")
+    os.replace(temporary, path)
+
+
+class LabelStore:
+    """The output folder: label files plus the CSV, with resume bookkeeping."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.csv_path = out_dir / "labels.csv"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.finished = self._recover()
+
+    def label_path(self, job: LabelJob) -> Path:
+        return self.out_dir / job.dataset / f"{job.stem}.png"
+
+    def _recover(self) -> set[tuple[str, str]]:
+        """Keep only complete pairs' rows (rewritten atomically); return their keys."""
+        if not self.csv_path.is_file():
+            with self.csv_path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(CSV_COLUMNS)
+            return set()
+        with self.csv_path.open(newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header != CSV_COLUMNS:
+                raise ValueError(f"{self.csv_path} was not written by this tool (unexpected header); use another --out.")
+            rows = [row for row in reader if len(row) == len(CSV_COLUMNS)]
+        selected = {(row[1], row[3]) for row in rows if row[6] == "1"}
+        finished = {key for key in selected if (self.out_dir / key[0] / f"{key[1]}.png").is_file()}
+        kept = [row for row in rows if (row[1], row[3]) in finished]
+        temporary = self.csv_path.with_name(".labels.csv.tmp")
+        with temporary.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(kept)
+        os.replace(temporary, self.csv_path)
+        return finished
+
+    def append(self, rows: list[dict]) -> None:
+        with self.csv_path.open("a", newline="") as handle:
+            csv.DictWriter(handle, CSV_COLUMNS).writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def candidates_for(job: LabelJob, image_a: torch.Tensor, image_b: torch.Tensor) -> dict[str, tuple[str, torch.Tensor]]:
+    """name -> (origin, fused image (1, C, H, W)) for the built-in priors and any external outputs."""
+    candidates = {prior.name: ("builtin", run_prior(prior.name, image_a, image_b, job.task))
+                  for prior in priors_for(job.task)}
+    if job.external is not None:
+        size = tuple(image_a.shape[-2:])
+        for method in job.external.paths(job.stem):
+            candidates[method] = ("external", job.external.load(method, job.stem, size))
+    return candidates
+
+
+def label_pair(job: LabelJob, store: LabelStore) -> None:
+    """Select the label of one pair and record it (PNG first, then its CSV rows)."""
+    if job.synthetic is not None:
+        dataset, index = job.synthetic
+        pair = dataset[index]
+        image_a, image_b = pair.image_a[None], pair.image_b[None]
+        folder = store.out_dir / job.dataset
+        save_png_atomically(pair.image_a, folder / "sources" / job.task.modality_a / f"{job.stem}.png")
+        save_png_atomically(pair.image_b, folder / "sources" / job.task.modality_b / f"{job.stem}.png")
+        save_png_atomically(pair.ground_truth, folder / "truth" / f"{job.stem}.png")
+    else:
+        image_a, image_b = load_pair(job.record)
+    candidates = candidates_for(job, image_a, image_b)
+    selection = select({name: image for name, (_, image) in candidates.items()}, image_a, image_b, job.task)
+    save_png_atomically(candidates[selection.best][1][0], store.label_path(job))
+    rows = []
+    for name, (origin, _) in candidates.items():
+        chosen = name == selection.best
+        score = round(selection.scores[name], 6)
+        rows.append({
+            "task": job.task.name, "dataset": job.dataset, "split": job.split, "stem": job.stem,
+            "candidate": name, "origin": origin, "selected": int(chosen), "score": score,
+            **{metric: round(value, 6) for metric, value in selection.metrics[name].items()},
+            "refined": 0 if chosen else "", "score_before": score if chosen else "",
+            "score_after": score if chosen else "",
+        })
+    store.append(rows)
+
+
+def build_labels(jobs: list[LabelJob], out_dir: Path, progress: bool = True) -> dict[str, int]:
+    """Label every job not finished yet; returns counts of done and skipped pairs."""
+    store = LabelStore(out_dir)
+    todo = [job for job in jobs if job.key not in store.finished]
+    for job in tqdm(todo, desc="pseudo-labels", unit="pair", disable=not progress):
+        label_pair(job, store)
+    return {"labelled": len(todo), "already_done": len(jobs) - len(todo)}
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fusionfm.pseudolabel", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="data root in the layout of shared/data")
+    parser.add_argument("--task", required=True, help="IVF, MIF, MIF-CT, MIF-PET, MIF-SPECT, MEF or MFF")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created; reused to resume)")
+    parser.add_argument("--datasets", nargs="+", help="only these datasets (default: all of the task)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="MEF/MFF: label synthetic pairs made from natural/ photographs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs")
+    parser.add_argument("--limit", type=int, help="synthetic: only the first N photographs")
+    parser.add_argument("--no-external", action="store_true", help="ignore priors/<METHOD>/ folders")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _jobs(args: argparse.Namespace) -> Iterator[LabelJob]:
+    if args.synthetic:
+        return synthetic_jobs(args.data, args.task, args.split, args.seed, args.limit)
+    return real_jobs(args.data, args.task, args.split, args.datasets, not args.no_external)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    try:
+        get_task(args.task)
+        jobs = _jobs(args)
+        counts = build_labels(jobs, args.out, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{counts['labelled']} pairs labelled, {counts['already_done']} already done; labels and "
+          f"{args.out / 'labels.csv'} in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The pseudo-label CLI: outputs, determinism, resume after a kill, and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import PIL.Image
+from conftest import DATA, REPO_ROOT
+
+from fusionfm.datasets import find_pairs
+from fusionfm.pseudolabel import CSV_COLUMNS, main
+
+SYNTHETIC_MFF = ["--data", str(DATA), "--task", "MFF", "--synthetic", "--split", "test", "--no-progress"]
+
+
+def _rows(out: Path) -> list[dict]:
+    with (out / "labels.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _label_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "synthetic-BSDS500").glob("*.png"))}
+
+
+def test_real_pairs_with_external_priors(tmp_path):
+    out = tmp_path / "labels"
+    assert main(["--data", str(DATA), "--task", "IVF", "--split", "train", "--datasets", "MSRS", "--out", str(out),
+                 "--no-progress"]) == 0
+    rows = _rows(out)
+    stems = {p.stem for p in find_pairs(DATA, "IVF", "train", ["MSRS"])}
+    assert {row["stem"] for row in rows} == stems
+    selected = [row for row in rows if row["selected"] == "1"]
+    assert len(selected) == len(stems)
+    assert {row["origin"] for row in rows} == {"builtin", "external"}  # PIAFusion outputs ship for MSRS train
+    for row in selected:
+        label = PIL.Image.open(out / "MSRS" / f"{row['stem']}.png")
+        assert label.size == (640, 480) and label.mode == "RGB"
+        assert float(row["score"]) == max(float(r["score"]) for r in rows if r["stem"] == row["stem"])
+
+
+def test_synthetic_labels_are_deterministic_and_resume_after_a_kill(tmp_path):
+    clean = tmp_path / "clean"
+    assert main([*SYNTHETIC_MFF, "--limit", "6", "--out", str(clean)]) == 0
+    reference = _label_bytes(clean)
+    assert len(reference) == 6
+    assert (clean / "synthetic-BSDS500" / "truth").is_dir()
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "fusionfm.pseudolabel", *SYNTHETIC_MFF, "--limit", "6",
+                                "--out", str(killed)], env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((killed / "synthetic-BSDS500").glob("*.png"))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in (killed / "synthetic-BSDS500").glob("*.png")}
+    assert 2 <= len(done_before) < 6, "the run should have been killed part way"
+    # A partial CSV line, as a kill during a write would leave.
+    with (killed / "labels.csv").open("a") as handle:
+        handle.write("MFF,synthetic-BSDS500,test,999999,average")
+
+    assert main([*SYNTHETIC_MFF, "--limit", "6", "--out", str(killed)]) == 0
+    rows = _rows(killed)
+    assert CSV_COLUMNS == list(rows[0])
+    assert sorted(row["stem"] for row in rows if row["selected"] == "1") == sorted(p[:-4] for p in reference)
+    assert len(rows) == len(_rows(clean))
+    assert _label_bytes(killed) == reference  # same labels as the uninterrupted run
+    # Labels finished before the kill were not rewritten; only a label whose CSV rows the kill cut off
+    # (PNG written, rows not yet appended) may have been redone.
+    untouched = [name for name, mtime in done_before.items()
+                 if (killed / "synthetic-BSDS500" / name).stat().st_mtime_ns == mtime]
+    assert len(untouched) >= len(done_before) - 1
+
+
+def test_errors_are_clear(tmp_path, capsys):
+    assert main(["--data", str(tmp_path / "nowhere"), "--task", "IVF", "--out", str(tmp_path / "o")]) == 2
+    assert "No data folder at" in capsys.readouterr().err
+
+    assert main(["--data", str(DATA), "--task", "XYZ", "--out", str(tmp_path / "o")]) == 2
+    assert "Unknown task 'XYZ'" in capsys.readouterr().err
+
+    # A folder layout without manifest, with an image that has no partner and one that is corrupt.
+    root = tmp_path / "data"
+    for modality in ("ir", "vi"):
+        (root / "IVF/Mine/train" / modality).mkdir(parents=True)
+        shutil.copy(DATA / f"IVF/RoadScene/test/{modality}/FLIR_06995.jpg", root / f"IVF/Mine/train/{modality}/p1.jpg")
+    shutil.copy(DATA / "IVF/RoadScene/test/ir/FLIR_06974.jpg", root / "IVF/Mine/train/ir/lonely.jpg")
+    assert main(["--data", str(root), "--task", "IVF", "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert "stems without a partner in ir/ or vi/: lonely" in capsys.readouterr().err
+
+    (root / "IVF/Mine/train/ir/lonely.jpg").unlink()
+    (root / "IVF/Mine/train/vi/p1.jpg").write_bytes(b"\xff\xd8\xff truncated jpeg")
+    assert main(["--data", str(root), "--task", "IVF", "--out", str(tmp_path / "o3"), "--no-progress"]) == 2
+    assert "Could not read" in (err := capsys.readouterr().err) and "p1.jpg" in err
