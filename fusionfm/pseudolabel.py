@@ -22,7 +22,6 @@ import argparse
 import csv
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +103,9 @@ class LabelStore:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header != CSV_COLUMNS:
-                raise ValueError(f"{self.csv_path} was not written by this tool (unexpected header); use another --out.")
+                raise ValueError(
+                    f"{self.csv_path} was not written by this tool (unexpected header); use another --out."
+                )
             rows = [row for row in reader if len(row) == len(CSV_COLUMNS)]
         selected = {(row[1], row[3]) for row in rows if row[6] == "1"}
         finished = {key for key in selected if (self.out_dir / key[0] / f"{key[1]}.png").is_file()}
@@ -190,7 +191,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _jobs(args: argparse.Namespace) -> Iterator[LabelJob]:
+def _jobs(args: argparse.Namespace) -> list[LabelJob]:
     if args.synthetic:
         return synthetic_jobs(args.data, args.task, args.split, args.seed, args.limit)
     return real_jobs(args.data, args.task, args.split, args.datasets, not args.no_external)
