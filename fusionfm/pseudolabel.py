@@ -8,8 +8,9 @@ Writes, under ``--out``:
 - ``<dataset>/<stem>.png``: the label (8-bit, L or RGB by the task's colour rule);
 - for synthetic pairs also ``<dataset>/sources/<modality>/<stem>.png`` and ``<dataset>/truth/<stem>.png``;
 - ``labels.csv``: one row per candidate of every pair (its origin, the twelve metrics, the weighted
-  selection score, whether it was selected), plus ``refined``, ``score_before``, ``score_after`` on the
-  selected row (the Fusion Refiner, stage 2, is not built yet: refined is 0 and the scores are equal).
+  selection score, whether it was selected), plus, on the selected row, whether the Fusion Refiner's
+  output was kept (``refined``) and the selection score before and after refinement (stage 2);
+- ``refiner/<family>.safetensors``: the decomposition network, trained on the run's source pairs.
 
 Resumable: a pair counts as done when its label file exists and its rows are in the CSV; a killed run
 leaves neither a half-written PNG (written to a temporary file, then renamed) nor counted partial rows.
@@ -28,10 +29,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .color import luminance
 from .datasets import find_pairs, load_pair
 from .image_processor import to_pil
 from .metrics import METRIC_NAMES
 from .priors import ExternalPriors, priors_for, run_prior
+from .refiner import DecompositionNet, RefinerConfig, load_decomposer, refine_label, save_decomposer, train_decomposer
 from .selection import select
 from .synthetic import SyntheticPairs
 from .tasks import FusionTask, get_task
@@ -136,41 +139,74 @@ def candidates_for(job: LabelJob, image_a: torch.Tensor, image_b: torch.Tensor) 
     return candidates
 
 
-def label_pair(job: LabelJob, store: LabelStore) -> None:
-    """Select the label of one pair and record it (PNG first, then its CSV rows)."""
-    if job.synthetic is not None:
-        dataset, index = job.synthetic
-        pair = dataset[index]
-        image_a, image_b = pair.image_a[None], pair.image_b[None]
+def load_sources(job: LabelJob, store: LabelStore | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair's images (1, C, H, W); synthetic pairs are also written out when a store is given."""
+    if job.synthetic is None:
+        return load_pair(job.record)
+    dataset, index = job.synthetic
+    pair = dataset[index]
+    if store is not None:
         folder = store.out_dir / job.dataset
         save_png_atomically(pair.image_a, folder / "sources" / job.task.modality_a / f"{job.stem}.png")
         save_png_atomically(pair.image_b, folder / "sources" / job.task.modality_b / f"{job.stem}.png")
         save_png_atomically(pair.ground_truth, folder / "truth" / f"{job.stem}.png")
-    else:
-        image_a, image_b = load_pair(job.record)
+    return pair.image_a[None], pair.image_b[None]
+
+
+def label_pair(job: LabelJob, store: LabelStore, refiner: DecompositionNet | None, config: RefinerConfig) -> None:
+    """Select (and refine) the label of one pair and record it (PNG first, then its CSV rows)."""
+    image_a, image_b = load_sources(job, store)
     candidates = candidates_for(job, image_a, image_b)
-    selection = select({name: image for name, (_, image) in candidates.items()}, image_a, image_b, job.task)
-    save_png_atomically(candidates[selection.best][1][0], store.label_path(job))
+    images = {name: image for name, (_, image) in candidates.items()}
+    selection = select(images, image_a, image_b, job.task)
+    label, refined = images[selection.best], False
+    before = after = selection.scores[selection.best]
+    if refiner is not None:
+        others = {name: image for name, image in images.items() if name != selection.best}
+        label, refined, before, after = refine_label(label, image_a, image_b, job.task.name, refiner, config, others)
+    save_png_atomically(label[0], store.label_path(job))
     rows = []
     for name, (origin, _) in candidates.items():
         chosen = name == selection.best
-        score = round(selection.scores[name], 6)
         rows.append({
             "task": job.task.name, "dataset": job.dataset, "split": job.split, "stem": job.stem,
-            "candidate": name, "origin": origin, "selected": int(chosen), "score": score,
+            "candidate": name, "origin": origin, "selected": int(chosen), "score": round(selection.scores[name], 6),
             **{metric: round(value, 6) for metric, value in selection.metrics[name].items()},
-            "refined": 0 if chosen else "", "score_before": score if chosen else "",
-            "score_after": score if chosen else "",
+            "refined": int(refined) if chosen else "", "score_before": round(before, 6) if chosen else "",
+            "score_after": round(after, 6) if chosen else "",
         })
     store.append(rows)
 
 
-def build_labels(jobs: list[LabelJob], out_dir: Path, progress: bool = True) -> dict[str, int]:
+REFINER_TRAINING_PAIRS = 40
+"""Source pairs (the run's first ones) the decomposition network is trained on."""
+
+
+def prepare_refiner(jobs: list[LabelJob], store: LabelStore, config: RefinerConfig) -> DecompositionNet:
+    """Load the run's decomposition network, or train it on the run's source pairs and save it."""
+    path = store.out_dir / "refiner" / f"{jobs[0].task.family}.safetensors"
+    if path.is_file():
+        return load_decomposer(path)
+    pairs = []
+    for job in jobs[:REFINER_TRAINING_PAIRS]:
+        image_a, image_b = load_sources(job)
+        pairs.append((luminance(image_a), luminance(image_b)))
+    net = train_decomposer(pairs, config)
+    save_decomposer(net, path, config)
+    return net
+
+
+def build_labels(
+    jobs: list[LabelJob], out_dir: Path, refine: bool = True, config: RefinerConfig | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
     """Label every job not finished yet; returns counts of done and skipped pairs."""
+    config = config or RefinerConfig()
     store = LabelStore(out_dir)
     todo = [job for job in jobs if job.key not in store.finished]
+    refiner = prepare_refiner(jobs, store, config) if refine and todo else None
     for job in tqdm(todo, desc="pseudo-labels", unit="pair", disable=not progress):
-        label_pair(job, store)
+        label_pair(job, store, refiner, config)
     return {"labelled": len(todo), "already_done": len(jobs) - len(todo)}
 
 
@@ -187,6 +223,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs")
     parser.add_argument("--limit", type=int, help="synthetic: only the first N photographs")
     parser.add_argument("--no-external", action="store_true", help="ignore priors/<METHOD>/ folders")
+    parser.add_argument("--no-refine", action="store_true", help="stage 1 only: keep the selected labels as they are")
+    parser.add_argument("--threshold", type=float, default=RefinerConfig.threshold, help="refiner threshold c")
+    parser.add_argument("--strength", type=float, default=RefinerConfig.strength, help="refiner strength alpha")
+    parser.add_argument("--refiner-steps", type=int, default=RefinerConfig.train_steps,
+                        help="training steps of the decomposition network")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -202,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         get_task(args.task)
         jobs = _jobs(args)
-        counts = build_labels(jobs, args.out, progress=not args.no_progress)
+        config = RefinerConfig(threshold=args.threshold, strength=args.strength, train_steps=args.refiner_steps)
+        counts = build_labels(jobs, args.out, refine=not args.no_refine, config=config, progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

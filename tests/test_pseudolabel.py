@@ -17,7 +17,8 @@ from conftest import DATA, REPO_ROOT
 from fusionfm.datasets import find_pairs
 from fusionfm.pseudolabel import CSV_COLUMNS, main
 
-SYNTHETIC_MFF = ["--data", str(DATA), "--task", "MFF", "--synthetic", "--split", "test", "--no-progress"]
+SYNTHETIC_MFF = ["--data", str(DATA), "--task", "MFF", "--synthetic", "--split", "test", "--no-progress",
+                 "--refiner-steps", "20"]
 
 
 def _rows(out: Path) -> list[dict]:
@@ -32,7 +33,8 @@ def _label_bytes(out: Path) -> dict[str, bytes]:
 def test_real_pairs_with_external_priors(tmp_path):
     out = tmp_path / "labels"
     assert main(["--data", str(DATA), "--task", "IVF", "--split", "train", "--datasets", "MSRS", "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--refiner-steps", "20"]) == 0
+    assert (out / "refiner" / "IVF.safetensors").is_file()
     rows = _rows(out)
     stems = {p.stem for p in find_pairs(DATA, "IVF", "train", ["MSRS"])}
     assert {row["stem"] for row in rows} == stems
@@ -43,6 +45,9 @@ def test_real_pairs_with_external_priors(tmp_path):
         label = PIL.Image.open(out / "MSRS" / f"{row['stem']}.png")
         assert label.size == (640, 480) and label.mode == "RGB"
         assert float(row["score"]) == max(float(r["score"]) for r in rows if r["stem"] == row["stem"])
+        assert row["refined"] in ("0", "1")
+        if row["refined"] == "1":
+            assert float(row["score_after"]) >= float(row["score_before"])
 
 
 def test_synthetic_labels_are_deterministic_and_resume_after_a_kill(tmp_path):

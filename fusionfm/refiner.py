@@ -1,0 +1,186 @@
+"""Stage 2 of the pseudo-labels: the Fusion Refiner (divide and conquer, DESIGN.md).
+
+Given a selected label P and its sources a, b (luminance, (B, 1, H, W) in [0, 1]):
+
+1. decompose P into components c_a + c_b = P with a small per-task autoencoder
+   (:class:`DecompositionNet`, trained on the task's own source pairs to split mixes w*a + (1-w)*b
+   back into w*a and (1-w)*b);
+2. residuals r_x = HF(x) - HF(c_x): detail that source x has and its component lacks
+   (HF = image minus its Gaussian blur);
+3. weight them per pixel by how salient each source's detail is there;
+4. protect: a residual goes in only where the detail deficit |HF(x)| - |HF(P)| exceeds ``threshold``
+   (c), the source's detail stands above its noise floor, and the result would not clip; ``strength``
+   (alpha) scales what goes in;
+5. reintegrate and clip. :func:`refine_label` re-scores and keeps the refined label only if the
+   selection score does not drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
+from kornia.filters import gaussian_blur2d
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .color import luminance
+from .selection import select
+
+
+@dataclass
+class RefinerConfig:
+    """Hyper-parameters of the Fusion Refiner."""
+
+    threshold: float = 0.01
+    """c: smallest detail deficit (in [0, 1] luminance units) that lets a residual in."""
+    strength: float = 0.8
+    """alpha: fraction of the protected residual added."""
+    detail_sigma: float = 1.5
+    """Gaussian sigma (px) separating high-frequency detail from the rest."""
+    saliency_sigma: float = 4.0
+    """Gaussian sigma (px) of the local detail energy used as saliency."""
+    noise_factor: float = 2.0
+    """Source detail below noise_factor x its estimated noise level counts as noise."""
+    train_steps: int = 300
+    train_batch: int = 16
+    train_crop: int = 96
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+
+class DecompositionNet(nn.Module):
+    """Splits a label into the component attributable to source a: [P, a, b] (B, 3, H, W) -> c_a (B, 1, H, W).
+
+    A small dilated-convolution autoencoder (about 7 k parameters); c_b = P - c_a.
+    """
+
+    def __init__(self, width: int = 24) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=4, dilation=4), nn.SiLU(),
+            nn.Conv2d(width, 1, 3, padding=1),
+        )
+
+    def forward(self, label: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+        share = torch.sigmoid(self.layers(torch.cat([label, image_a, image_b], dim=1)))
+        return share * label
+
+
+def _smooth_weights(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Random smooth mixing weights in [0, 1], (B, 1, H, W)."""
+    batch, _, height, width = shape
+    coarse = torch.randn(batch, 1, 4, 4, generator=generator) * 2.5
+    return torch.sigmoid(F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False))
+
+
+def train_decomposer(pairs: list[tuple[torch.Tensor, torch.Tensor]], config: RefinerConfig) -> DecompositionNet:
+    """Train a :class:`DecompositionNet` on source luminance pairs [(a, b)], each (1, 1, H, W).
+
+    Mixes P = w a + (1 - w) b with smooth random w; the target component is w a. Deterministic for a
+    given config and pair list.
+    """
+    if not pairs:
+        raise ValueError("train_decomposer needs at least one source pair.")
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    net = DecompositionNet()
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    crop = config.train_crop
+    usable = [(a, b) for a, b in pairs if min(a.shape[-2:]) >= crop] or [
+        (F.interpolate(a, size=(crop, crop), mode="bilinear"), F.interpolate(b, size=(crop, crop), mode="bilinear"))
+        for a, b in pairs
+    ]
+    for _ in range(config.train_steps):
+        crops_a, crops_b = [], []
+        for _ in range(config.train_batch):
+            a, b = usable[int(torch.randint(len(usable), (1,), generator=generator))]
+            top = int(torch.randint(a.shape[-2] - crop + 1, (1,), generator=generator))
+            left = int(torch.randint(a.shape[-1] - crop + 1, (1,), generator=generator))
+            crops_a.append(a[..., top : top + crop, left : left + crop])
+            crops_b.append(b[..., top : top + crop, left : left + crop])
+        a, b = torch.cat(crops_a), torch.cat(crops_b)
+        w = _smooth_weights(a.shape, generator)
+        mix = w * a + (1 - w) * b
+        loss = F.l1_loss(net(mix, a, b), w * a)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return net.eval()
+
+
+def save_decomposer(net: DecompositionNet, path: Path, config: RefinerConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(net.state_dict(), str(temporary), metadata={k: str(v) for k, v in asdict(config).items()})
+    temporary.replace(path)
+
+
+def load_decomposer(path: Path) -> DecompositionNet:
+    net = DecompositionNet()
+    net.load_state_dict(load_file(str(path)))
+    return net.eval()
+
+
+def _detail(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    size = 2 * int(3 * sigma) + 1
+    return image - gaussian_blur2d(image, (size, size), (sigma, sigma), border_type="replicate")
+
+
+def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    size = 2 * int(3 * sigma) + 1
+    return gaussian_blur2d(image, (size, size), (sigma, sigma), border_type="replicate")
+
+
+def refine_luminance(
+    label: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, net: DecompositionNet, config: RefinerConfig
+) -> torch.Tensor:
+    """Steps 1-5 on luminance: (B, 1, H, W) in [0, 1] each -> refined label (B, 1, H, W)."""
+    with torch.no_grad():
+        component_a = net(label, image_a, image_b)
+    components = (component_a, label - component_a)
+    detail_label = _detail(label, config.detail_sigma)
+    details = [_detail(source, config.detail_sigma) for source in (image_a, image_b)]
+    saliency = [_blur(detail * detail, config.saliency_sigma) for detail in details]
+    total_saliency = (saliency[0] + saliency[1]).clamp_min(1e-12)
+    update = torch.zeros_like(label)
+    for detail, component, energy in zip(details, components, saliency, strict=True):
+        residual = detail - _detail(component, config.detail_sigma)
+        weight = energy / total_saliency
+        # Noise level of the source's detail: median absolute deviation, per image.
+        noise = detail.abs().flatten(1).median(dim=1).values.view(-1, 1, 1, 1) / 0.6745
+        deficit = detail.abs() - detail_label.abs()
+        protect = (deficit > config.threshold) & (detail.abs() > config.noise_factor * noise)
+        update = update + config.strength * weight * residual * protect
+    refined = label + update
+    clipping = (refined < 0) | (refined > 1)
+    return torch.where(clipping, label, refined)
+
+
+def refine_label(
+    label: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, task: str,
+    net: DecompositionNet, config: RefinerConfig, candidates: dict[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, bool, float, float]:
+    """Refine a selected label (1, C, H, W) and keep it only if its selection score does not drop.
+
+    The score is the task's weighted selection score, normalised over ``candidates`` (the pair's other
+    candidates) plus the label before and after refinement.
+
+    Returns (label to keep, whether it is the refined one, score before, score after).
+    """
+    refined_y = refine_luminance(luminance(label), luminance(image_a), luminance(image_b), net, config)
+    if label.shape[1] == 3:
+        ycbcr = rgb_to_ycbcr(label)
+        refined = ycbcr_to_rgb(torch.cat([refined_y, ycbcr[:, 1:]], dim=1)).clamp(0, 1)
+    else:
+        refined = refined_y
+    pool = {**(candidates or {}), "__before__": label, "__after__": refined}
+    scores = select(pool, image_a, image_b, task).scores
+    before, after = scores["__before__"], scores["__after__"]
+    keep_refined = after >= before
+    return (refined if keep_refined else label), keep_refined, before, after
