@@ -60,9 +60,10 @@ class LabelJob:
         return self.dataset, self.stem
 
 
-def real_jobs(data_root: Path, task: str, split: str, datasets: list[str] | None, use_external: bool) -> list[LabelJob]:
+def real_jobs(data_root: Path, task: str, split: str, datasets: list[str] | None, use_external: bool,
+              limit: int | None = None) -> list[LabelJob]:
     jobs, externals = [], {}
-    for pair in find_pairs(data_root, task, split, datasets):
+    for pair in find_pairs(data_root, task, split, datasets)[:limit]:
         if use_external and pair.dataset not in externals:
             externals[pair.dataset] = ExternalPriors(pair.dataset_dir)
         jobs.append(LabelJob(pair.task, pair.dataset, split, pair.stem, externals.get(pair.dataset), record=pair))
@@ -221,7 +222,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--synthetic", action="store_true",
                         help="MEF/MFF: label synthetic pairs made from natural/ photographs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs")
-    parser.add_argument("--limit", type=int, help="synthetic: only the first N photographs")
+    parser.add_argument("--limit", type=int, help="only the first N pairs (sorted by dataset and stem)")
     parser.add_argument("--no-external", action="store_true", help="ignore priors/<METHOD>/ folders")
     parser.add_argument("--no-refine", action="store_true", help="stage 1 only: keep the selected labels as they are")
     parser.add_argument("--threshold", type=float, default=RefinerConfig.threshold, help="refiner threshold c")
@@ -235,7 +236,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 def _jobs(args: argparse.Namespace) -> list[LabelJob]:
     if args.synthetic:
         return synthetic_jobs(args.data, args.task, args.split, args.seed, args.limit)
-    return real_jobs(args.data, args.task, args.split, args.datasets, not args.no_external)
+    return real_jobs(args.data, args.task, args.split, args.datasets, not args.no_external, args.limit)
 
 
 def main(argv: list[str] | None = None) -> int:

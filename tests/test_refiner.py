@@ -20,7 +20,7 @@ from fusionfm.refiner import (
 )
 from fusionfm.synthetic import SyntheticPairs
 
-CONFIG = RefinerConfig(train_steps=80)
+CONFIG = RefinerConfig(train_steps=60)
 
 
 def _detail(image: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ def test_the_truth_wins_against_degraded_versions_of_it(task):
 
 
 def test_on_synthetic_mff_the_truth_beats_every_prior_on_most_pairs():
-    pairs = SyntheticPairs(DATA, "MFF", "test", limit=8)
+    pairs = SyntheticPairs(DATA, "MFF", "test", limit=6)
     wins = 0
     for index in range(len(pairs)):
         pair = pairs[index]
@@ -50,7 +50,7 @@ def test_on_synthetic_mff_the_truth_beats_every_prior_on_most_pairs():
         candidates = {prior.name: run_prior(prior.name, a, b, "MFF") for prior in priors_for("MFF")}
         candidates["truth"] = pair.ground_truth[None]
         wins += select(candidates, a, b, "MFF").best == "truth"
-    assert wins >= 4  # measured: the truth is picked on 5 of these 8 pairs; focus_map on the others
+    assert wins >= 3  # measured: the truth is picked on 4 of these 6 pairs; focus_map on the others
 
 
 def test_select_errors():

@@ -1,0 +1,173 @@
+"""Evidence for the pseudo-label builder, from output folders of ``python -m fusionfm.pseudolabel``.
+
+    python scripts/pseudolabel_report.py --synthetic OUT_MEF OUT_MFF --real OUT_IVF OUT_MIF \
+        --figure docs/pseudolabels.png > report.md
+
+(a) synthetic folders (with ``truth/``): PSNR (RGB) and SSIM (8-bit luma, data range 255) against the
+    truth for every single built-in prior, the selected label and the refined label;
+(b) real folders: selection score before and after refinement, share of pairs refined;
+(c) a figure: sources, every built-in candidate, the selection and the refined label for one pair
+    per folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import PIL.Image
+import PIL.ImageDraw
+import torch
+
+from fusionfm import FusionImageProcessor, get_task, load_image
+from fusionfm.image_processor import to_pil
+from fusionfm.metrics import ssim, to_gray_255
+from fusionfm.priors import priors_for, run_prior
+
+PROCESSOR = FusionImageProcessor()
+
+
+def _load(path: Path) -> torch.Tensor:
+    return PROCESSOR.to_tensor_list(load_image(path))[0][None]
+
+
+def _rows(folder: Path) -> list[dict]:
+    with (folder / "labels.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _selected(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(row["dataset"], row["stem"]): row for row in rows if row["selected"] == "1"}
+
+
+def _psnr(image: torch.Tensor, truth: torch.Tensor) -> float:
+    image = image.expand_as(truth) if image.shape[1] == 1 else image
+    return float(10 * torch.log10(1 / ((image - truth) ** 2).mean()))
+
+
+def _ssim(image: torch.Tensor, truth: torch.Tensor) -> float:
+    gray = to_gray_255(truth)
+    return float(ssim(to_gray_255(image), gray, gray, data_range=255)) / 2  # ssim() sums two pairs
+
+
+def synthetic_table(folder: Path) -> tuple[str, dict]:
+    selected = _selected(_rows(folder))
+    task = get_task(next(iter(selected.values()))["task"])
+    scores: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    picks, refined_count = Counter(), 0
+    example = None
+    for (dataset, stem), row in sorted(selected.items()):
+        base = folder / dataset
+        a = _load(base / "sources" / task.modality_a / f"{stem}.png")
+        b = _load(base / "sources" / task.modality_b / f"{stem}.png")
+        truth = _load(base / "truth" / f"{stem}.png")
+        candidates = {prior.name: run_prior(prior.name, a, b, task) for prior in priors_for(task)}
+        for name, image in candidates.items():
+            scores[name].append((_psnr(image, truth), _ssim(image, truth)))
+        oracle = max(candidates, key=lambda name: _psnr(candidates[name], truth))
+        scores["oracle: best prior per pair (by PSNR)"].append((_psnr(candidates[oracle], truth),
+                                                                _ssim(candidates[oracle], truth)))
+        chosen = candidates[row["candidate"]]
+        label = _load(base / f"{stem}.png")
+        scores["stage 1: selected"].append((_psnr(chosen, truth), _ssim(chosen, truth)))
+        scores["stage 1 + 2: refined"].append((_psnr(label, truth), _ssim(label, truth)))
+        picks[row["candidate"]] += 1
+        refined_count += row["refined"] == "1"
+        example = example or (a, b, candidates, row["candidate"], label, truth, stem)
+    lines = [f"**{task.name}, {len(selected)} synthetic test pairs** ({folder.name}); selection picked "
+             + ", ".join(f"{name} {count}x" for name, count in picks.most_common())
+             + f"; the refiner's output was kept for {refined_count} pairs.", "",
+             "| label | PSNR (dB) | SSIM |", "|---|---:|---:|"]
+    for name, values in scores.items():
+        psnr = sum(v[0] for v in values) / len(values)
+        ssim_mean = sum(v[1] for v in values) / len(values)
+        lines.append(f"| {name} | {psnr:.2f} | {ssim_mean:.4f} |")
+    return "\n".join(lines), example
+
+
+def real_table(folder: Path) -> tuple[str, dict]:
+    rows = _rows(folder)
+    selected = _selected(rows)
+    by_dataset: dict[str, list[dict]] = defaultdict(list)
+    for row in selected.values():
+        by_dataset[row["dataset"]].append(row)
+    lines = [f"**{folder.name}**", "",
+             "| dataset | pairs | selected (most often) | refined kept | mean score before | mean score after |",
+             "|---|---:|---|---:|---:|---:|"]
+    for dataset, chosen in sorted(by_dataset.items()):
+        picks = Counter(row["candidate"] for row in chosen).most_common(3)
+        refined = sum(row["refined"] == "1" for row in chosen)
+        before = sum(float(row["score_before"]) for row in chosen) / len(chosen)
+        after = sum(float(row["score_after"]) if row["refined"] == "1" else float(row["score_before"])
+                    for row in chosen) / len(chosen)
+        lines.append(f"| {dataset} | {len(chosen)} | {', '.join(f'{n} {c}' for n, c in picks)} | "
+                     f"{refined} ({100 * refined / len(chosen):.0f} %) | {before:.4f} | {after:.4f} |")
+    (dataset, stem), row = sorted(selected.items())[0]
+    task = get_task(row["task"])
+    manifest_root = folder
+    return "\n".join(lines), (dataset, stem, task, manifest_root, row)
+
+
+def _tile(image: torch.Tensor, title: str, height: int = 150) -> PIL.Image.Image:
+    picture = to_pil(image[0]).convert("RGB")
+    picture = picture.resize((max(1, round(picture.width * height / picture.height)), height))
+    canvas = PIL.Image.new("RGB", (picture.width, height + 16), "white")
+    canvas.paste(picture, (0, 16))
+    PIL.ImageDraw.Draw(canvas).text((2, 2), title, fill="black")
+    return canvas
+
+
+def figure(rows_of_tiles: list[list[PIL.Image.Image]], path: Path) -> None:
+    width = max(sum(tile.width for tile in row) for row in rows_of_tiles)
+    height = sum(row[0].height for row in rows_of_tiles)
+    sheet = PIL.Image.new("RGB", (width, height), "white")
+    top = 0
+    for row in rows_of_tiles:
+        left = 0
+        for tile in row:
+            sheet.paste(tile, (left, top))
+            left += tile.width
+        top += row[0].height
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--synthetic", nargs="*", type=Path, default=[])
+    parser.add_argument("--real", nargs="*", type=Path, default=[])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--figure", type=Path)
+    args = parser.parse_args()
+    tiles = []
+    for folder in args.synthetic:
+        table, (a, b, candidates, chosen, label, truth, stem) = synthetic_table(folder)
+        print(table, "\n")
+        tiles.append([_tile(a, f"{stem} a"), _tile(b, "b")]
+                     + [_tile(image, name + (" *" if name == chosen else "")) for name, image in candidates.items()]
+                     + [_tile(label, "refined"), _tile(truth, "truth")])
+    from fusionfm.datasets import find_pairs, load_pair
+    from fusionfm.priors import ExternalPriors
+
+    for folder in args.real:
+        table, (dataset, stem, task, _, row) = real_table(folder)
+        print(table, "\n")
+        pair = next(p for p in find_pairs(args.data, task, row["split"], [dataset]) if p.stem == stem)
+        a, b = load_pair(pair)
+        candidates = {prior.name: run_prior(prior.name, a, b, task) for prior in priors_for(task)}
+        external = ExternalPriors(pair.dataset_dir)
+        candidates.update({m: external.load(m, stem, tuple(a.shape[-2:])) for m in external.paths(stem)})
+        label = _load(folder / dataset / f"{stem}.png")
+        tiles.append([_tile(a, f"{dataset}/{stem} a"), _tile(b, "b")]
+                     + [_tile(image, name + (" *" if name == row["candidate"] else ""))
+                        for name, image in candidates.items()]
+                     + [_tile(label, "refined" if row["refined"] == "1" else "label (refiner rejected)")])
+    if args.figure and tiles:
+        figure(tiles, args.figure)
+        print(f"figure: {args.figure} (* marks the selected candidate)")
+
+
+if __name__ == "__main__":
+    main()
