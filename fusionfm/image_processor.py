@@ -117,6 +117,8 @@ class FusionImageProcessor:
         if array.shape[2] not in (1, 3, 4):
             hint = " (channels first? numpy images are (H, W, C))" if array.shape[0] in (1, 3, 4) else ""
             raise ValueError(f"{name} has shape {array.shape}: {array.shape[2]} channels{hint}; expected 1, 3 or 4.")
+        if not array.dtype.isnative:  # e.g. big-endian 16-bit PNG data (PIL mode I;16B)
+            array = array.astype(array.dtype.newbyteorder("="))
         array = np.ascontiguousarray(array) if array.flags.writeable else np.array(array)
         tensor = torch.from_numpy(array).permute(2, 0, 1)
         return [self._finish(self._scale(tensor, name), name)]

@@ -46,6 +46,13 @@ def test_sixteen_bit(real_pair):
     torch.testing.assert_close(full[0], torch.from_numpy(codes / 65535.0).float())
 
 
+def test_big_endian_sixteen_bit(processor):
+    codes = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(">u2")
+    image = PIL.Image.frombytes("I;16B", (8, 8), codes.tobytes())
+    (tensor,) = processor.to_tensor_list(image)
+    torch.testing.assert_close(tensor[0], torch.from_numpy(codes.astype(np.float32) / codes.max()))
+
+
 def test_batches_and_lists(processor):
     batch = torch.rand(3, 3, 10, 12)
     assert len(processor.to_tensor_list(batch)) == 3
