@@ -94,16 +94,20 @@ def real_table(folder: Path) -> tuple[str, dict]:
     for row in selected.values():
         by_dataset[row["dataset"]].append(row)
     lines = [f"**{folder.name}**", "",
-             "| dataset | pairs | selected (most often) | refined kept | mean score before | mean score after |",
-             "|---|---:|---|---:|---:|---:|"]
+             "| dataset | pairs | selected (most often) | refined kept | improved (after > before) "
+             "| mean score before | mean score after |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     for dataset, chosen in sorted(by_dataset.items()):
         picks = Counter(row["candidate"] for row in chosen).most_common(3)
         refined = sum(row["refined"] == "1" for row in chosen)
+        improved = sum(row["refined"] == "1" and float(row["score_after"]) > float(row["score_before"])
+                       for row in chosen)
         before = sum(float(row["score_before"]) for row in chosen) / len(chosen)
         after = sum(float(row["score_after"]) if row["refined"] == "1" else float(row["score_before"])
                     for row in chosen) / len(chosen)
         lines.append(f"| {dataset} | {len(chosen)} | {', '.join(f'{n} {c}' for n, c in picks)} | "
-                     f"{refined} ({100 * refined / len(chosen):.0f} %) | {before:.4f} | {after:.4f} |")
+                     f"{refined} ({100 * refined / len(chosen):.0f} %) | "
+                     f"{improved} ({100 * improved / len(chosen):.0f} %) | {before:.4f} | {after:.4f} |")
     (dataset, stem), row = sorted(selected.items())[0]
     task = get_task(row["task"])
     manifest_root = folder
