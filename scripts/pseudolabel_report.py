@@ -75,7 +75,7 @@ def synthetic_table(folder: Path) -> tuple[str, dict]:
         scores["stage 1 + 2: refined"].append((_psnr(label, truth), _ssim(label, truth)))
         picks[row["candidate"]] += 1
         refined_count += row["refined"] == "1"
-        example = example or (a, b, candidates, row["candidate"], label, truth, stem)
+        example = example or (a, b, candidates, row["candidate"], label, truth, stem, row["refined"] == "1")
     lines = [f"**{task.name}, {len(selected)} synthetic test pairs** ({folder.name}); selection picked "
              + ", ".join(f"{name} {count}x" for name, count in picks.most_common())
              + f"; the refiner's output was kept for {refined_count} pairs.", "",
@@ -147,11 +147,11 @@ def main() -> None:
     args = parser.parse_args()
     tiles = []
     for folder in args.synthetic:
-        table, (a, b, candidates, chosen, label, truth, stem) = synthetic_table(folder)
+        table, (a, b, candidates, chosen, label, truth, stem, refined) = synthetic_table(folder)
         print(table, "\n")
         tiles.append([_tile(a, f"{stem} a"), _tile(b, "b")]
                      + [_tile(image, name + (" *" if name == chosen else "")) for name, image in candidates.items()]
-                     + [_tile(label, "refined"), _tile(truth, "truth")])
+                     + [_tile(label, "refined" if refined else "label (refiner rejected)"), _tile(truth, "truth")])
     from fusionfm.datasets import find_pairs, load_pair
     from fusionfm.priors import ExternalPriors
 
