@@ -51,6 +51,7 @@ def test_default_preset_size():
     assert unet.size_multiple == 16
     parameters = sum(p.numel() for p in unet.parameters())
     assert 2_000_000 < parameters < 3_000_000
+    assert not unet.config.mid_block_attention
 
 
 def test_unknown_preset():
