@@ -75,7 +75,8 @@ def synthetic_table(folder: Path) -> tuple[str, dict]:
         scores["stage 1 + 2: refined"].append((_psnr(label, truth), _ssim(label, truth)))
         picks[row["candidate"]] += 1
         refined_count += row["refined"] == "1"
-        example = example or (a, b, candidates, row["candidate"], label, truth, stem, row["refined"] == "1")
+        if example is None or (not example[-1] and row["refined"] == "1"):  # prefer a pair the refiner changed
+            example = (a, b, candidates, row["candidate"], label, truth, stem, row["refined"] == "1")
     lines = [f"**{task.name}, {len(selected)} synthetic test pairs** ({folder.name}); selection picked "
              + ", ".join(f"{name} {count}x" for name, count in picks.most_common())
              + f"; the refiner's output was kept for {refined_count} pairs.", "",
@@ -108,7 +109,8 @@ def real_table(folder: Path) -> tuple[str, dict]:
         lines.append(f"| {dataset} | {len(chosen)} | {', '.join(f'{n} {c}' for n, c in picks)} | "
                      f"{refined} ({100 * refined / len(chosen):.0f} %) | "
                      f"{improved} ({100 * improved / len(chosen):.0f} %) | {before:.4f} | {after:.4f} |")
-    (dataset, stem), row = sorted(selected.items())[0]
+    ordered = sorted(selected.items())
+    (dataset, stem), row = next((item for item in ordered if item[1]["refined"] == "1"), ordered[0])
     task = get_task(row["task"])
     manifest_root = folder
     return "\n".join(lines), (dataset, stem, task, manifest_root, row)
