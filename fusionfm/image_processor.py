@@ -14,7 +14,6 @@ C = 3 (RGB). Accepted inputs:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -261,8 +260,3 @@ def load_image(path: str | Path) -> PIL.Image.Image:
             return PIL.ImageOps.exif_transpose(image)
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"Could not read {path} as an image ({error}). Is the file complete and an image?") from error
-
-
-def round_up(value: int, multiple: int) -> int:
-    """Smallest multiple of ``multiple`` that is >= value."""
-    return int(math.ceil(value / multiple) * multiple)

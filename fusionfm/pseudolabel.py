@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .color import luminance
-from .datasets import find_pairs, load_pair
+from .datasets import PairRecord, find_pairs, load_pair
 from .image_processor import to_pil
 from .metrics import METRIC_NAMES
 from .priors import ExternalPriors, priors_for, run_prior
@@ -53,7 +53,7 @@ class LabelJob:
     stem: str
     external: ExternalPriors | None = None
     synthetic: tuple[SyntheticPairs, int] | None = None
-    record: object | None = None
+    record: PairRecord | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -22,9 +22,10 @@ import PIL.ImageDraw
 import torch
 
 from fusionfm import FusionImageProcessor, get_task, load_image
+from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.image_processor import to_pil
 from fusionfm.metrics import ssim, to_gray_255
-from fusionfm.priors import priors_for, run_prior
+from fusionfm.priors import ExternalPriors, priors_for, run_prior
 
 PROCESSOR = FusionImageProcessor()
 
@@ -111,9 +112,7 @@ def real_table(folder: Path) -> tuple[str, dict]:
                      f"{improved} ({100 * improved / len(chosen):.0f} %) | {before:.4f} | {after:.4f} |")
     ordered = sorted(selected.items())
     (dataset, stem), row = next((item for item in ordered if item[1]["refined"] == "1"), ordered[0])
-    task = get_task(row["task"])
-    manifest_root = folder
-    return "\n".join(lines), (dataset, stem, task, manifest_root, row)
+    return "\n".join(lines), (dataset, stem, get_task(row["task"]), row)
 
 
 def _tile(image: torch.Tensor, title: str, height: int = 150) -> PIL.Image.Image:
@@ -154,11 +153,8 @@ def main() -> None:
         tiles.append([_tile(a, f"{stem} a"), _tile(b, "b")]
                      + [_tile(image, name + (" *" if name == chosen else "")) for name, image in candidates.items()]
                      + [_tile(label, "refined" if refined else "label (refiner rejected)"), _tile(truth, "truth")])
-    from fusionfm.datasets import find_pairs, load_pair
-    from fusionfm.priors import ExternalPriors
-
     for folder in args.real:
-        table, (dataset, stem, task, _, row) = real_table(folder)
+        table, (dataset, stem, task, row) = real_table(folder)
         print(table, "\n")
         pair = next(p for p in find_pairs(args.data, task, row["split"], [dataset]) if p.stem == stem)
         a, b = load_pair(pair)
