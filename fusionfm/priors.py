@@ -173,8 +173,8 @@ def two_scale_saliency_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> t
     averaged; detail layers are weighted by |mean - median| saliency."""
     y_a, y_b = luminance(image_a), luminance(image_b)
     base_a, base_b = box_blur(y_a, 35, border_type="replicate"), box_blur(y_b, 35, border_type="replicate")
-    saliency_a = (box_blur(y_a, 35, border_type="replicate") - median_blur(y_a, 3)).abs()
-    saliency_b = (box_blur(y_b, 35, border_type="replicate") - median_blur(y_b, 3)).abs()
+    saliency_a = (base_a - median_blur(y_a, 3)).abs()
+    saliency_b = (base_b - median_blur(y_b, 3)).abs()
     total = saliency_a + saliency_b
     weight_a = torch.where(total > 1e-8, saliency_a / total.clamp_min(1e-8), torch.full_like(total, 0.5))
     fused = (base_a + base_b) / 2 + weight_a * (y_a - base_a) + (1 - weight_a) * (y_b - base_b)

@@ -163,7 +163,7 @@ def label_pair(job: LabelJob, store: LabelStore, refiner: DecompositionNet | Non
     label, refined = images[selection.best], False
     before = after = selection.scores[selection.best]
     if refiner is not None:
-        others = {name: image for name, image in images.items() if name != selection.best}
+        others = {name: metrics for name, metrics in selection.metrics.items() if name != selection.best}
         label, refined, before, after = refine_label(label, image_a, image_b, job.task.name, refiner, config, others)
     save_png_atomically(label[0], store.label_path(job))
     rows = []

@@ -32,7 +32,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .color import luminance
-from .selection import select
+from .selection import SELECTION_WEIGHTS, candidate_metrics, weighted_scores
+from .tasks import get_task
 
 
 @dataclass
@@ -133,14 +134,13 @@ def load_decomposer(path: Path) -> DecompositionNet:
     return net.eval()
 
 
-def _detail(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    size = 2 * int(3 * sigma) + 1
-    return image - gaussian_blur2d(image, (size, size), (sigma, sigma), border_type="replicate")
-
-
 def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     size = 2 * int(3 * sigma) + 1
     return gaussian_blur2d(image, (size, size), (sigma, sigma), border_type="replicate")
+
+
+def _detail(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    return image - _blur(image, sigma)
 
 
 def refine_luminance(
@@ -173,12 +173,13 @@ def refine_luminance(
 
 def refine_label(
     label: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, task: str,
-    net: DecompositionNet, config: RefinerConfig, candidates: dict[str, torch.Tensor] | None = None,
+    net: DecompositionNet, config: RefinerConfig, other_metrics: dict[str, dict[str, float]] | None = None,
 ) -> tuple[torch.Tensor, bool, float, float]:
     """Refine a selected label (1, C, H, W) and keep it only if its selection score does not drop.
 
-    The score is the task's weighted selection score, normalised over ``candidates`` (the pair's other
-    candidates) plus the label before and after refinement.
+    The score is the task's weighted selection score, normalised over the pair's other candidates
+    (``other_metrics``: name -> their metrics, as stage 1 computed them) plus the label before and after
+    refinement.
 
     Returns (label to keep, whether it is the refined one, score before, score after).
     """
@@ -188,8 +189,9 @@ def refine_label(
         refined = ycbcr_to_rgb(torch.cat([refined_y, ycbcr[:, 1:]], dim=1)).clamp(0, 1)
     else:
         refined = refined_y
-    pool = {**(candidates or {}), "__before__": label, "__after__": refined}
-    scores = select(pool, image_a, image_b, task).scores
+    pool = {**(other_metrics or {}),
+            **candidate_metrics({"__before__": label, "__after__": refined}, image_a, image_b)}
+    scores = weighted_scores(pool, SELECTION_WEIGHTS[get_task(task).family])
     before, after = scores["__before__"], scores["__after__"]
     keep_refined = after >= before
     return (refined if keep_refined else label), keep_refined, before, after
