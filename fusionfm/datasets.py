@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .image_processor import FusionImageProcessor, load_image
+from .image_processor import FusionImageProcessor
 from .tasks import TASKS, FusionTask, get_task, task_for_modality_b
 
 
@@ -115,8 +115,7 @@ def load_pair(pair: PairRecord, processor: FusionImageProcessor | None = None) -
         ValueError: an unreadable file (named), or images of different sizes.
     """
     processor = processor or FusionImageProcessor()
-    (image_a,) = processor.to_tensor_list(load_image(pair.path_a), name=str(pair.path_a))
-    (image_b,) = processor.to_tensor_list(load_image(pair.path_b), name=str(pair.path_b))
+    image_a, image_b = processor.load(pair.path_a), processor.load(pair.path_b)
     if image_a.shape[-2:] != image_b.shape[-2:]:
         raise ValueError(
             f"{pair.dataset}/{pair.stem}: {pair.path_a.name} is {tuple(image_a.shape[-2:])} but {pair.path_b.name} "

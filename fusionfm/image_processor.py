@@ -68,6 +68,11 @@ class FusionImageProcessor:
             return tensors
         return self._canonicalise(images, name)
 
+    def load(self, path: str | Path) -> torch.Tensor:
+        """An image file as a canonical (C, H, W) tensor; errors name the file (see :func:`load_image`)."""
+        (image,) = self.to_tensor_list(load_image(path), name=str(path))
+        return image
+
     def _canonicalise(self, image: Any, name: str) -> list[torch.Tensor]:
         if isinstance(image, PIL.Image.Image):
             tensors = [self._from_pil(image, name)]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from kornia.filters import box_blur, gaussian_blur2d, guided_blur, laplacian, median_blur
 
 from .color import luminance, recombine
-from .image_processor import FusionImageProcessor, load_image
+from .image_processor import FusionImageProcessor
 from .tasks import FAMILIES, FusionTask, get_task
 
 Fuser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -237,5 +237,4 @@ class ExternalPriors:
         path = self.paths(stem).get(method)
         if path is None:
             raise FileNotFoundError(f"No output of {method} for {stem!r} under {self.root / method}.")
-        (image,) = self._processor.to_tensor_list(load_image(path), name=str(path))
-        return self._processor.resize(image[None], size)
+        return self._processor.resize(self._processor.load(path)[None], size)

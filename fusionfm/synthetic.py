@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import filter2d, gaussian_blur2d
 
-from .image_processor import FusionImageProcessor, load_image
+from .image_processor import FusionImageProcessor
 
 BORDER_CROP = 8
 """Pixels cropped from every side of a BSDS photograph (scan borders, see the data README)."""
@@ -136,7 +136,7 @@ class SyntheticPairs(torch.utils.data.Dataset):
 
     def photo(self, index: int) -> torch.Tensor:
         """The ground-truth photograph (3, H - 16, W - 16), scan borders cropped."""
-        (image,) = self._processor.to_tensor_list(load_image(self.data_root / self.rows[index]["path"]))
+        image = self._processor.load(self.data_root / self.rows[index]["path"])
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
         return image[:, BORDER_CROP:-BORDER_CROP, BORDER_CROP:-BORDER_CROP].contiguous()

@@ -21,7 +21,7 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
-from fusionfm import FusionImageProcessor, get_task, load_image
+from fusionfm import FusionImageProcessor, get_task
 from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.image_processor import to_pil
 from fusionfm.metrics import ssim, to_gray_255
@@ -31,7 +31,7 @@ PROCESSOR = FusionImageProcessor()
 
 
 def _load(path: Path) -> torch.Tensor:
-    return PROCESSOR.to_tensor_list(load_image(path))[0][None]
+    return PROCESSOR.load(path)[None]
 
 
 def _rows(folder: Path) -> list[dict]:

@@ -6,6 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import DATA
 
 from fusionfm import FusionImageProcessor, load_image
 
@@ -84,6 +85,15 @@ def test_postprocess_types(processor):
     assert processor.postprocess([gray, gray], "pt").shape == (2, 1, 5, 6)
     mixed = processor.postprocess([gray, torch.rand(3, 7, 6)], "np")
     assert isinstance(mixed, list) and mixed[1].shape == (7, 6, 3)
+
+
+def test_processor_load_names_the_file(tmp_path, processor):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(ValueError, match="Could not read .*broken.jpg"):
+        processor.load(broken)
+    ir = processor.load(DATA / "IVF/RoadScene/test/ir/FLIR_06995.jpg")
+    assert ir.shape == (1, 212, 502)
 
 
 def test_load_image_errors(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from conftest import DATA
 from kornia.filters import gaussian_blur2d
 
-from fusionfm import FusionImageProcessor, load_image
+from fusionfm import FusionImageProcessor
 from fusionfm.color import luminance
 from fusionfm.metrics import qabf, to_gray_255
 from fusionfm.refiner import (
@@ -35,7 +35,7 @@ def _correlation(x: torch.Tensor, y: torch.Tensor) -> float:
 def ivf_pair():
     processor = FusionImageProcessor()
     paths = [DATA / f"IVF/RoadScene/test/{modality}/FLIR_06995.jpg" for modality in ("ir", "vi")]
-    a, b = (processor.to_tensor_list(load_image(path))[0][None] for path in paths)
+    a, b = (processor.load(path)[None] for path in paths)
     return a, b
 
 
