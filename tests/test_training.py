@@ -1,0 +1,198 @@
+"""training/train.py end to end on real pseudo-labels: one process, two processes, checkpoints and resume."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA, REPO_ROOT
+from safetensors.torch import load_file
+
+from fusionfm import FusionFMPipeline
+from fusionfm.pseudolabel import main as build_labels
+
+SCRIPT = REPO_ROOT / "training" / "train.py"
+STEPS_PER_TASK = 4
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("fusionfm_train_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+train_script = _load_script()
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory) -> dict[str, Path]:
+    """Real MRI-PET labels (4 training pairs) and synthetic multi-focus labels (3 pairs), stage 1 only."""
+    root = tmp_path_factory.mktemp("labels")
+    common = ["--data", str(DATA), "--split", "train", "--no-refine", "--no-progress"]
+    assert build_labels([*common, "--task", "MIF-PET", "--limit", "4", "--out", str(root / "MIF")]) == 0
+    assert build_labels([*common, "--task", "MFF", "--synthetic", "--limit", "3", "--out", str(root / "MFF")]) == 0
+    return {"MIF": root / "MIF", "MFF": root / "MFF"}
+
+
+def _arguments(labels: dict[str, Path], output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--data_root", str(DATA), "--labels", *(f"{task}={folder}" for task, folder in labels.items()),
+        "--unet_preset", "tiny", "--steps_per_task", str(STEPS_PER_TASK), "--train_batch_size", "2",
+        "--resolution", "32", "--lr_warmup_steps", "2", "--checkpointing_steps", "2",
+        "--ewc_lambda", "100", "--ewc_fisher_batches", "1", "--replay_per_task", "2", "--replay_share", "0.5",
+        "--eval_pairs", "1", "--eval_resolution", "64", "--logging_steps", "1", "--no_progress",
+        "--output_dir", str(output_dir), *extra,
+    ]
+
+
+def _run(arguments: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    command = [*(launcher or [sys.executable]), str(SCRIPT), *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+
+
+def _log(output_dir: Path) -> list[dict]:
+    with (output_dir / "logs" / "train_log.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def one_process_run(labels, tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    result = _run(_arguments(labels, output_dir, "--mixed_precision", "no", "--checkpoints_total_limit", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def test_one_process_run_writes_a_loadable_pipeline(one_process_run, real_pair):
+    pipe = FusionFMPipeline.from_pretrained(one_process_run)
+    pipe.set_progress_bar_config(disable=True)
+    mri, pet = real_pair("MIF-PET")
+    fused = pipe(mri, pet, task="MIF-PET").images[0]
+    assert fused.size == mri.size and fused.mode == "RGB"
+    for stage in ("after-1-MIF", "after-2-MFF"):
+        assert (one_process_run / stage / "model_index.json").is_file()
+        assert not list((one_process_run / stage).rglob("*.bin"))  # safetensors only
+    summary = json.loads((one_process_run / "training_summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == 2 * STEPS_PER_TASK
+
+
+def test_log_follows_the_task_order_and_the_replay_share(one_process_run):
+    rows = _log(one_process_run)
+    assert [int(row["step"]) for row in rows] == list(range(1, 2 * STEPS_PER_TASK + 1))
+    assert [row["task"] for row in rows] == ["MIF"] * STEPS_PER_TASK + ["MFF"] * STEPS_PER_TASK
+    # Replay and EWC start with the second task: one of the batch of two is replayed.
+    assert [int(row["replayed"]) for row in rows] == [0] * STEPS_PER_TASK + [1] * STEPS_PER_TASK
+    penalties = [float(row["ewc_penalty"]) for row in rows]
+    assert all(p == 0 for p in penalties[:STEPS_PER_TASK + 1]) and penalties[-1] > 0
+
+
+def test_continual_matrix_and_model_card(one_process_run):
+    with (one_process_run / "continual.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["after", "MIF", "MFF"]
+    assert [row[0] for row in rows[1:]] == ["MIF", "MFF", "ACC", "BWT"]
+    quality = [[float(value) for value in row[1:]] for row in rows[1:3]]
+    assert all(0 < value < 3 for row in quality for value in row)
+    assert float(rows[3][1]) == pytest.approx(sum(quality[1]) / 2, abs=1e-4)
+    assert float(rows[4][1]) == pytest.approx(quality[1][0] - quality[0][0], abs=1e-4)
+    card = (one_process_run / "model_card.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag: image-to-image" in card
+    assert "| `ewc_lambda` | `100.0` |" in card and "| MFF | " in card and "BWT" in card
+    assert f'from_pretrained("{one_process_run}")' in card
+
+
+def test_old_checkpoints_are_pruned_to_the_limit(one_process_run):
+    assert sorted(p.name for p in one_process_run.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
+    assert not list(one_process_run.glob(".checkpoint-*"))
+
+
+def test_resume_continues_at_the_right_step_and_task(one_process_run, labels, tmp_path):
+    output_dir = tmp_path / "out"
+    shutil.copytree(one_process_run, output_dir)
+    for item in ("unet", "scheduler", "model_index.json", "training_summary.json"):
+        path = output_dir / item
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    # checkpoint-8 was cut short while being written: a truncated file. Resume must skip it.
+    model_file = output_dir / "checkpoint-8" / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:100])
+
+    result = _run(_arguments(labels, output_dir, "--mixed_precision", "no", "--checkpoints_total_limit", "2",
+                             "--resume_from_checkpoint", "latest"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint-8 is incomplete" in result.stderr
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    assert summary["resumed_from"] == {"checkpoint": "checkpoint-6", "step": 6}
+    rows = _log(output_dir)
+    assert [int(row["step"]) for row in rows] == list(range(1, 2 * STEPS_PER_TASK + 1))  # no step twice
+    assert rows[6]["task"] == "MFF" and rows[6]["replayed"] == "1" and float(rows[6]["ewc_penalty"]) > 0
+    # Same batches, optimizer state, LR schedule, EWC anchor and replay buffer: the same weights, bit for bit.
+    resumed, uninterrupted = _weights(output_dir), _weights(one_process_run)
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+    assert train_script.checkpoint_is_complete(output_dir / "checkpoint-8")  # rewritten whole
+
+
+def test_an_interrupted_checkpoint_is_not_taken_as_valid(one_process_run, tmp_path):
+    source = one_process_run / "checkpoint-6"
+    cases = {
+        "checkpoint-10": lambda folder: (folder / "state.json").unlink(),  # killed before state.json
+        "checkpoint-12": lambda folder: (folder / "state.json").write_text('{"files": {"model.saf'),  # torn JSON
+        "checkpoint-14": lambda folder: (folder / "ewc.safetensors").unlink(),  # a listed file missing
+    }
+    for name, damage in cases.items():
+        shutil.copytree(source, tmp_path / name)
+        damage(tmp_path / name)
+        assert not train_script.checkpoint_is_complete(tmp_path / name)
+    shutil.copytree(source, tmp_path / ".checkpoint-16.partial")  # the hidden folder a writer renames at the end
+    shutil.copytree(source, tmp_path / "checkpoint-4")
+    assert train_script.list_checkpoints(tmp_path) == [tmp_path / "checkpoint-4"]
+    assert train_script.resolve_resume(tmp_path, "latest") == tmp_path / "checkpoint-4"
+    with pytest.raises(SystemExit, match="not a complete checkpoint"):
+        train_script.resolve_resume(tmp_path, str(tmp_path / "checkpoint-12"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_are_distributed_and_end_with_identical_weights(labels, tmp_path):
+    output_dir = tmp_path / "out"
+    accelerate = Path(sys.executable).with_name("accelerate")  # the CLI installed beside this interpreter
+    launcher = [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu",
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port())]
+    result = _run(_arguments(labels, output_dir, "--mixed_precision", "bf16", "--eval_pairs", "0"), launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["distributed_type"] == "DistributedType.MULTI_CPU"
+    first, second = summary["weights_sha256_per_process"]
+    assert first == second  # gradients were all-reduced every step
+    losses = summary["first_step_loss_per_process"]
+    assert losses[0] != losses[1]  # each process drew its own batch
+    pipe = FusionFMPipeline.from_pretrained(output_dir)
+    assert pipe.unet.config.block_out_channels == [8, 16]
+
+
+def test_clear_errors_for_bad_arguments(labels, tmp_path):
+    result = _run(["--labels", f"MIF={labels['MIF']}", "--tasks", "MIF", "MFF", "--output_dir", str(tmp_path)])
+    assert result.returncode == 2 and "no --labels folder for MFF" in result.stderr
+    result = _run(["--labels", f"IVF={tmp_path / 'nowhere'}", "--data_root", str(DATA), "--output_dir",
+                   str(tmp_path)])
+    assert result.returncode != 0 and "No labels.csv" in result.stderr and "Traceback" not in result.stderr
+    result = _run(["--labels", "MIF", "--output_dir", str(tmp_path)])
+    assert result.returncode == 2 and "TASK=DIR" in result.stderr
