@@ -1,21 +1,272 @@
-"""FusionFM web app (Gradio). Placeholder until the app issue lands.
+"""FusionFM web app: upload two registered images, pick the task, download the fused image.
 
-The app needs the bundled default model, which is trained in a later issue. Until both exist this
-script says so and exits with status 2, rather than serving an untrained network.
+    python app.py                       # http://127.0.0.1:7860, the model bundled in model/
+    python app.py --model DIR_OR_HUB_ID --host 0.0.0.0 --port 8080
+
+Settings (flag, else environment variable, else default): --model / FUSIONFM_MODEL (bundled model/),
+--host / FUSIONFM_HOST (127.0.0.1), --port / FUSIONFM_PORT (7860), --max-side / FUSIONFM_MAX_SIDE (2048:
+larger images are fused downscaled, with a notice), --concurrency / FUSIONFM_CONCURRENCY (2 fusions at a
+time; the rest wait in the queue), --share (a public gradio.live link; off by default).
+
+The API endpoint ``/fuse`` takes (task, image_a, image_b, num_inference_steps, processing_resolution,
+resize_b_to_a) and returns (fused PNG, before/after pair, metrics table, timing text, PNG file).
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
 import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+import PIL.Image
+import torch
+
+from fusionfm import FusionFMPipeline, get_task, load_image
+from fusionfm.image_processor import FusionImageProcessor, to_pil
+from fusionfm.metrics import fusion_metrics, to_gray_255
+
+logger = logging.getLogger("fusionfm.app")
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+TASK_CHOICES = [("Infrared + visible (IVF)", "IVF"), ("MRI + CT (MIF)", "MIF-CT"), ("MRI + PET (MIF)", "MIF-PET"),
+                ("MRI + SPECT (MIF)", "MIF-SPECT"), ("Multi-exposure (MEF)", "MEF"), ("Multi-focus (MFF)", "MFF")]
+SHOWN_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+METRICS_MAX_SIDE = 1024  # metrics of larger results are computed on a copy downscaled to this long side
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
 
-def main() -> int:
-    print(
-        "The FusionFM web app is not built yet: it arrives together with the bundled default model.\n"
-        "Meanwhile use the library: see 'Use from Python' in README.md.",
-        file=sys.stderr,
-    )
-    return 2
+class UploadedImage(gr.Image):
+    """An image input that hands the uploaded file over untouched, so 16-bit and gray images keep their
+    mode; FusionFM's own loader then reads and validates it (with messages a visitor can act on)."""
+
+    def preprocess(self, payload):
+        if payload is not None and payload.path:
+            return payload.path
+        return super().preprocess(payload)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def visitor_error(message: str, title: str = "Error") -> gr.Error:
+    """A message for the visitor (no stack trace in the page or the server log)."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
+def input_labels(task: str) -> tuple[str, str]:
+    spec = get_task(task)
+    return spec.label_a, spec.label_b
+
+
+def read_upload(path: str | None, role: str) -> PIL.Image.Image:
+    """Open one upload; every problem becomes a gr.Error naming the input (``role``)."""
+    if not path:
+        raise visitor_error(f"The {role} image is missing: upload it (or pick an example below).", "Missing image")
+    try:
+        image = load_image(path)
+    except (ValueError, FileNotFoundError) as error:
+        raise visitor_error(f"The {role} image could not be read: {Path(path).name} is not an image file we can decode "
+                       "(PNG, JPEG, TIFF, BMP, WebP...). Is it complete?", title="Unreadable image") from error
+    if image.width < 2 or image.height < 2:
+        raise visitor_error(f"The {role} image is {image.width}x{image.height} pixels; it needs at least 2x2.",
+                       title="Image too small")
+    return image
+
+
+def mode_notices(image: PIL.Image.Image, role: str) -> list[str]:
+    """What the visitor should know about an unusual image mode (nothing for 8-bit L/RGB)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return [f"The {role} image has transparency; the alpha channel is ignored."]
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        return [f"The {role} image is {image.mode} (more than 8 bits); it is scaled by its own min-max range."]
+    if image.mode == "CMYK":
+        return [f"The {role} image is CMYK; it is converted to RGB."]
+    return []
+
+
+def metrics_table(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> list[list]:
+    """Rows (metric, FusionFM, plain average of the inputs) for tensors (C, H, W) in [0, 1] of one size."""
+    size = FusionImageProcessor.processing_size(tuple(fused.shape[-2:]), METRICS_MAX_SIDE)
+    resized = [FusionImageProcessor.resize(image[None], size) for image in (fused, image_a, image_b)]
+    fused_255, a_255, b_255 = (to_gray_255(image) for image in resized)
+    average_255 = ((a_255 + b_255) / 2).round()
+    ours, average = fusion_metrics(fused_255, a_255, b_255), fusion_metrics(average_255, a_255, b_255)
+    return [[name, round(float(ours[name][0]), 4), round(float(average[name][0]), 4)] for name in SHOWN_METRICS]
+
+
+# ---------------------------------------------------------------------------------------------- the app
+class FusionApp:
+    """The pipeline plus the app's limits; ``fuse`` is the /fuse endpoint."""
+
+    def __init__(self, pipeline: FusionFMPipeline, max_side: int = 2048) -> None:
+        self.pipeline = pipeline
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.max_side = max_side
+        self.processor = FusionImageProcessor()
+
+    def fuse(self, task: str, path_a: str | None, path_b: str | None, num_inference_steps: float = 1,
+             processing_resolution: float = 0, resize_b_to_a: bool = False):
+        """Fuse one pair. Returns (fused PNG path, (input, fused) for the slider, metrics rows, timing
+        Markdown, fused PNG path for download, state for the comparison switch)."""
+        started = time.perf_counter()
+        try:
+            spec = get_task(task)
+        except ValueError as error:
+            raise visitor_error(str(error), title="Unknown task") from error
+        image_a, image_b = read_upload(path_a, spec.label_a), read_upload(path_b, spec.label_b)
+        notices = mode_notices(image_a, spec.label_a) + mode_notices(image_b, spec.label_b)
+        if image_a.size != image_b.size and not resize_b_to_a:
+            raise visitor_error(
+                f"The two images differ in size: {spec.label_a} is {image_a.width}x{image_a.height}, "
+                f"{spec.label_b} is {image_b.width}x{image_b.height}. Fusion needs registered images of one size. "
+                f"Tick 'Resize the {spec.label_b} image to match' under Advanced settings to resize it.",
+                title="Different sizes",
+            )
+        steps = int(num_inference_steps)
+        if not 1 <= steps <= 50:
+            raise visitor_error(f"The number of steps must be 1 to 50, got {num_inference_steps}.", "Bad setting")
+        resolution = int(processing_resolution or 0)
+        if resolution < 0:
+            raise visitor_error("The processing resolution must be 0 (input size) or a long side in pixels, "
+                                f"got {resolution}.", "Bad setting")
+        downscaled = max(image_a.size) > self.max_side
+        if downscaled:
+            resolution = min(resolution or self.max_side, self.max_side)
+            notices.append(f"The images are {image_a.width}x{image_a.height}, above this app's limit of "
+                           f"{self.max_side} pixels per side: fused and returned at {self.max_side} on the long side.")
+        if image_a.size != image_b.size:
+            notices.append(f"The {spec.label_b} image was resized from {image_b.width}x{image_b.height} to "
+                           f"{image_a.width}x{image_a.height}.")
+        for notice in notices:  # a toast in the page; API clients read them in the timing text
+            gr.Warning(notice)
+
+        try:
+            tensor_a = self.processor.to_tensor_list(image_a, spec.label_a)[0]
+            tensor_b = self.processor.to_tensor_list(image_b, spec.label_b)[0]
+            fuse_started = time.perf_counter()
+            fused = self.pipeline(tensor_a, tensor_b, task=spec, num_inference_steps=steps,
+                                  processing_resolution=resolution, match_input_resolution=not downscaled,
+                                  resize_b_to_a=resize_b_to_a, output_type="pt").images[0]
+            fuse_seconds = time.perf_counter() - fuse_started
+        except ValueError as error:
+            raise visitor_error(str(error), title="Cannot fuse these images") from error
+        except Exception as error:  # never a stack trace for the visitor; the log keeps it
+            logger.exception("Fusion failed")
+            raise visitor_error(f"Fusion failed unexpectedly ({type(error).__name__}). Please try another pair "
+                           "or report the problem.", title="Fusion failed") from error
+
+        size = tuple(fused.shape[-2:])
+        shown_a, shown_b = (self.processor.resize(image[None], size)[0] for image in (tensor_a, tensor_b))
+        folder = Path(tempfile.mkdtemp(prefix="fusionfm-"))
+        fused_path = folder / f"fused_{spec.name}_{Path(path_a).stem}.png"
+        paths = {"a": folder / "input_a.png", "b": folder / "input_b.png"}
+        to_pil(fused).save(fused_path)
+        to_pil(shown_a).save(paths["a"])
+        to_pil(shown_b).save(paths["b"])
+        table = metrics_table(fused, shown_a, shown_b)
+        timing = (f"Fused {size[1]}x{size[0]} ({'gray' if fused.shape[0] == 1 else 'colour'}) in "
+                  f"**{fuse_seconds:.2f} s** ({steps} step{'s' if steps > 1 else ''}); "
+                  f"{time.perf_counter() - started:.2f} s with loading and metrics."
+                  + "".join(f"\n\nNote: {notice}" for notice in notices))
+        state = {"a": str(paths["a"]), "b": str(paths["b"]), "fused": str(fused_path)}
+        return str(fused_path), (state["b"], state["fused"]), table, timing, str(fused_path), state
+
+
+def comparison(state: dict | None, side: str):
+    """The slider's pair for the chosen input ("a" or "b") and the last result."""
+    if not state:
+        return None
+    return state[side], state["fused"]
+
+
+def on_task_change(task: str):
+    label_a, label_b = input_labels(task)
+    return (gr.update(label=label_a), gr.update(label=label_b),
+            gr.update(choices=[(label_a, "a"), (label_b, "b")]),
+            gr.update(label=f"Resize the {label_b} image to match the {label_a} image"))
+
+
+def example_rows() -> list[list[str]]:
+    """[task, image a, image b] for every bundled example pair (see examples/README.md)."""
+    rows = []
+    for _, task in TASK_CHOICES:
+        spec = get_task(task)
+        folder = EXAMPLES_DIR / task
+        for path_a in sorted(folder.glob(f"*_{spec.modality_a}.*")):
+            stem = path_a.name[: -len(f"_{spec.modality_a}{path_a.suffix}")]
+            partners = sorted(folder.glob(f"{stem}_{spec.modality_b}.*"))
+            if partners:
+                rows.append([task, str(path_a), str(partners[0])])
+    return rows
+
+
+def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
+    label_a, label_b = input_labels("IVF")
+    with gr.Blocks(title="FusionFM") as demo:
+        gr.Markdown(
+            "# FusionFM: one-step image fusion\n"
+            "Upload two **registered** images of one scene (same size, aligned), pick the task and press "
+            "**Fuse**. One small flow-matching network serves all tasks; gray, colour and 16-bit inputs keep "
+            "their mode. Example pairs are at the bottom of the page."
+        )
+        task = gr.Radio(TASK_CHOICES, value="IVF", label="Task")
+        with gr.Row():
+            image_a = UploadedImage(label=label_a, type="filepath", image_mode=None, sources=["upload", "clipboard"])
+            image_b = UploadedImage(label=label_b, type="filepath", image_mode=None, sources=["upload", "clipboard"])
+        with gr.Accordion("Advanced settings", open=False):
+            steps = gr.Slider(1, 8, value=1, step=1, label="Flow steps (1 is the trained setting)")
+            resolution = gr.Slider(0, 2048, value=0, step=32,
+                                   label="Processing resolution: long side in pixels (0 = input size)")
+            resize = gr.Checkbox(False, label=f"Resize the {label_b} image to match the {label_a} image")
+        run = gr.Button("Fuse", variant="primary")
+        with gr.Row():
+            fused = gr.Image(label="Fused", type="filepath", format="png", interactive=False,
+                             buttons=["download", "fullscreen"])
+            with gr.Column():
+                slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", interactive=False)
+                compare = gr.Radio([(label_a, "a"), (label_b, "b")], value="b", label="Compare the result with")
+        timing = gr.Markdown()
+        with gr.Row():
+            metrics = gr.Dataframe(headers=["metric", "FusionFM", "average of the inputs"],
+                                   label="Metrics (higher is better)", interactive=False)
+            download = gr.File(label="Fused image (PNG)", interactive=False)
+        state = gr.State(None)
+        gr.Examples(example_rows(), inputs=[task, image_a, image_b],
+                    label="Example pairs (sources and licences in examples/README.md)")
+
+        task.change(on_task_change, task, [image_a, image_b, compare, resize], api_name=False)
+        run.click(app.fuse, [task, image_a, image_b, steps, resolution, resize],
+                  [fused, slider, metrics, timing, download, state], api_name="fuse", concurrency_limit=concurrency)
+        compare.change(comparison, [state, compare], slider, api_name=False)
+    demo.queue(max_size=64)
+    return demo
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="FusionFM web app")
+    parser.add_argument("--model", default=os.environ.get("FUSIONFM_MODEL") or None,
+                        help="pipeline folder or Hub id (default: the bundled model/)")
+    parser.add_argument("--host", default=os.environ.get("FUSIONFM_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("FUSIONFM_PORT", "7860")))
+    parser.add_argument("--max-side", type=int, default=int(os.environ.get("FUSIONFM_MAX_SIDE", "2048")))
+    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("FUSIONFM_CONCURRENCY", "2")))
+    parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        pipeline = FusionFMPipeline.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        print(f"error: could not load the FusionFM model: {error}", file=sys.stderr)
+        return 2
+    demo = build_demo(FusionApp(pipeline, args.max_side), args.concurrency)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
 
 
 if __name__ == "__main__":

@@ -19,8 +19,31 @@ PIPELINE_FILE_PATTERNS = ["model_index.json", "*/config.json", "*/scheduler_conf
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
+DEFAULT_MODEL_ENV = "FUSIONFM_MODEL"
+"""Environment variable naming the default pipeline (a folder or a Hub id) instead of the bundled one."""
+
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
+"""The default model committed with the repository (diffusers layout)."""
+
 DOWNLOAD_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies")
 """``from_pretrained`` keyword arguments that belong to the download, not to diffusers."""
+
+
+def default_model() -> str:
+    """The pipeline to load when none is named: ``$FUSIONFM_MODEL`` if set, else the bundled ``model/`` folder.
+
+    Raises:
+        FileNotFoundError: neither is available (for example in an installed wheel without the repository).
+    """
+    named = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
+    if named:
+        return named
+    if (BUNDLED_MODEL_DIR / "model_index.json").is_file():
+        return str(BUNDLED_MODEL_DIR)
+    raise FileNotFoundError(
+        f"No default FusionFM model: {BUNDLED_MODEL_DIR} has no model_index.json and {DEFAULT_MODEL_ENV} is not set. "
+        f"Set {DEFAULT_MODEL_ENV} to a pipeline folder or Hub id, or pass one to from_pretrained."
+    )
 
 
 def resolve_pipeline_path(name_or_path: str | os.PathLike, **download_kwargs) -> Path:

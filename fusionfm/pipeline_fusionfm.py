@@ -16,7 +16,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from .color import luminance, recombine
-from .hub import DOWNLOAD_KWARGS, resolve_pipeline_path
+from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
 from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
 from .scheduler import FlowMatchFusionScheduler
 from .tasks import FusionTask, get_task
@@ -87,14 +87,20 @@ class FusionFMPipeline(DiffusionPipeline):
         self._call_lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> FusionFMPipeline:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs
+    ) -> FusionFMPipeline:
         """Load from a local folder or a Hub repo id (downloaded first; cache and offline mode honoured).
+
+        Without a name: ``$FUSIONFM_MODEL`` if set, else the model bundled in the repository (``model/``).
 
         Weights are read from safetensors only. Download keyword arguments (``revision``,
         ``cache_dir``, ``token``, ``local_files_only``, ``force_download``, ``proxies``) go to the
         Hub; the rest (e.g. ``dtype``) to diffusers.
         """
         download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
+        if pretrained_model_name_or_path is None:
+            pretrained_model_name_or_path = default_model()
         folder = resolve_pipeline_path(pretrained_model_name_or_path, **download_kwargs)
         kwargs["use_safetensors"] = True
         return super().from_pretrained(folder, **kwargs)

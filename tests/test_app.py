@@ -1,0 +1,188 @@
+"""The Gradio app through its /fuse API (gradio_client against an in-process server) on the bundled examples."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import PIL.Image
+import pytest
+from conftest import REPO_ROOT
+from gradio_client import Client, handle_file
+
+from fusionfm import FusionFMPipeline, get_task
+from fusionfm.color import is_gray
+from fusionfm.image_processor import FusionImageProcessor
+from fusionfm.tasks import ColorPolicy
+
+
+def _load_app():
+    spec = importlib.util.spec_from_file_location("fusionfm_app", REPO_ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+app_module = _load_app()
+MAX_SIDE = 1200  # above every bundled example; the size-limit test uses a bigger image
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    pipeline = FusionFMPipeline.from_pretrained()  # the bundled model (or $FUSIONFM_MODEL)
+    demo = app_module.build_demo(app_module.FusionApp(pipeline, max_side=MAX_SIDE), concurrency=2)
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def _fuse(client: Client, task: str, path_a, path_b, steps: int = 1, resolution: int = 0, resize: bool = False):
+    return client.predict(task, handle_file(str(path_a)) if path_a else None,
+                          handle_file(str(path_b)) if path_b else None, steps, resolution, resize, api_name="/fuse")
+
+
+def _luminance(path) -> np.ndarray:
+    return np.asarray(PIL.Image.open(path).convert("L"), dtype=np.float64)
+
+
+def _expected_mode(task: str, path_a, path_b) -> str:
+    processor = FusionImageProcessor()
+    gray_a, gray_b = is_gray(processor.load(path_a)), is_gray(processor.load(path_b))
+    colour_from_b_only = get_task(task).color_policy == ColorPolicy.CHROMA_FROM_B
+    return "L" if (gray_b if colour_from_b_only else gray_a and gray_b) else "RGB"
+
+
+EXAMPLES = app_module.example_rows()
+
+
+def test_examples_cover_every_task_of_the_selector():
+    assert {row[0] for row in EXAMPLES} == {value for _, value in app_module.TASK_CHOICES}
+    assert len(EXAMPLES) >= 2 * len(app_module.TASK_CHOICES)
+    readme = (REPO_ROOT / "examples" / "README.md").read_text()
+    for _, path_a, path_b in EXAMPLES:
+        assert path_a.split("examples/")[1] in readme and path_b.split("examples/")[1] in readme
+
+
+@pytest.mark.parametrize("row", EXAMPLES, ids=[f"{row[0]}-{row[1].rsplit('/', 1)[1]}" for row in EXAMPLES])
+def test_fuse_every_example_pair(client, row):
+    task, path_a, path_b = row
+    fused_path, (slider_input, slider_fused), table, timing, download = _fuse(client, task, path_a, path_b)
+    fused = PIL.Image.open(fused_path)
+    source = PIL.Image.open(path_a)
+    assert fused.format == "PNG" and fused.size == source.size
+    assert fused.mode == _expected_mode(task, path_a, path_b)
+    y, y_a, y_b = _luminance(fused_path), _luminance(path_a), _luminance(path_b)
+    for other in (y_a, y_b, (y_a + y_b) / 2):
+        assert np.abs(y - other).mean() > 1.0  # not a copy of an input or of their mean
+    assert PIL.Image.open(slider_input).size == fused.size and _luminance(slider_fused).shape == y.shape
+    assert [row[0] for row in table["data"]] == ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"]
+    assert all(np.isfinite(row[1]) and np.isfinite(row[2]) for row in table["data"])
+    assert "(1 step)" in timing and "Note:" not in timing
+    assert PIL.Image.open(download).size == fused.size
+
+
+def test_more_steps_and_a_processing_resolution(client):
+    task, path_a, path_b = EXAMPLES[0]
+    fused_path, _, _, timing, _ = _fuse(client, task, path_a, path_b, steps=4, resolution=128)
+    assert PIL.Image.open(fused_path).size == PIL.Image.open(path_a).size  # fused at 128, returned at input size
+    assert "(4 steps)" in timing
+
+
+def _error(client: Client, *args, **kwargs) -> str:
+    with pytest.raises(Exception) as caught:
+        _fuse(client, *args, **kwargs)
+    message = str(caught.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message
+
+
+def test_missing_images(client):
+    task, path_a, path_b = EXAMPLES[0]
+    assert "The Infrared image is missing" in _error(client, task, None, path_b)
+    assert "The Visible image is missing" in _error(client, task, path_a, None)
+
+
+def test_different_sizes_are_refused_then_resized_on_request(client):
+    small = [row for row in EXAMPLES if row[0] == "MIF-PET"][0]
+    large = [row for row in EXAMPLES if row[0] == "MEF"][0]
+    message = _error(client, "MEF", large[1], small[2])
+    assert "differ in size" in message and "Resize" in message
+    fused_path, _, _, timing, _ = _fuse(client, "MEF", large[1], small[2], resize=True)
+    assert PIL.Image.open(fused_path).size == PIL.Image.open(large[1]).size
+    assert "was resized from 256x256" in timing
+
+
+def test_unreadable_files(client, tmp_path):
+    task, path_a, path_b = EXAMPLES[0]
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((REPO_ROOT / "examples" / "MIF-PET").glob("*.png").__next__().read_bytes()[:300])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    for bad in (truncated, text):
+        message = _error(client, task, path_a, bad)
+        assert "The Visible image could not be read" in message and bad.name in message
+
+
+def test_bad_settings_and_task(client):
+    task, path_a, path_b = EXAMPLES[0]
+    # Gradio checks the sliders' and the selector's ranges before the app runs; its messages are readable too.
+    assert "Value 0 is less than minimum value 1" in _error(client, task, path_a, path_b, steps=0)
+    assert "Value 9 is greater than maximum value 8" in _error(client, task, path_a, path_b, steps=9)
+    assert "Value -5 is less than minimum value 0" in _error(client, task, path_a, path_b, resolution=-5)
+    message = _error(client, "Panorama", path_a, path_b)
+    assert "'Panorama'" in message and "not in the list of choices" in message and "MIF-PET" in message
+
+
+def test_oversized_images_are_downscaled_with_a_notice(client, tmp_path):
+    _, path_a, path_b = [row for row in EXAMPLES if row[0] == "MIF-SPECT"][0]
+    big_a, big_b = tmp_path / "big_mri.png", tmp_path / "big_spect.png"
+    for source, target in ((path_a, big_a), (path_b, big_b)):
+        PIL.Image.open(source).resize((1500, 1500), PIL.Image.BICUBIC).save(target)
+    fused_path, _, _, timing, _ = _fuse(client, "MIF-SPECT", big_a, big_b)
+    assert PIL.Image.open(fused_path).size == (MAX_SIDE, MAX_SIDE)
+    assert f"above this app's limit of {MAX_SIDE}" in timing
+
+
+def test_sixteen_bit_thermal_and_transparent_inputs_keep_working(client, tmp_path):
+    _, path_ir, path_vis = [row for row in EXAMPLES if row[0] == "IVF" and "RoadScene" in row[1]][0]
+    ir = np.asarray(PIL.Image.open(path_ir).convert("L"), dtype=np.uint16) * 200 + 3000  # a 16-bit thermal range
+    thermal = tmp_path / "thermal16.png"
+    PIL.Image.fromarray(ir).save(thermal)
+    assert PIL.Image.open(thermal).mode == "I;16"
+    visible = tmp_path / "visible_rgba.png"
+    PIL.Image.open(path_vis).convert("RGBA").save(visible)
+    fused_path, _, _, timing, _ = _fuse(client, "IVF", thermal, visible)
+    fused = PIL.Image.open(fused_path)
+    assert fused.mode == "RGB" and fused.size == PIL.Image.open(path_ir).size
+    assert "I;16 (more than 8 bits)" in timing and "alpha channel is ignored" in timing
+    # The 16-bit image reached the model intact: scaled by its min-max range it equals the 8-bit original's
+    # stretch, so the result matches fusing a stretched 8-bit copy.
+    stretched = tmp_path / "thermal8.png"
+    stretch = (ir - ir.min()) / (ir.max() - ir.min()) * 255
+    PIL.Image.fromarray(np.round(stretch).astype(np.uint8)).save(stretched)
+    reference, *_ = _fuse(client, "IVF", stretched, visible)
+    difference = np.abs(_luminance(fused_path) - _luminance(reference))
+    assert difference.mean() < 0.5 and difference.max() <= 10  # 8-bit rounding, amplified a little by bf16
+
+
+def test_twenty_concurrent_calls_return_their_own_results(client):
+    rows = [EXAMPLES[i] for i in (0, 3, 7, 10)]
+    expected = {row[1]: _luminance(_fuse(client, *row)[0]) for row in rows}
+    calls = [rows[i % len(rows)] for i in range(20)]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda row: _fuse(client, *row)[0], calls))
+    for row, fused_path in zip(calls, results, strict=True):
+        assert np.array_equal(_luminance(fused_path), expected[row[1]])
