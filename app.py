@@ -43,6 +43,8 @@ class UploadedImage(gr.Image):
     """An image input that hands the uploaded file over untouched, so 16-bit and gray images keep their
     mode; FusionFM's own loader then reads and validates it (with messages a visitor can act on)."""
 
+    is_template = True  # Gradio then serves gr.Image's front end for it (as for its own templates)
+
     def preprocess(self, payload):
         if payload is not None and payload.path:
             return payload.path
@@ -211,23 +213,25 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
             "**Fuse**. One small flow-matching network serves all tasks; gray, colour and 16-bit inputs keep "
             "their mode. Example pairs are at the bottom of the page."
         )
-        task = gr.Radio(TASK_CHOICES, value="IVF", label="Task")
+        task = gr.Radio(TASK_CHOICES, value="IVF", label="Task", elem_id="task")
         with gr.Row():
-            image_a = UploadedImage(label=label_a, type="filepath", image_mode=None, sources=["upload", "clipboard"])
-            image_b = UploadedImage(label=label_b, type="filepath", image_mode=None, sources=["upload", "clipboard"])
+            image_a = UploadedImage(label=label_a, type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                    elem_id="image-a")
+            image_b = UploadedImage(label=label_b, type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                    elem_id="image-b")
         with gr.Accordion("Advanced settings", open=False):
             steps = gr.Slider(1, 8, value=1, step=1, label="Flow steps (1 is the trained setting)")
             resolution = gr.Slider(0, 2048, value=0, step=32,
                                    label="Processing resolution: long side in pixels (0 = input size)")
             resize = gr.Checkbox(False, label=f"Resize the {label_b} image to match the {label_a} image")
-        run = gr.Button("Fuse", variant="primary")
+        run = gr.Button("Fuse", variant="primary", elem_id="fuse")
         with gr.Row():
             fused = gr.Image(label="Fused", type="filepath", format="png", interactive=False,
-                             buttons=["download", "fullscreen"])
+                             buttons=["download", "fullscreen"], elem_id="fused")
             with gr.Column():
                 slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", interactive=False)
                 compare = gr.Radio([(label_a, "a"), (label_b, "b")], value="b", label="Compare the result with")
-        timing = gr.Markdown()
+        timing = gr.Markdown(elem_id="timing")
         with gr.Row():
             metrics = gr.Dataframe(headers=["metric", "FusionFM", "average of the inputs"],
                                    label="Metrics (higher is better)", interactive=False)

@@ -44,6 +44,8 @@ class UploadedImage(gr.Image):
     """An image input that hands the uploaded file over untouched, so 16-bit and gray images keep their
     mode; FusionFM's own loader then reads and validates it (with messages a visitor can act on)."""
 
+    is_template = True  # Gradio then serves gr.Image's front end for it (as for its own templates)
+
     def preprocess(self, payload):
         if payload is not None and payload.path:
             return payload.path

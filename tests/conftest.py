@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib.util
 import os
+import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,3 +67,32 @@ def make_pipeline(coupling: str = "mean", seed: int = 0) -> FusionFMPipeline:
 @pytest.fixture()
 def tiny_pipe() -> FusionFMPipeline:
     return make_pipeline()
+
+
+def load_app_module():
+    """app.py as a module (it is a script at the top level, not part of the package)."""
+    if "fusionfm_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("fusionfm_app", REPO_ROOT / "app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["fusionfm_app"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_app(max_side: int = 2048) -> Iterator[str]:
+    """The app on the bundled model (or $FUSIONFM_MODEL), served in this process on a free port: yields its URL."""
+    app = load_app_module()
+    demo = app.build_demo(app.FusionApp(FusionFMPipeline.from_pretrained(), max_side=max_side), concurrency=2)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

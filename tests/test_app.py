@@ -2,51 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.util
-import socket
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_app_module, serve_app
 from gradio_client import Client, handle_file
 
-from fusionfm import FusionFMPipeline, get_task
+from fusionfm import get_task
 from fusionfm.color import is_gray
 from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.tasks import ColorPolicy
 
-
-def _load_app():
-    spec = importlib.util.spec_from_file_location("fusionfm_app", REPO_ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-app_module = _load_app()
+app_module = load_app_module()
 MAX_SIDE = 1200  # above every bundled example; the size-limit test uses a bigger image
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def client():
-    pipeline = FusionFMPipeline.from_pretrained()  # the bundled model (or $FUSIONFM_MODEL)
-    demo = app_module.build_demo(app_module.FusionApp(pipeline, max_side=MAX_SIDE), concurrency=2)
-    port = _free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
+    with serve_app(max_side=MAX_SIDE) as url:
+        yield Client(url, verbose=False)
 
 
 def _fuse(client: Client, task: str, path_a, path_b, steps: int = 1, resolution: int = 0, resize: bool = False):

@@ -6,14 +6,13 @@ import csv
 import importlib.util
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA, REPO_ROOT
+from conftest import DATA, REPO_ROOT, free_port
 from safetensors.torch import load_file
 
 from fusionfm import FusionFMPipeline
@@ -164,18 +163,12 @@ def test_an_interrupted_checkpoint_is_not_taken_as_valid(one_process_run, tmp_pa
         train_script.resolve_resume(tmp_path, str(tmp_path / "checkpoint-12"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_are_distributed_and_end_with_identical_weights(labels, tmp_path):
     output_dir = tmp_path / "out"
     accelerate = Path(sys.executable).with_name("accelerate")  # the CLI installed beside this interpreter
     launcher = [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu",
                 "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(_free_port())]
+                "--main_process_port", str(free_port())]
     result = _run(_arguments(labels, output_dir, "--mixed_precision", "bf16", "--eval_pairs", "0"), launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((output_dir / "training_summary.json").read_text())

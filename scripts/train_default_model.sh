@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Reproduce the bundled default model (model/): pseudo-labels for the four tasks from the training splits,
+# then the continual recipe (EWC + replay, IVF -> MIF -> MEF -> MFF) on CPU, then copy the pipeline into model/.
+# Usage: scripts/train_default_model.sh [WORK_DIR]     (WORK_DIR holds labels and the run; default ./work)
+# Every step resumes where a killed run stopped: re-run the same command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-work}
+DATA=../shared/data
+mkdir -p "$WORK"
+
+# 1. Pseudo-labels (stage 1 selection + stage 2 Fusion Refiner); about 40 minutes on 2 cores.
+python -m fusionfm.pseudolabel --data "$DATA" --task IVF --split train --out "$WORK/labels/IVF-train" --no-progress
+python -m fusionfm.pseudolabel --data "$DATA" --task MIF --split train --out "$WORK/labels/MIF-train" --no-progress
+python -m fusionfm.pseudolabel --data "$DATA" --task MEF --synthetic --split train --out "$WORK/labels/MEF-train" --no-progress
+python -m fusionfm.pseudolabel --data "$DATA" --task MFF --synthetic --split train --out "$WORK/labels/MFF-train" --no-progress
+
+# 2. Training: 4 tasks x 3500 steps of 8 random 128x128 crops, bf16 autocast; about 75 minutes on 2 cores.
+python training/train.py --data_root "$DATA" \
+  --labels "IVF=$WORK/labels/IVF-train" "MIF=$WORK/labels/MIF-train" "MEF=$WORK/labels/MEF-train" \
+           "MFF=$WORK/labels/MFF-train" \
+  --tasks IVF MIF MEF MFF --unet_preset default --steps_per_task 3500 --train_batch_size 8 --resolution 128 \
+  --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 200 --mixed_precision bf16 \
+  --ewc_lambda 20000 --ewc_fisher_batches 4 --replay_per_task 64 --replay_share 0.25 \
+  --eval_pairs 8 --eval_resolution 256 --checkpointing_steps 500 --checkpoints_total_limit 2 \
+  --resume_from_checkpoint latest --no_progress --seed 0 --output_dir "$WORK/run"
+
+# 3. The bundled copy: the pipeline files plus the run's evidence.
+rm -rf model.partial && mkdir -p model.partial
+cp -r "$WORK/run/model_index.json" "$WORK/run/unet" "$WORK/run/scheduler" model.partial/
+cp "$WORK/run/continual.csv" "$WORK/run/training_summary.json" model.partial/
+rm -rf model && mv model.partial model
+du -sh model

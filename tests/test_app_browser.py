@@ -1,0 +1,42 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright (installed by .ci/run; see README)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import PIL.Image
+import pytest
+from conftest import REPO_ROOT, serve_app
+
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in requirements.txt)")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Chromium: apt-get install -y chromium")
+def test_fuse_a_pair_in_the_browser(tmp_path):
+    example = REPO_ROOT / "examples" / "MIF-PET"
+    mri, pet = sorted(example.glob("*_mri.png"))[0], sorted(example.glob("*_pet.png"))[0]
+    with serve_app() as url, playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(url)
+        page.get_by_role("radio", name="MRI + PET (MIF)").check()
+        # The input labels follow the task.
+        playwright.expect(page.locator("#image-a")).to_contain_text("MRI", timeout=20_000)
+        playwright.expect(page.locator("#image-b")).to_contain_text("PET")
+        page.locator("#image-a input[type=file]").set_input_files(str(mri))
+        page.locator("#image-b input[type=file]").set_input_files(str(pet))
+        playwright.expect(page.locator("#image-b img")).to_have_count(1, timeout=20_000)  # upload previewed
+        page.locator("#fuse").click()
+        playwright.expect(page.locator("#timing")).to_contain_text("Fused 256x256 (colour)", timeout=120_000)
+        result = page.locator("#fused img")
+        playwright.expect(result).to_have_count(1)
+        assert result.evaluate("img => img.complete && img.naturalWidth") == 256  # the PNG really loaded
+        screenshot = tmp_path / "app.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    image = PIL.Image.open(screenshot)
+    assert image.width == 1280 and image.height > 800
