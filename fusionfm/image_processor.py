@@ -14,6 +14,7 @@ C = 3 (RGB). Accepted inputs:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -247,6 +248,15 @@ def to_pil(image: torch.Tensor) -> PIL.Image.Image:
     """(C, H, W) float tensor in [0, 1] -> PIL image of mode L (C = 1) or RGB (C = 3)."""
     array = (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return PIL.Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def save_png_atomically(image: torch.Tensor, path: str | Path) -> None:
+    """Write (C, H, W) in [0, 1] as an 8-bit PNG (L or RGB); readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    to_pil(image).save(temporary, format="PNG")
+    os.replace(temporary, path)
 
 
 def load_image(path: str | Path) -> PIL.Image.Image:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .color import luminance
 from .datasets import PairRecord, find_pairs, load_pair
-from .image_processor import to_pil
+from .image_processor import save_png_atomically
 from .metrics import METRIC_NAMES
 from .priors import ExternalPriors, priors_for, run_prior
 from .refiner import DecompositionNet, RefinerConfig, load_decomposer, refine_label, save_decomposer, train_decomposer
@@ -75,14 +75,6 @@ def synthetic_jobs(data_root: Path, task: str, split: str, seed: int, limit: int
     dataset = f"synthetic-{pairs.rows[0]['dataset']}"
     return [LabelJob(get_task(task), dataset, split, row["stem"], synthetic=(pairs, index))
             for index, row in enumerate(pairs.rows)]
-
-
-def save_png_atomically(image: torch.Tensor, path: Path) -> None:
-    """Write (C, H, W) in [0, 1] as an 8-bit PNG; readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    to_pil(image).save(temporary, format="PNG")
-    os.replace(temporary, path)
 
 
 class LabelStore:

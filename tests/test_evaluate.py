@@ -1,0 +1,99 @@
+"""fusionfm.evaluate: the quality score, ranking, and the CLI on a small real data set folder."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+import torch
+from conftest import DATA, make_pipeline
+
+from fusionfm.evaluate import RANKED_METRICS, _ranks, main, quality_score, rank_methods
+from fusionfm.image_processor import FusionImageProcessor
+from fusionfm.metrics import to_gray_255
+
+STEMS = ("carLight", "carShadow")
+
+
+@pytest.fixture()
+def mini_dataset(tmp_path):
+    """Two VIFB pairs and one method's outputs (SeAFusion), laid out as shared/data (no manifest)."""
+    root = tmp_path / "data"
+    vifb = DATA / "IVF" / "VIFB"
+    for stem in STEMS:
+        for folder in ("test/ir", "test/vi", "priors/SeAFusion"):
+            source = next((vifb / folder).glob(f"{stem}.*"))
+            (root / "IVF" / "Mini" / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, root / "IVF" / "Mini" / folder / source.name)
+    return root
+
+
+def _read(path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cli_ranks_a_model_among_the_priors(mini_dataset, tmp_path, capsys):
+    model = tmp_path / "model"
+    make_pipeline().save_pretrained(model)
+    out = tmp_path / "out"
+    assert main(["--model", str(model), "--data", str(mini_dataset), "--task", "IVF", "--dataset", "Mini",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.stem for p in (out / "fused").glob("*.png")) == sorted(STEMS)
+    per_pair = _read(out / "per_pair.csv")
+    methods = {"FusionFM", "SeAFusion", "builtin:average", "builtin:max", "builtin:laplacian", "builtin:wavelet",
+               "builtin:gff", "builtin:two_scale_saliency"}
+    assert {row["method"] for row in per_pair} == methods
+    assert len(per_pair) == len(methods) * len(STEMS)
+    assert all(float(row["seconds"]) > 0 for row in per_pair if row["method"] == "FusionFM")
+    assert all(row["seconds"] == "" for row in per_pair if row["method"] != "FusionFM")
+    ranking = _read(out / "ranking.csv")
+    assert list(ranking[0]) == ["position", "method", "pairs", *RANKED_METRICS,
+                                *(f"rank_{m}" for m in RANKED_METRICS), "mean_rank"]
+    assert [int(row["position"]) for row in ranking] == list(range(1, len(methods) + 1))
+    assert [float(row["mean_rank"]) for row in ranking] == sorted(float(row["mean_rank"]) for row in ranking)
+    table = (out / "ranking.md").read_text()
+    assert "**FusionFM**" in table and "| mean rank |" in table and "2 pairs" in table
+    assert "Mini: FusionFM ranks" in capsys.readouterr().out
+
+
+def test_cli_evaluates_a_folder_of_fused_images(mini_dataset, tmp_path):
+    out = tmp_path / "out"
+    fused = mini_dataset / "IVF" / "Mini" / "priors" / "SeAFusion"
+    assert main(["--fused", str(fused), "--data", str(mini_dataset), "--task", "IVF", "--out", str(out),
+                 "--no-builtin-priors", "--no-progress"]) == 0
+    ranking = _read(out / "ranking.csv")
+    assert [row["method"] for row in ranking] == ["SeAFusion"]  # the folder is the only method
+    assert not (out / "fused").exists()
+
+
+def test_cli_errors(mini_dataset, tmp_path, capsys):
+    assert main(["--fused", str(tmp_path / "nowhere"), "--data", str(mini_dataset), "--task", "IVF",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "No folder of fused images" in capsys.readouterr().err
+    assert main(["--fused", str(tmp_path), "--data", str(mini_dataset), "--task", "MEF",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "MEF" in capsys.readouterr().err
+
+
+def test_ranks_share_ties():
+    assert _ranks([3.0, 1.0, 3.0, 2.0]) == [1.5, 4.0, 1.5, 3.0]
+
+
+def test_rank_methods_uses_only_the_pairs_every_method_has():
+    one = dict.fromkeys(RANKED_METRICS, 1.0)
+    two = dict.fromkeys(RANKED_METRICS, 2.0)
+    rows = rank_methods({"good": {"x": two, "y": two}, "poor": {"x": one}})
+    assert [(row["method"], row["pairs"], row["mean_rank"]) for row in rows] == [("good", 1, 1.0), ("poor", 1, 2.0)]
+
+
+def test_quality_score_is_one_for_the_plain_average_and_lower_for_a_blank():
+    processor = FusionImageProcessor()
+    ir = processor.load(next((DATA / "IVF/VIFB/test/ir").glob("carLight.*")))[None]
+    vi = processor.load(next((DATA / "IVF/VIFB/test/vi").glob("carLight.*")))[None]
+    gray_a, gray_b = to_gray_255(ir), to_gray_255(vi)
+    y_a, y_b = gray_a / 255, gray_b / 255
+    average = ((gray_a + gray_b) / 2).round() / 255
+    assert float(quality_score(average, y_a, y_b)[0]) == pytest.approx(1.0)
+    assert float(quality_score(torch.full_like(y_a, 0.5), y_a, y_b)[0]) < 0.5
