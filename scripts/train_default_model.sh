@@ -15,11 +15,11 @@ python -m fusionfm.pseudolabel --data "$DATA" --task MIF --split train --out "$W
 python -m fusionfm.pseudolabel --data "$DATA" --task MEF --synthetic --split train --out "$WORK/labels/MEF-train" --no-progress
 python -m fusionfm.pseudolabel --data "$DATA" --task MFF --synthetic --split train --out "$WORK/labels/MFF-train" --no-progress
 
-# 2. Training: 4 tasks x 3500 steps of 8 random 128x128 crops, bf16 autocast; about 75 minutes on 2 cores.
+# 2. Training: 4 tasks x 3000 steps of 8 random 128x128 crops, bf16 autocast; about 55 minutes on 2 cores.
 python training/train.py --data_root "$DATA" \
   --labels "IVF=$WORK/labels/IVF-train" "MIF=$WORK/labels/MIF-train" "MEF=$WORK/labels/MEF-train" \
            "MFF=$WORK/labels/MFF-train" \
-  --tasks IVF MIF MEF MFF --unet_preset default --steps_per_task 3500 --train_batch_size 8 --resolution 128 \
+  --tasks IVF MIF MEF MFF --unet_preset default --steps_per_task 3000 --train_batch_size 8 --resolution 128 \
   --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 200 --mixed_precision bf16 \
   --ewc_lambda 20000 --ewc_fisher_batches 4 --replay_per_task 64 --replay_share 0.25 \
   --eval_pairs 8 --eval_resolution 256 --checkpointing_steps 500 --checkpoints_total_limit 2 \
