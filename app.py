@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -68,6 +69,9 @@ def read_upload(path: str | None, role: str) -> PIL.Image.Image:
         raise visitor_error(f"The {role} image is missing: upload it (or pick an example below).", "Missing image")
     try:
         image = load_image(path)
+    except PIL.Image.DecompressionBombError as error:
+        raise visitor_error(f"The {role} image is too large to open safely ({error}). Downscale it first.",
+                            "Image too large") from error
     except (ValueError, FileNotFoundError) as error:
         raise visitor_error(f"The {role} image could not be read: {Path(path).name} is not an image file we can decode "
                        "(PNG, JPEG, TIFF, BMP, WebP...). Is it complete?", title="Unreadable image") from error
@@ -102,11 +106,21 @@ def metrics_table(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Ten
 class FusionApp:
     """The pipeline plus the app's limits; ``fuse`` is the /fuse endpoint."""
 
-    def __init__(self, pipeline: FusionFMPipeline, max_side: int = 2048) -> None:
+    def __init__(self, pipeline: FusionFMPipeline, max_side: int = 2048, keep_results_seconds: float = 3600) -> None:
         self.pipeline = pipeline
         self.pipeline.set_progress_bar_config(disable=True)
         self.max_side = max_side
         self.processor = FusionImageProcessor()
+        self.results_dir = Path(tempfile.mkdtemp(prefix="fusionfm-app-"))
+        self.keep_results_seconds = keep_results_seconds
+
+    def _result_folder(self) -> Path:
+        """A fresh folder for one call's files; folders older than ``keep_results_seconds`` are removed."""
+        now = time.time()
+        for old in self.results_dir.iterdir():
+            if now - old.stat().st_mtime > self.keep_results_seconds:
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=self.results_dir))
 
     def fuse(self, task: str, path_a: str | None, path_b: str | None, num_inference_steps: float = 1,
              processing_resolution: float = 0, resize_b_to_a: bool = False):
@@ -157,11 +171,11 @@ class FusionApp:
         except Exception as error:  # never a stack trace for the visitor; the log keeps it
             logger.exception("Fusion failed")
             raise visitor_error(f"Fusion failed unexpectedly ({type(error).__name__}). Please try another pair "
-                           "or report the problem.", title="Fusion failed") from error
+                                "or report the problem.", title="Fusion failed") from error
 
         size = tuple(fused.shape[-2:])
         shown_a, shown_b = (self.processor.resize(image[None], size)[0] for image in (tensor_a, tensor_b))
-        folder = Path(tempfile.mkdtemp(prefix="fusionfm-"))
+        folder = self._result_folder()
         fused_path = folder / f"fused_{spec.name}_{Path(path_a).stem}.png"
         paths = {"a": folder / "input_a.png", "b": folder / "input_b.png"}
         to_pil(fused).save(fused_path)
@@ -206,7 +220,7 @@ def example_rows() -> list[list[str]]:
 
 def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
     label_a, label_b = input_labels("IVF")
-    with gr.Blocks(title="FusionFM") as demo:
+    with gr.Blocks(title="FusionFM", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# FusionFM: one-step image fusion\n"
             "Upload two **registered** images of one scene (same size, aligned), pick the task and press "
@@ -242,7 +256,8 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
 
         task.change(on_task_change, task, [image_a, image_b, compare, resize], api_name=False)
         run.click(app.fuse, [task, image_a, image_b, steps, resolution, resize],
-                  [fused, slider, metrics, timing, download, state], api_name="fuse", concurrency_limit=concurrency)
+                  [fused, slider, metrics, timing, download, state], api_name="fuse", concurrency_limit=concurrency,
+                  ).success(comparison, [state, compare], slider, api_name=False)
         compare.change(comparison, [state, compare], slider, api_name=False)
     demo.queue(max_size=64)
     return demo

@@ -128,3 +128,16 @@ def test_push_refuses_pickles_and_non_pipelines(tmp_path, saved_model):
         upload_operations(folder)
     with pytest.raises(ValueError, match="no model_index.json"):
         upload_operations(tmp_path)
+
+
+def test_default_model_follows_the_environment_then_the_bundled_folder(tmp_path, monkeypatch):
+    from fusionfm import FusionFMPipeline, hub
+
+    make_pipeline().save_pretrained(tmp_path / "mine")
+    monkeypatch.setenv(hub.DEFAULT_MODEL_ENV, str(tmp_path / "mine"))
+    assert FusionFMPipeline.from_pretrained().unet.config.block_out_channels == [8, 16]
+    monkeypatch.delenv(hub.DEFAULT_MODEL_ENV)
+    assert hub.default_model() == str(hub.BUNDLED_MODEL_DIR)  # the repository ships model/
+    monkeypatch.setattr(hub, "BUNDLED_MODEL_DIR", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="FUSIONFM_MODEL"):
+        FusionFMPipeline.from_pretrained()
