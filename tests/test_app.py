@@ -151,7 +151,9 @@ def test_sixteen_bit_thermal_and_transparent_inputs_keep_working(client, tmp_pat
     PIL.Image.fromarray(np.round(stretch).astype(np.uint8)).save(stretched)
     reference, *_ = _fuse(client, "IVF", stretched, visible)
     difference = np.abs(_luminance(fused_path) - _luminance(reference))
-    assert difference.mean() < 0.5 and difference.max() <= 10  # 8-bit rounding, amplified a little by bf16
+    # 8-bit rounding of the stretched copy, amplified a little by bf16; a mishandled 16-bit input (clipped or
+    # wrapped to 8 bits) is off by tens of grey levels on average.
+    assert difference.mean() < 1.0 and difference.max() <= 16, (difference.mean(), difference.max())
 
 
 def test_twenty_concurrent_calls_return_their_own_results(client):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,9 @@ def _arguments(labels: dict[str, Path], output_dir: Path, *extra: str) -> list[s
 
 def _run(arguments: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     command = [*(launcher or [sys.executable]), str(SCRIPT), *arguments]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    # The script must import this checkout's fusionfm, whatever checkout the installed package points at.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env=env)
 
 
 def _log(output_dir: Path) -> list[dict]:
