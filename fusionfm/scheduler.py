@@ -43,6 +43,8 @@ class FlowMatchFusionScheduler(SchedulerMixin, ConfigMixin):
         time_sampling: distribution of t during training: ``"uniform"`` on [0, 1] or
             ``"logit_normal"`` (sigmoid of a normal with ``logit_mean``, ``logit_std``).
         logit_mean, logit_std: parameters of the logit-normal distribution.
+        start_share: share of training samples put at t = 0, the only time that one-step inference
+            evaluates; the rest follow ``time_sampling`` and keep the multi-step path trained.
         time_shift: warps the inference grid t -> s t / (1 + (s - 1) t); 1.0 is a uniform grid.
     """
 
@@ -57,6 +59,7 @@ class FlowMatchFusionScheduler(SchedulerMixin, ConfigMixin):
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
         time_shift: float = 1.0,
+        start_share: float = 0.0,
     ) -> None:
         if coupling not in COUPLINGS:
             raise ValueError(f"Unknown coupling {coupling!r}; choose one of {', '.join(COUPLINGS)}.")
@@ -64,6 +67,8 @@ class FlowMatchFusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"Unknown time_sampling {time_sampling!r}; choose one of {', '.join(TIME_SAMPLINGS)}.")
         if time_shift <= 0:
             raise ValueError(f"time_shift must be > 0, got {time_shift}.")
+        if not 0.0 <= start_share <= 1.0:
+            raise ValueError(f"start_share must be in [0, 1], got {start_share}.")
         self.timesteps: torch.Tensor = torch.zeros(1)
         self.time_grid: torch.Tensor = torch.tensor([0.0, 1.0])
         self.num_inference_steps = 1
@@ -101,6 +106,8 @@ class FlowMatchFusionScheduler(SchedulerMixin, ConfigMixin):
         else:
             normal = torch.randn(batch_size, generator=generator)
             t = torch.sigmoid(self.config.logit_mean + self.config.logit_std * normal)
+        if self.config.start_share > 0:
+            t = torch.where(torch.rand(batch_size, generator=generator) < self.config.start_share, 0.0, t)
         return t.clamp(0.0, 1.0 - 1e-6).to(device)
 
     # ------------------------------------------------------------------ inference

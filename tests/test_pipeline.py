@@ -72,7 +72,7 @@ def test_n_steps_follow_the_euler_rule(tiny_pipe, real_pair, steps):
     mri, ct = real_pair("MIF-CT")
     out = tiny_pipe(mri, ct, task="MIF-CT", num_inference_steps=steps, output_type="pt", **FP32).images
     expected = _hand_flow(tiny_pipe, _to_tensor(mri.convert("L")), _to_tensor(ct.convert("L")), "MIF-CT", steps)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)  # float32 summation order, over several steps
     one_step = tiny_pipe(mri, ct, task="MIF-CT", output_type="pt", **FP32).images
     assert (out - one_step).abs().max() > 1e-3  # more steps really integrate differently
 

@@ -80,6 +80,7 @@ def test_invalid_step_counts(steps):
     (dict(coupling="median"), "Unknown coupling 'median'; choose one of mean, sum, gaussian"),
     (dict(time_sampling="beta"), "Unknown time_sampling 'beta'"),
     (dict(time_shift=0), "time_shift must be > 0"),
+    (dict(start_share=1.5), r"start_share must be in \[0, 1\]"),
 ])
 def test_invalid_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -95,6 +96,14 @@ def test_time_sampling(sampling):
     assert abs(t.mean().item() - 0.5) < 0.03
     spread = t.std().item()
     assert (0.27 < spread < 0.31) if sampling == "uniform" else (spread < 0.25)  # logit-normal: centred
+
+
+def test_start_share_puts_that_share_of_times_at_zero():
+    generator = torch.Generator().manual_seed(0)
+    t = FlowMatchFusionScheduler(start_share=0.3).sample_time(20000, generator)
+    assert abs((t == 0).float().mean().item() - 0.3) < 0.02
+    assert abs(t[t > 0].mean().item() - 0.5) < 0.02  # the rest stay uniform
+    assert (FlowMatchFusionScheduler().sample_time(20000, generator) == 0).sum() == 0
 
 
 def test_config_round_trip(tmp_path):

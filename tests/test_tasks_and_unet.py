@@ -46,6 +46,26 @@ def test_presets_predict_a_velocity_of_the_input_shape(preset):
     assert (velocity - other_task).abs().max() > 1e-4 and (velocity - other_time).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("t", [0.0, 0.5])
+def test_gated_head_mixes_the_sources_and_reaches_them_by_t_equals_one(t):
+    unet = build_unet("tiny").eval()
+    assert unet.config.output_head == "gated"
+    # Silence the U-Net's last layer: weight logit 20 (all of a), residual 0.
+    torch.nn.init.zeros_(unet.unet.conv_out.weight)
+    unet.unet.conv_out.bias.data = torch.tensor([20.0, 0.0])
+    a, b = torch.rand(2, 1, 1, 32, 48).unbind(0)
+    x_t = (a + b) / 2
+    with torch.no_grad():
+        velocity = unet(x_t, a, b, torch.tensor([t]), torch.tensor([0]))
+    torch.testing.assert_close(x_t + (1 - t) * velocity, a, atol=1e-6, rtol=0)
+
+
+def test_velocity_head_and_unknown_heads():
+    assert build_unet("tiny", output_head="velocity").unet.config.out_channels == 1
+    with pytest.raises(ValueError, match="Unknown output_head 'x'; choose one of velocity, gated"):
+        build_unet("tiny", output_head="x")
+
+
 def test_default_preset_size():
     unet = build_unet("default")
     assert unet.size_multiple == 16

@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--unet_config", type=Path, default=None, help="JSON file of FusionUNet config overrides")
     model.add_argument("--coupling", choices=COUPLINGS, default="mean")
     model.add_argument("--time_sampling", choices=TIME_SAMPLINGS, default="uniform")
+    model.add_argument("--start_share", type=float, default=0.0,
+                       help="share of each batch trained at t = 0, the point one-step inference uses")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=8, help="per process")
@@ -483,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = json.loads(args.unet_config.read_text()) if args.unet_config else {}
     model = build_unet(args.unet_preset, **overrides)
-    noise_scheduler = FlowMatchFusionScheduler(coupling=args.coupling, time_sampling=args.time_sampling)
+    noise_scheduler = FlowMatchFusionScheduler(coupling=args.coupling, time_sampling=args.time_sampling,
+                                               start_share=args.start_share)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     stages = 1 if args.joint else len(args.tasks)
     total_steps = args.steps_per_task * len(args.tasks)
