@@ -35,24 +35,25 @@ def test_registry_is_consistent():
 def test_presets_predict_a_velocity_of_the_input_shape(preset):
     unet = build_unet(preset).eval()
     multiple = unet.size_multiple
-    x = torch.rand(2, 1, multiple * 2, multiple * 3)
+    a, b = torch.rand(2, 2, 1, multiple * 2, multiple * 3).unbind(0)
+    x = (a + b) / 2
     with torch.no_grad():
-        velocity = unet(x, x, x, torch.tensor([0.0, 0.5]), torch.tensor([0, 3]))
+        velocity = unet(x, a, b, torch.tensor([0.0, 0.5]), torch.tensor([0, 3]))
     assert velocity.shape == x.shape and torch.isfinite(velocity).all()
     # The task and the time both condition the output.
     with torch.no_grad():
-        other_task = unet(x, x, x, torch.tensor([0.0, 0.5]), torch.tensor([1, 2]))
-        other_time = unet(x, x, x, torch.tensor([0.9, 0.1]), torch.tensor([0, 3]))
+        other_task = unet(x, a, b, torch.tensor([0.0, 0.5]), torch.tensor([1, 2]))
+        other_time = unet(x, a, b, torch.tensor([0.9, 0.1]), torch.tensor([0, 3]))
     assert (velocity - other_task).abs().max() > 1e-4 and (velocity - other_time).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("head,bias", [("weight", [20.0]), ("gated", [20.0, 0.0])])
 @pytest.mark.parametrize("t", [0.0, 0.5])
-def test_gated_head_mixes_the_sources_and_reaches_them_by_t_equals_one(t):
-    unet = build_unet("tiny").eval()
-    assert unet.config.output_head == "gated"
-    # Silence the U-Net's last layer: weight logit 20 (all of a), residual 0.
+def test_source_weight_heads_reach_the_chosen_source_by_t_equals_one(head, bias, t):
+    unet = build_unet("tiny", output_head=head).eval()
+    # Silence the U-Net's last layer: weight logit 20 (all of a), residual (if any) 0.
     torch.nn.init.zeros_(unet.unet.conv_out.weight)
-    unet.unet.conv_out.bias.data = torch.tensor([20.0, 0.0])
+    unet.unet.conv_out.bias.data = torch.tensor(bias)
     a, b = torch.rand(2, 1, 1, 32, 48).unbind(0)
     x_t = (a + b) / 2
     with torch.no_grad():
@@ -60,9 +61,19 @@ def test_gated_head_mixes_the_sources_and_reaches_them_by_t_equals_one(t):
     torch.testing.assert_close(x_t + (1 - t) * velocity, a, atol=1e-6, rtol=0)
 
 
+def test_gated_head_adds_its_residual():
+    unet = build_unet("tiny", output_head="gated").eval()
+    torch.nn.init.zeros_(unet.unet.conv_out.weight)
+    unet.unet.conv_out.bias.data = torch.tensor([0.0, 0.1])  # equal weights, residual 0.1
+    a, b = torch.rand(2, 1, 1, 32, 48).unbind(0)
+    with torch.no_grad():
+        velocity = unet((a + b) / 2, a, b, torch.tensor([0.0]), torch.tensor([0]))
+    torch.testing.assert_close(velocity, torch.full_like(a, 0.1), atol=1e-6, rtol=0)
+
+
 def test_velocity_head_and_unknown_heads():
     assert build_unet("tiny", output_head="velocity").unet.config.out_channels == 1
-    with pytest.raises(ValueError, match="Unknown output_head 'x'; choose one of velocity, gated"):
+    with pytest.raises(ValueError, match="Unknown output_head 'x'; choose one of velocity, weight, gated"):
         build_unet("tiny", output_head="x")
 
 
