@@ -54,7 +54,9 @@ def test_every_task_gives_a_non_trivial_image_of_the_input_size(tiny_pipe, real_
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
     y = luminance(out)
     mean = (luminance(_to_tensor(a.convert("RGB"))) + luminance(_to_tensor(b.convert("RGB")))) / 2
-    assert (y - mean).abs().mean() > 0.01  # the network moved x0
+    # The untrained network moved x0 (by (w - 1/2)(a - b) with the weight head: little where a and b agree,
+    # as in a multi-focus pair; the trained model's real examples are checked in test_bundled_model.py).
+    assert (y - mean).abs().mean() > 1e-3
 
 
 def test_one_step_equals_x0_plus_velocity(tiny_pipe, real_pair):

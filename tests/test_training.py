@@ -109,8 +109,9 @@ def test_continual_matrix_and_model_card(one_process_run):
     assert [row[0] for row in rows[1:]] == ["MIF", "MFF", "ACC", "BWT"]
     quality = [[float(value) for value in row[1:]] for row in rows[1:3]]
     assert all(0 < value < 3 for row in quality for value in row)
-    assert float(rows[3][1]) == pytest.approx(sum(quality[1]) / 2, abs=1e-4)
-    assert float(rows[4][1]) == pytest.approx(quality[1][0] - quality[0][0], abs=1e-4)
+    # Every value is rounded to 4 decimals, so recomputing from them can be off by up to 1.5e-4.
+    assert float(rows[3][1]) == pytest.approx(sum(quality[1]) / 2, abs=2e-4)
+    assert float(rows[4][1]) == pytest.approx(quality[1][0] - quality[0][0], abs=2e-4)
     card = (one_process_run / "model_card.md").read_text()
     assert card.startswith("---\n") and "pipeline_tag: image-to-image" in card
     assert "| `ewc_lambda` | `100.0` |" in card and "| MFF | " in card and "BWT" in card
