@@ -208,10 +208,17 @@ def evaluate_dataset(pairs: list[PairRecord], out_dir: Path, method_name: str, p
         raise ValueError(f"{fused_dir} holds no fused image named after a pair of {pairs[0].dataset} "
                          f"(expected files like {pairs[0].stem}.png).")
     _write_csv(out_dir / "per_pair.csv", per_pair, ["dataset", "stem", "method", *RANKED_METRICS, "seconds"])
-    rows = rank_methods({method: by_stem for method, by_stem in scores.items() if by_stem})
+    # A method with outputs for only some of the evaluated pairs would shrink the common set the ranking
+    # uses (one pair of four on MSRS); it is listed instead of ranked.
+    ours = set(scores[method_name])
+    partial = {method: len(by_stem) for method, by_stem in scores.items() if by_stem and not ours <= set(by_stem)}
+    rows = rank_methods({method: by_stem for method, by_stem in scores.items() if by_stem and method not in partial})
     columns = ["position", "method", "pairs", *RANKED_METRICS, *(f"rank_{m}" for m in RANKED_METRICS), "mean_rank"]
     _write_csv(out_dir / "ranking.csv", rows, columns)
     markdown = f"## {task.family} / {pairs[0].dataset} ({pairs[0].split})\n\n" + ranking_markdown(rows, method_name)
+    if partial:
+        markdown += "\nNot ranked (outputs for only some of these pairs): " + ", ".join(
+            f"{method} ({count} of {len(ours)})" for method, count in sorted(partial.items())) + ".\n"
     temporary = out_dir / ".ranking.md.tmp"
     temporary.write_text(markdown)
     os.replace(temporary, out_dir / "ranking.md")

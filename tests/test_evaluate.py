@@ -77,6 +77,17 @@ def test_cli_errors(mini_dataset, tmp_path, capsys):
     assert "MEF" in capsys.readouterr().err
 
 
+def test_a_method_missing_some_pairs_is_listed_not_ranked(mini_dataset, tmp_path):
+    next((mini_dataset / "IVF" / "Mini" / "priors" / "SeAFusion").glob(f"{STEMS[0]}.*")).unlink()
+    model = tmp_path / "model"
+    make_pipeline().save_pretrained(model)
+    out = tmp_path / "out"
+    assert main(["--model", str(model), "--data", str(mini_dataset), "--task", "IVF", "--dataset", "Mini",
+                 "--out", str(out), "--no-progress", "--no-builtin-priors"]) == 0
+    assert [(row["method"], row["pairs"]) for row in _read(out / "ranking.csv")] == [("FusionFM", "2")]
+    assert "Not ranked (outputs for only some of these pairs): SeAFusion (1 of 2)." in (out / "ranking.md").read_text()
+
+
 def test_ranks_share_ties():
     assert _ranks([3.0, 1.0, 3.0, 2.0]) == [1.5, 4.0, 1.5, 3.0]
 
