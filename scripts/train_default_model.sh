@@ -17,7 +17,7 @@ python -m fusionfm.pseudolabel --data "$DATA" --task MFF --synthetic --split tra
 
 # 2. Training: 4 tasks x 1000 steps of 8 random 128x128 crops, bf16 autocast; about 15 minutes on 2 cores.
 #    (3000 steps per task with a cosine schedule scored lower on the test pairs than 600: the small IVF and
-#    MIF training sets overfit. The U-Net preset's gated head comes from the same measurements; model_card.md.)
+#    MIF training sets overfit. The U-Net preset's weight head comes from the same measurements; model_card.md.)
 python training/train.py --data_root "$DATA" \
   --labels "IVF=$WORK/labels/IVF-train" "MIF=$WORK/labels/MIF-train" "MEF=$WORK/labels/MEF-train" \
            "MFF=$WORK/labels/MFF-train" \
