@@ -14,10 +14,6 @@ from fusionfm.metrics import qabf
 
 EXAMPLES = REPO_ROOT / "examples"
 TASKS = ("IVF", "MIF-CT", "MIF-PET", "MIF-SPECT", "MEF", "MFF")
-# A known shortfall, tracked (strict: the mark fails the run once the model is fixed and it passes): the MEF
-# stage trains on synthetic exposure pairs whose labels are mostly a refined average, and on the real MEFB
-# examples the model's Qabf is just under the average's (0.575 vs 0.592, 0.587 vs 0.590); model_card.md.
-KNOWN_BELOW_AVERAGE = {"MEF"}
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +45,7 @@ def test_the_bundled_model_is_what_loads_by_default(bundled):
     assert bundled.unet.config.output_head == UNET_PRESETS["default"]["output_head"]
 
 
-@pytest.mark.parametrize("task", [
-    pytest.param(task, marks=pytest.mark.xfail(strict=True, reason="MEF below the average on Qabf (issue 5)"))
-    if task in KNOWN_BELOW_AVERAGE else task for task in TASKS])
+@pytest.mark.parametrize("task", TASKS)
 def test_fuses_an_example_of_every_task_better_than_averaging_on_qabf(bundled, task):
     image_a, image_b = _first_example(task)
     fused = bundled(image_a, image_b, task=task, output_type="pt").images
