@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -600,6 +601,12 @@ def main(argv: list[str] | None = None) -> int:
                                      token=args.hub_token)
             logger.info("Pushed to %s", url)
     accelerator.wait_for_everyone()  # leave together: a process group torn down by one side alone can hang
+    # Drop the DDP wrapper while the process group is still registered. Otherwise the group dies with the
+    # wrapper's reducer at exit, in a destructor that holds the GIL and waits for gloo's worker thread, which
+    # may itself need the GIL to free the last collective's tensors: a rare hang at exit (seen in CI-like runs).
+    del model
+    accelerator.free_memory()
+    gc.collect()
     accelerator.end_training()
     return 0
 
