@@ -45,8 +45,7 @@ def test_a_batch_equals_one_at_a_time():
     for index in range(len(same_size)):
         single = fusion_metrics(fused[index], a[index], b[index])
         for name in METRIC_NAMES:
-            # FFT plans differ with the batch size: VIF's rounding differs by up to 3e-9 (relative).
-            torch.testing.assert_close(batched[name][index], single[name][0], rtol=1e-6, atol=1e-12)
+            torch.testing.assert_close(batched[name][index], single[name][0], rtol=1e-12, atol=1e-12)
 
 
 def test_fusing_a_source_with_itself_is_perfect_on_reference_metrics():
