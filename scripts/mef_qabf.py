@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from fusionfm import FusionFMPipeline
-from fusionfm.color import luminance
 from fusionfm.datasets import find_pairs, load_pair
-from fusionfm.metrics import qabf
-
-
-def gray_255(image: torch.Tensor) -> torch.Tensor:
-    """(1, C, H, W) in [0, 1] -> 8-bit luma as float64 (1, 1, H, W)."""
-    return (luminance(image).double() * 255).round()
+from fusionfm.metrics import qabf, to_gray_255
 
 
 def main() -> None:
@@ -37,11 +29,11 @@ def main() -> None:
     average_scores, model_scores = [], {name: [] for name in pipelines}
     for pair in pairs:
         image_a, image_b = load_pair(pair)
-        gray_a, gray_b = gray_255(image_a), gray_255(image_b)
+        gray_a, gray_b = to_gray_255(image_a), to_gray_255(image_b)
         average_scores.append(float(qabf(((gray_a + gray_b) / 2).round(), gray_a, gray_b)))
         for name, pipeline in pipelines.items():
             fused = pipeline(image_a, image_b, task="MEF", output_type="pt").images
-            model_scores[name].append(float(qabf(gray_255(fused), gray_a, gray_b)))
+            model_scores[name].append(float(qabf(to_gray_255(fused), gray_a, gray_b)))
     print(f"{len(pairs)} MEFB test pairs; plain average: mean Qabf {sum(average_scores) / len(pairs):.3f}")
     for name, scores in model_scores.items():
         above = sum(score > average for score, average in zip(scores, average_scores, strict=True))
