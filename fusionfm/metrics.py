@@ -199,11 +199,19 @@ def _window_spectrum(size: int, fft_size: tuple[int, int]) -> torch.Tensor:
 
 
 def _box_valid(images: torch.Tensor, size: int) -> torch.Tensor:
-    """'valid' mean over size x size windows of every channel of (B, C, H, W), via cumulative sums."""
-    rows = F.pad(images.cumsum(dim=-2), (0, 0, 1, 0))
-    rows = rows[..., size:, :] - rows[..., :-size, :]
-    columns = F.pad(rows.cumsum(dim=-1), (1, 0))
-    return (columns[..., size:] - columns[..., :-size]) / (size * size)
+    """'valid' mean over size x size windows of every channel of (B, C, H, W).
+
+    Down the rows as a sum of shifted row blocks (contiguous, so vectorised), along them by cumulative
+    sums; a cumulative sum down the rows is 5x slower on CPU (strided). Exact for 8-bit images.
+    """
+    height = images.shape[-2] - size + 1
+    rows = images[..., :height, :].clone()
+    for offset in range(1, size):
+        rows += images[..., offset : offset + height, :]
+    columns = rows.cumsum(dim=-1)
+    windows = columns[..., size - 1 :].clone()
+    windows[..., 1:] -= columns[..., :-size]
+    return windows.div_(size * size)
 
 
 def _vif_terms(s1: torch.Tensor, s2: torch.Tensor, s12: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,9 +221,11 @@ def _vif_terms(s1: torch.Tensor, s2: torch.Tensor, s12: torch.Tensor) -> tuple[t
     sv = s2, g = 0 where g < 0; sv >= eps). Their net effect, used here: a pixel with s1 < eps adds
     nothing to either sum, and adds to the numerator only where s2 >= eps and g >= 0 (i.e. s12 >= 0).
     Masks multiply instead of ``where``/``masked_fill``, which are several times slower on CPU; every
-    masked term is finite, so the product is exact.
+    masked term is finite, so the product is exact. The moments needed float64 (their cancellation); the
+    per-pixel terms do not, so they are computed in float32 (twice as fast) and summed in float64.
     """
     sigma_nsq, eps = 2.0, 1e-10
+    s1, s2, s12 = s1.float(), s2.float(), s12.float()
     s1 = s1.clamp_min(0)
     informative = s1 >= eps
     kept = informative & (s2 >= eps) & (s12 >= 0)
@@ -223,7 +233,8 @@ def _vif_terms(s1: torch.Tensor, s2: torch.Tensor, s12: torch.Tensor) -> tuple[t
     sv = (s2.clamp_min(0) - g * s12).clamp_min_(eps)
     numerator = torch.log1p_(g.mul_(g).mul_(s1).div_(sv.add_(sigma_nsq))).mul_(kept)
     denominator = torch.log1p_(s1 / sigma_nsq).mul_(informative)
-    return _sum(numerator) / math.log(10), _sum(denominator) / math.log(10)
+    total = functools.partial(torch.sum, dim=(1, 2, 3), dtype=torch.float64)
+    return total(numerator) / math.log(10), total(denominator) / math.log(10)
 
 
 def vif(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
@@ -298,11 +309,14 @@ def qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> t
 
 
 def _ssim_map(ux, uy, uxx, uyy, uxy, data_range: float) -> torch.Tensor:
-    """SSIM from local means (7x7 windows) with sample covariance, scikit-image's formula."""
+    """SSIM from local means (7x7 windows) with sample covariance, scikit-image's formula (in place where
+    possible: these maps are the size of the image)."""
     cov_norm = 49 / 48
-    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    ux_uy, ux_sq, uy_sq = ux * uy, ux * ux, uy * uy
+    numerator = (2 * ux_uy + c1).mul_((uxy - ux_uy).mul_(2 * cov_norm).add_(c2))
+    variances = (uxx - ux_sq).add_(uyy).sub_(uy_sq).mul_(cov_norm).add_(c2)  # vx + vy + c2
+    return numerator.div_((ux_sq.add_(uy_sq).add_(c1)).mul_(variances))
 
 
 def ssim(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:

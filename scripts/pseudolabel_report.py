@@ -26,6 +26,7 @@ from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.image_processor import to_pil
 from fusionfm.metrics import ssim, to_gray_255
 from fusionfm.priors import ExternalPriors, priors_for, run_prior
+from fusionfm.synthetic import quantise
 
 PROCESSOR = FusionImageProcessor()
 
@@ -64,7 +65,8 @@ def synthetic_table(folder: Path) -> tuple[str, dict]:
         a = _load(base / "sources" / task.modality_a / f"{stem}.png")
         b = _load(base / "sources" / task.modality_b / f"{stem}.png")
         truth = _load(base / "truth" / f"{stem}.png")
-        candidates = {prior.name: run_prior(prior.name, a, b, task) for prior in priors_for(task)}
+        # As 8-bit images, like the written labels: selection and refinement are compared on equal terms.
+        candidates = {prior.name: quantise(run_prior(prior.name, a, b, task)) for prior in priors_for(task)}
         for name, image in candidates.items():
             scores[name].append((_psnr(image, truth), _ssim(image, truth)))
         oracle = max(candidates, key=lambda name: _psnr(candidates[name], truth))
