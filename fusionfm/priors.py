@@ -156,15 +156,19 @@ def exposure_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tenso
     return collapse(fused).clamp(0, 1)
 
 
-def focus_map_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
-    """Multi-focus fusion: energy-of-Laplacian focus measure, a majority-filtered decision map, refined
-    by a guided filter, then a per-pixel blend of the sources."""
+def focus_map_fusion(image_a: torch.Tensor, image_b: torch.Tensor, focus_window: int = 9, majority_window: int = 15,
+                     guided_radius: int = 4) -> torch.Tensor:
+    """Multi-focus fusion: energy-of-Laplacian focus measure (summed over ``focus_window`` pixels), a
+    decision map majority-filtered over ``majority_window`` pixels, refined by a guided filter of radius
+    ``guided_radius``, then a per-pixel blend of the sources."""
     y_a, y_b = luminance(image_a), luminance(image_b)
-    focus = [box_blur(laplacian(y, 3, border_type="replicate") ** 2, 9, border_type="replicate") for y in (y_a, y_b)]
+    focus = [box_blur(laplacian(y, 3, border_type="replicate") ** 2, focus_window, border_type="replicate")
+             for y in (y_a, y_b)]
     decision = (focus[0] >= focus[1]).float()
-    decision = (box_blur(decision, 15, border_type="replicate") > 0.5).float()  # remove speckle
+    decision = (box_blur(decision, majority_window, border_type="replicate") > 0.5).float()  # remove speckle
     guide = (y_a + y_b) / 2
-    weight_a = guided_blur(guide, decision, 9, 0.01, border_type="replicate", separable=True).clamp(0, 1)
+    weight_a = guided_blur(guide, decision, 2 * guided_radius + 1, 0.01, border_type="replicate",
+                           separable=True).clamp(0, 1)
     return (weight_a * y_a + (1 - weight_a) * y_b).clamp(0, 1)
 
 
