@@ -283,17 +283,19 @@ def _sobel_strength_and_angle(image: torch.Tensor) -> tuple[torch.Tensor, torch.
     smooth_columns_padded = F.pad(smooth_columns, (0, 0, 1, 1))
     gy = smooth_columns_padded[..., 2:, :] - smooth_columns_padded[..., :height, :]
     strength = torch.sqrt(gx * gx + gy * gy)
-    angle = torch.where(gx == 0, math.pi / 2, torch.atan(gy / torch.where(gx == 0, 1.0, gx)))
+    vertical = gx == 0
+    angle = torch.atan_(gy.div_(gx.masked_fill_(vertical, 1.0))).masked_fill_(vertical, math.pi / 2)
     return strength, angle
 
 
 def _edge_preservation(g_source, a_source, g_fused, a_fused) -> torch.Tensor:
     """Q^{XF} per pixel, with the reference's GAF convention (g_F, not 1, where strengths are equal)."""
-    ratio = torch.minimum(g_source, g_fused) / torch.maximum(g_source, g_fused).clamp_min(1e-30)
+    ratio = torch.minimum(g_source, g_fused).div_(torch.maximum(g_source, g_fused).clamp_min_(1e-30))
     gaf = torch.where(g_source == g_fused, g_fused, ratio)
-    aaf = 1 - (a_source - a_fused).abs() / (math.pi / 2)
+    aaf = (a_source - a_fused).abs_().mul_(-2 / math.pi).add_(1)
     # T / (1 + exp(k (x - D))) with k < 0 is T * sigmoid(-k (x - D)).
-    return 0.9994 * 0.9879 * torch.sigmoid(15 * (gaf - 0.5)) * torch.sigmoid(22 * (aaf - 0.8))
+    edge_term = torch.sigmoid_(gaf.sub_(0.5).mul_(15))
+    return edge_term.mul_(torch.sigmoid_(aaf.sub_(0.8).mul_(22))).mul_(0.9994 * 0.9879)
 
 
 def qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
@@ -305,7 +307,8 @@ def qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> t
     g_f, a_f = _sobel_strength_and_angle(fused)
     q_af = _edge_preservation(g_a, a_a, g_f, a_f)
     q_bf = _edge_preservation(g_b, a_b, g_f, a_f)
-    return (_sum((q_af * g_a + q_bf * g_b).double()) / _sum((g_a + g_b).double()))
+    total = functools.partial(torch.sum, dim=(1, 2, 3), dtype=torch.float64)
+    return total(q_af.mul_(g_a).addcmul_(q_bf, g_b)) / total(g_a + g_b)
 
 
 def _ssim_map(ux, uy, uxx, uyy, uxy, data_range: float) -> torch.Tensor:
