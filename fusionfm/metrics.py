@@ -183,11 +183,14 @@ def _fft_size(height: int, width: int) -> tuple[int, int]:
     return next_fast_len(height), next_fast_len(width)
 
 
-def _gaussian_valid(spectrum: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
-    """'valid' filtering of an (H, W) image, given as its :func:`_spectrum`, with VIF's ``size``-tap window."""
+def _gaussian_valid(spectrum: torch.Tensor, size: int, height: int, width: int, consume: bool = False) -> torch.Tensor:
+    """'valid' filtering of an (H, W) image, given as its :func:`_spectrum`, with VIF's ``size``-tap window.
+    ``consume=True`` multiplies the spectrum in place (one fresh image-sized buffer less, which on CPU
+    costs its page faults)."""
     fft_size = _fft_size(height, width)
+    window = _window_spectrum(size, fft_size)
     # A circular convolution of length >= H leaves the 'valid' outputs (index >= size - 1) unwrapped.
-    filtered = torch.fft.irfft2(spectrum * _window_spectrum(size, fft_size), s=fft_size)
+    filtered = torch.fft.irfft2(spectrum.mul_(window) if consume else spectrum * window, s=fft_size)
     return filtered[..., size - 1 : height, size - 1 : width]
 
 
@@ -248,7 +251,7 @@ def vif(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> to
         spectra = [_spectrum(x) for x in images]
 
         def local_mean(x: torch.Tensor, size: int = size, height: int = height, width: int = width) -> torch.Tensor:
-            return _gaussian_valid(_spectrum(x), size, height, width)
+            return _gaussian_valid(_spectrum(x), size, height, width, consume=True)
 
         fused, sources = images[0], images[1:]
         mean_fused, *means = (_gaussian_valid(spectrum, size, height, width) for spectrum in spectra)
@@ -261,7 +264,8 @@ def vif(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> to
             denominators[:, index] += den
         if scale < 4:  # down-sample for the next scale, filtered with the next scale's window
             next_size = size // 2 + 1
-            images = tuple(_gaussian_valid(spectrum, next_size, height, width)[..., ::2, ::2] for spectrum in spectra)
+            images = tuple(_gaussian_valid(spectrum, next_size, height, width, consume=True)[..., ::2, ::2]
+                           for spectrum in spectra)
     ratio = numerators / denominators
     return torch.where(torch.isnan(ratio), 1.0, ratio).sum(dim=1)
 
