@@ -2,12 +2,16 @@
 
     python scripts/selection_ceiling.py MFF --limit 30     # the built-in priors plus 27 focus-map variants
     python scripts/selection_ceiling.py MEF --limit 40     # the built-in priors; weight rows searched
+    python scripts/selection_ceiling.py MFF --limit 30 --no-variants --depth-blur   # another blur model
 
 For every candidate: mean PSNR (RGB) and SSIM (8-bit luma) against the truth, as in
 ``scripts/pseudolabel_report.py`` (candidates rounded to 8 bits, like written labels); the per-pair oracle
 (the candidate closest to the truth, by PSNR); the task's selection. With ``--search-rows``, every weight row
-of one to three metrics with equal weights, best first. Synthetic *train* pairs by default, so that nothing
-here is tuned on the test pairs.
+of one to three metrics with equal weights, best first. ``--depth-blur`` replaces the MFF pairs of
+``fusionfm.synthetic`` by pairs whose defocus follows a random depth map (a smooth field through a sigmoid of
+random steepness 2-30, so some pairs have wide half-defocused regions, others near-binary ones; each image
+focused at one end of the depth range, blur radius up to 2-6 px). Synthetic *train* pairs by default, so
+that nothing here is tuned on the test pairs.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import itertools
 import statistics
 from pathlib import Path
 
+import torch
+from kornia.filters import filter2d
 from pseudolabel_report import _psnr, _ssim
 
 from fusionfm.color import recombine
 from fusionfm.priors import focus_map_fusion, priors_for, run_prior
 from fusionfm.selection import SELECTION_WEIGHTS, candidate_metrics, weighted_scores
-from fusionfm.synthetic import SyntheticPairs, quantise
+from fusionfm.synthetic import SyntheticPairs, _smooth_field, _uniform, disk_kernel, pair_generator, quantise
 from fusionfm.tasks import get_task
 
 SEARCHED_METRICS = ("Qabf", "VIF", "MI", "SSIM", "SCD", "CC", "EN", "SD", "SF", "AG", "PSNR")
@@ -35,14 +41,43 @@ def focus_map_variants() -> dict[str, functools.partial]:
             for window in (5, 9, 15) for majority in (7, 15, 31) for radius in (1, 2, 3)}
 
 
-def collect(task: str, split: str, limit: int, data: Path, variants: bool) -> list[dict]:
+def depth_blurred(photo: torch.Tensor, radius: torch.Tensor, max_radius: float) -> torch.Tensor:
+    """(3, H, W) photo defocused by a per-pixel disk radius (H, W) in [0, max_radius], interpolating a stack
+    of disk blurs half a pixel apart."""
+    levels = torch.linspace(0, max_radius, int(max_radius * 2) + 2)
+    stack = torch.cat([photo[None] if level < 0.25 else filter2d(photo[None], disk_kernel(float(level)),
+                                                                  border_type="reflect") for level in levels])
+    position = (radius / max_radius * (len(levels) - 1)).clamp(0, len(levels) - 1 - 1e-6)
+    lower = position.floor().long().expand(1, 3, -1, -1)
+    fraction = position - position.floor()
+    return (stack.gather(0, lower)[0] * (1 - fraction) + stack.gather(0, lower + 1)[0] * fraction).clamp(0, 1)
+
+
+def depth_pair(photo: torch.Tensor, stem: str) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = pair_generator(1, stem)
+    height, width = photo.shape[-2:]
+    field = _smooth_field(height, width, generator, cells=int(_uniform(generator, 2, 5)))[0, 0]
+    depth = torch.sigmoid(_uniform(generator, 2.0, 30.0) * (field - field.median()))
+    images = []
+    for focus in (1.0, 0.0):
+        max_radius = _uniform(generator, 2.0, 6.0)
+        images.append(quantise(depth_blurred(photo, max_radius * (depth - focus).abs(), max_radius)))
+    return images[0], images[1]
+
+
+def collect(task: str, split: str, limit: int, data: Path, variants: bool, depth_blur: bool) -> list[dict]:
     """Per pair: every candidate's twelve metrics and its (PSNR, SSIM) against the truth."""
     pairs = SyntheticPairs(data, task, split, limit=limit)
     policy = get_task(task).color_policy
     records = []
     for index in range(len(pairs)):
-        pair = pairs[index]
-        a, b, truth = pair.image_a[None], pair.image_b[None], pair.ground_truth[None]
+        if depth_blur:
+            truth = pairs.photo(index)
+            a, b = (image[None] for image in depth_pair(truth, pairs.rows[index]["stem"]))
+            truth = truth[None]
+        else:
+            pair = pairs[index]
+            a, b, truth = pair.image_a[None], pair.image_b[None], pair.ground_truth[None]
         candidates = {prior.name: run_prior(prior.name, a, b, task) for prior in priors_for(task)}
         if variants:
             candidates |= {name: recombine(fuse(a, b), a, b, policy) for name, fuse in focus_map_variants().items()}
@@ -72,12 +107,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--no-variants", action="store_true", help="MFF: leave out the focus-map variants")
     parser.add_argument("--search-rows", action="store_true", help="try every row of 1-3 metrics, equal weights")
+    parser.add_argument("--depth-blur", action="store_true", help="MFF: defocus that follows a random depth map")
     args = parser.parse_args()
-    records = collect(args.task, args.split, args.limit, args.data, args.task == "MFF" and not args.no_variants)
+    if args.depth_blur and args.task != "MFF":
+        parser.error("--depth-blur is for MFF pairs.")
+    records = collect(args.task, args.split, args.limit, args.data, args.task == "MFF" and not args.no_variants,
+                      args.depth_blur)
     names = list(records[0]["closeness"])
     closest = [max(names, key=lambda name, r=record: r["closeness"][name][0]) for record in records]
 
-    print(f"{args.task}, {len(records)} synthetic {args.split} pairs\n")
+    blur_model = " (depth-map defocus)" if args.depth_blur else ""
+    print(f"{args.task}, {len(records)} synthetic {args.split} pairs{blur_model}\n")
     print("| candidate | PSNR (dB) | SSIM | closest on |\n|---|---:|---:|---:|")
     for name in names:
         psnr = statistics.mean(record["closeness"][name][0] for record in records)
