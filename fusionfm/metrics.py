@@ -169,7 +169,7 @@ def _gaussian_1d(size: int) -> torch.Tensor:
     return g / g.sum()
 
 
-# Filtering is done in float64 through the FFT (Gaussians) and cumulative sums (box windows): torch's
+# Filtering is done in float64 through the FFT (Gaussians) and running sums (box windows): torch's
 # float64 depthwise convolution takes a generic path about 12x slower (300 ms for VIF's first scale at
 # 640x480), and float32 cannot be used (see the module docstring). VIF and SSIM filter their maps one at
 # a time: one call over all eight is 3x slower on CPU, because its ~20 MB temporaries go back to the OS
