@@ -1,7 +1,7 @@
 """How much can stage 1 selection gain over the best single prior on synthetic pairs? (docs/pseudolabels.md)
 
     python scripts/selection_ceiling.py MFF --limit 30     # the built-in priors plus 27 focus-map variants
-    python scripts/selection_ceiling.py MEF --limit 40     # the built-in priors; weight rows searched
+    python scripts/selection_ceiling.py MEF --limit 40 --search-rows   # the built-in priors; 231 weight rows
     python scripts/selection_ceiling.py MFF --limit 30 --no-variants --depth-blur   # another blur model
 
 For every candidate: mean PSNR (RGB) and SSIM (8-bit luma) against the truth, as in
