@@ -58,7 +58,8 @@ def to_gray_255(image: PIL.Image.Image | np.ndarray | torch.Tensor) -> torch.Ten
 
 
 def _sum(x: torch.Tensor) -> torch.Tensor:
-    return x.sum(dim=(1, 2, 3))
+    """Per-image sum of (B, C, H, W), accumulated in float64 whatever the input's dtype."""
+    return x.sum(dim=(1, 2, 3), dtype=torch.float64)
 
 
 def _mean(x: torch.Tensor) -> torch.Tensor:
@@ -236,8 +237,7 @@ def _vif_terms(s1: torch.Tensor, s2: torch.Tensor, s12: torch.Tensor) -> tuple[t
     sv = (s2.clamp_min(0) - g * s12).clamp_min_(eps)
     numerator = torch.log1p_(g.mul_(g).mul_(s1).div_(sv.add_(sigma_nsq))).mul_(kept)
     denominator = torch.log1p_(s1 / sigma_nsq).mul_(informative)
-    total = functools.partial(torch.sum, dim=(1, 2, 3), dtype=torch.float64)
-    return total(numerator) / math.log(10), total(denominator) / math.log(10)
+    return _sum(numerator) / math.log(10), _sum(denominator) / math.log(10)
 
 
 def vif(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
@@ -311,8 +311,7 @@ def qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> t
     g_f, a_f = _sobel_strength_and_angle(fused)
     q_af = _edge_preservation(g_a, a_a, g_f, a_f)
     q_bf = _edge_preservation(g_b, a_b, g_f, a_f)
-    total = functools.partial(torch.sum, dim=(1, 2, 3), dtype=torch.float64)
-    return total(q_af.mul_(g_a).addcmul_(q_bf, g_b)) / total(g_a + g_b)
+    return _sum(q_af.mul_(g_a).addcmul_(q_bf, g_b)) / _sum(g_a + g_b)
 
 
 def _ssim_map(ux, uy, uxx, uyy, uxy, data_range: float) -> torch.Tensor:
