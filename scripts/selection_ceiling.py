@@ -94,9 +94,8 @@ def selection_result(records: list[dict], weights: dict[str, float]) -> tuple[fl
         scores = weighted_scores(record["metrics"], weights)
         chosen.append(max(scores, key=scores.get))
     picks = {name: chosen.count(name) for name in sorted(set(chosen), key=chosen.count, reverse=True)}
-    psnr = statistics.mean(record["closeness"][name][0] for record, name in zip(records, chosen, strict=True))
-    ssim = statistics.mean(record["closeness"][name][1] for record, name in zip(records, chosen, strict=True))
-    return psnr, ssim, picks
+    closeness = [record["closeness"][name] for record, name in zip(records, chosen, strict=True)]
+    return statistics.mean(v[0] for v in closeness), statistics.mean(v[1] for v in closeness), picks
 
 
 def main() -> None:
