@@ -1,9 +1,9 @@
 """FusionFM web app: upload two registered images, pick the task, download the fused image.
 
-    python app.py                       # http://127.0.0.1:7860, the model bundled in model/
+    python app.py                       # http://127.0.0.1:7860, the model bundled in fusionfm/default_model/
     python app.py --model DIR_OR_HUB_ID --host 0.0.0.0 --port 8080
 
-Settings (flag, else environment variable, else default): --model / FUSIONFM_MODEL (bundled model/),
+Settings (flag, else environment variable, else default): --model / FUSIONFM_MODEL (the bundled model),
 --host / FUSIONFM_HOST (127.0.0.1), --port / FUSIONFM_PORT (7860), --max-side / FUSIONFM_MAX_SIDE (2048:
 larger images are fused downscaled, with a notice), --concurrency / FUSIONFM_CONCURRENCY (2 fusions at a
 time; the rest wait in the queue), --share (a public gradio.live link; off by default).
@@ -28,8 +28,10 @@ import PIL.Image
 import torch
 
 from fusionfm import FusionFMPipeline, get_task, load_image
+from fusionfm.evaluation.baseline import average_255
+from fusionfm.evaluation.metrics import fusion_metrics, to_gray_255
 from fusionfm.image_processor import FusionImageProcessor, to_pil
-from fusionfm.metrics import fusion_metrics, to_gray_255
+from fusionfm.pipeline_fusionfm import SizeMismatchError
 
 logger = logging.getLogger("fusionfm.app")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -37,7 +39,6 @@ TASK_CHOICES = [("Infrared + visible (IVF)", "IVF"), ("MRI + CT (MIF)", "MIF-CT"
                 ("MRI + SPECT (MIF)", "MIF-SPECT"), ("Multi-exposure (MEF)", "MEF"), ("Multi-focus (MFF)", "MFF")]
 SHOWN_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 METRICS_MAX_SIDE = 1024  # metrics of larger results are computed on a copy downscaled to this long side
-HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
 
 class UploadedImage(gr.Image):
@@ -74,22 +75,8 @@ def read_upload(path: str | None, role: str) -> PIL.Image.Image:
                             "Image too large") from error
     except (ValueError, FileNotFoundError) as error:
         raise visitor_error(f"The {role} image could not be read: {Path(path).name} is not an image file we can decode "
-                       "(PNG, JPEG, TIFF, BMP, WebP...). Is it complete?", title="Unreadable image") from error
-    if image.width < 2 or image.height < 2:
-        raise visitor_error(f"The {role} image is {image.width}x{image.height} pixels; it needs at least 2x2.",
-                       title="Image too small")
+                            "(PNG, JPEG, TIFF, BMP, WebP...). Is it complete?", title="Unreadable image") from error
     return image
-
-
-def mode_notices(image: PIL.Image.Image, role: str) -> list[str]:
-    """What the visitor should know about an unusual image mode (nothing for 8-bit L/RGB)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        return [f"The {role} image has transparency; the alpha channel is ignored."]
-    if image.mode in HIGH_BIT_DEPTH_MODES:
-        return [f"The {role} image is {image.mode} (more than 8 bits); it is scaled by its own min-max range."]
-    if image.mode == "CMYK":
-        return [f"The {role} image is CMYK; it is converted to RGB."]
-    return []
 
 
 def metrics_table(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> list[list]:
@@ -97,8 +84,7 @@ def metrics_table(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Ten
     size = FusionImageProcessor.processing_size(tuple(fused.shape[-2:]), METRICS_MAX_SIDE)
     resized = [FusionImageProcessor.resize(image[None], size) for image in (fused, image_a, image_b)]
     fused_255, a_255, b_255 = (to_gray_255(image) for image in resized)
-    average_255 = ((a_255 + b_255) / 2).round()
-    ours, average = fusion_metrics(fused_255, a_255, b_255), fusion_metrics(average_255, a_255, b_255)
+    ours, average = fusion_metrics(fused_255, a_255, b_255), fusion_metrics(average_255(a_255, b_255), a_255, b_255)
     return [[name, round(float(ours[name][0]), 4), round(float(average[name][0]), 4)] for name in SHOWN_METRICS]
 
 
@@ -132,14 +118,8 @@ class FusionApp:
         except ValueError as error:
             raise visitor_error(str(error), title="Unknown task") from error
         image_a, image_b = read_upload(path_a, spec.label_a), read_upload(path_b, spec.label_b)
-        notices = mode_notices(image_a, spec.label_a) + mode_notices(image_b, spec.label_b)
-        if image_a.size != image_b.size and not resize_b_to_a:
-            raise visitor_error(
-                f"The two images differ in size: {spec.label_a} is {image_a.width}x{image_a.height}, "
-                f"{spec.label_b} is {image_b.width}x{image_b.height}. Fusion needs registered images of one size. "
-                f"Tick 'Resize the {spec.label_b} image to match' under Advanced settings to resize it.",
-                title="Different sizes",
-            )
+        notices = (self.processor.input_notices(image_a, spec.label_a)
+                   + self.processor.input_notices(image_b, spec.label_b))
         steps = int(num_inference_steps)
         if not 1 <= steps <= 50:
             raise visitor_error(f"The number of steps must be 1 to 50, got {num_inference_steps}.", "Bad setting")
@@ -152,12 +132,9 @@ class FusionApp:
             resolution = min(resolution or self.max_side, self.max_side)
             notices.append(f"The images are {image_a.width}x{image_a.height}, above this app's limit of "
                            f"{self.max_side} pixels per side: fused and returned at {self.max_side} on the long side.")
-        if image_a.size != image_b.size:
+        if image_a.size != image_b.size and resize_b_to_a:
             notices.append(f"The {spec.label_b} image was resized from {image_b.width}x{image_b.height} to "
                            f"{image_a.width}x{image_a.height}.")
-        for notice in notices:  # a toast in the page; API clients read them in the timing text
-            gr.Warning(notice)
-
         try:
             tensor_a = self.processor.to_tensor_list(image_a, spec.label_a)[0]
             tensor_b = self.processor.to_tensor_list(image_b, spec.label_b)[0]
@@ -166,13 +143,22 @@ class FusionApp:
                                   processing_resolution=resolution, match_input_resolution=not downscaled,
                                   resize_b_to_a=resize_b_to_a, output_type="pt").images[0]
             fuse_seconds = time.perf_counter() - fuse_started
-        except ValueError as error:
+        except SizeMismatchError as error:
+            raise visitor_error(
+                f"The two images differ in size: {spec.label_a} is {image_a.width}x{image_a.height}, "
+                f"{spec.label_b} is {image_b.width}x{image_b.height}. Fusion needs registered images of one size. "
+                f"Tick 'Resize the {spec.label_b} image to match' under Advanced settings to resize it.",
+                title="Different sizes",
+            ) from error
+        except (ValueError, TypeError) as error:
             raise visitor_error(str(error), title="Cannot fuse these images") from error
         except Exception as error:  # never a stack trace for the visitor; the log keeps it
             logger.exception("Fusion failed")
             raise visitor_error(f"Fusion failed unexpectedly ({type(error).__name__}). Please try another pair "
                                 "or report the problem.", title="Fusion failed") from error
 
+        for notice in notices:  # a toast in the page; API clients read them in the timing text
+            gr.Warning(notice)
         size = tuple(fused.shape[-2:])
         shown_a, shown_b = (self.processor.resize(image[None], size)[0] for image in (tensor_a, tensor_b))
         folder = self._result_folder()
@@ -266,7 +252,7 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="FusionFM web app")
     parser.add_argument("--model", default=os.environ.get("FUSIONFM_MODEL") or None,
-                        help="pipeline folder or Hub id (default: the bundled model/)")
+                        help="pipeline folder or Hub id (default: the bundled model)")
     parser.add_argument("--host", default=os.environ.get("FUSIONFM_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("FUSIONFM_PORT", "7860")))
     parser.add_argument("--max-side", type=int, default=int(os.environ.get("FUSIONFM_MAX_SIDE", "2048")))

@@ -1,4 +1,4 @@
-"""Speed of fusionfm.metrics: median ms for all twelve metrics on one 640x480 triple, and per metric.
+"""Speed of fusionfm.evaluation.metrics: median ms for all twelve metrics on one 640x480 triple, and per metric.
 
     python benchmarks/bench_metrics.py [--repeats 9]
 
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusionfm import metrics
+from fusionfm.evaluation import metrics
+from fusionfm.evaluation.baseline import average_255
 
 MSRS_PAIR = Path(__file__).resolve().parents[2] / "shared/data/IVF/MSRS/test/{}/00537D.png"
 SINGLE = {"EN": metrics.entropy, "SD": metrics.standard_deviation, "SF": metrics.spatial_frequency,
@@ -35,7 +36,7 @@ def triple() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     else:
         rng = np.random.default_rng(0)
         a, b = (torch.from_numpy(rng.integers(0, 256, (1, 1, 480, 640)).astype(np.float64)) for _ in range(2))
-    return ((a + b) / 2).round(), a, b
+    return average_255(a, b), a, b
 
 
 def median_ms(function, repeats: int) -> float:

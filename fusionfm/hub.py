@@ -13,8 +13,8 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, snapshot_download
 
-PIPELINE_FILE_PATTERNS = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors",
-                          "*.md"]
+PIPELINE_FILE_PATTERNS = ["model_index.json", "*/config.json", "*/scheduler_config.json",
+                          "*/processor_config.json", "*/*.safetensors", "*.md"]
 """The files that make up a FusionFM pipeline on the Hub."""
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -22,18 +22,19 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DEFAULT_MODEL_ENV = "FUSIONFM_MODEL"
 """Environment variable naming the default pipeline (a folder or a Hub id) instead of the bundled one."""
 
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
-"""The default model committed with the repository (diffusers layout)."""
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+"""The default model, shipped inside the package (diffusers layout; package data of the wheel too)."""
 
 DOWNLOAD_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies")
 """``from_pretrained`` keyword arguments that belong to the download, not to diffusers."""
 
 
 def default_model() -> str:
-    """The pipeline to load when none is named: ``$FUSIONFM_MODEL`` if set, else the bundled ``model/`` folder.
+    """The pipeline to load when none is named: ``$FUSIONFM_MODEL`` if set, else the bundled model
+    (``fusionfm/default_model``, installed with the package).
 
     Raises:
-        FileNotFoundError: neither is available (for example in an installed wheel without the repository).
+        FileNotFoundError: neither is available (a source tree without the model files).
     """
     named = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
     if named:

@@ -14,7 +14,6 @@ C = 3 (RGB). Accepted inputs:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from .color import is_gray
 
@@ -37,9 +37,19 @@ MIN_SIDE = 2
 FLOAT_RANGE_TOLERANCE = 1e-3
 """Float inputs may exceed [0, 1] by this much (rounding) and are clipped; more is an error."""
 
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""PIL modes deeper than 8 bits; their pixels map to [0, 1] per ``high_bit_depth``."""
 
-class FusionImageProcessor:
+HIGH_BIT_DEPTH_RULES = ("minmax", "full_range")
+
+TRANSPARENT_MODES = ("RGBA", "LA", "PA")
+
+
+class FusionImageProcessor(ConfigMixin):
     """Turns user images into canonical tensors and fused tensors back into user formats.
+
+    A ``ConfigMixin``: its settings are saved with the pipeline (``image_processor/processor_config.json``)
+    and loaded with it.
 
     Args:
         high_bit_depth: how images deeper than 8 bits (uint16, PIL I;16 / I / F integer data) map
@@ -48,10 +58,35 @@ class FusionImageProcessor:
             divides by 65535.
     """
 
+    config_name = "processor_config.json"
+
+    @register_to_config
     def __init__(self, high_bit_depth: Literal["minmax", "full_range"] = "minmax") -> None:
-        if high_bit_depth not in ("minmax", "full_range"):
-            raise ValueError(f"high_bit_depth must be 'minmax' or 'full_range', got {high_bit_depth!r}.")
+        super().__init__()
         self.high_bit_depth = high_bit_depth
+
+    @property
+    def high_bit_depth(self) -> str:
+        """The high-bit-depth rule (``"minmax"`` or ``"full_range"``); setting it updates the config."""
+        return self.config.high_bit_depth
+
+    @high_bit_depth.setter
+    def high_bit_depth(self, value: str) -> None:
+        if value not in HIGH_BIT_DEPTH_RULES:
+            raise ValueError(f"high_bit_depth must be 'minmax' or 'full_range', got {value!r}.")
+        self.register_to_config(high_bit_depth=value)
+
+    def input_notices(self, image: PIL.Image.Image, name: str) -> list[str]:
+        """What a user should know about how an image of an unusual mode is read (nothing for 8-bit L/RGB)."""
+        if image.mode in TRANSPARENT_MODES or (image.mode == "P" and "transparency" in image.info):
+            return [f"The {name} image has transparency; the alpha channel is ignored."]
+        if image.mode in HIGH_BIT_DEPTH_MODES:
+            rule = ("scaled by its own min-max range" if self.high_bit_depth == "minmax"
+                    else "divided by 65535")
+            return [f"The {name} image is {image.mode} (more than 8 bits); it is {rule}."]
+        if image.mode == "CMYK":
+            return [f"The {name} image is CMYK; it is converted to RGB."]
+        return []
 
     # ------------------------------------------------------------------ input
     def to_tensor_list(self, images: PipelineImageInput, name: str = "image") -> list[torch.Tensor]:
@@ -100,7 +135,7 @@ class FusionImageProcessor:
 
     def _from_pil(self, image: PIL.Image.Image, name: str) -> torch.Tensor:
         mode = image.mode
-        if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        if mode in HIGH_BIT_DEPTH_MODES:
             return self._from_numpy(np.asarray(image), name)[0]
         if mode in ("P", "PA"):
             image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
@@ -248,15 +283,6 @@ def to_pil(image: torch.Tensor) -> PIL.Image.Image:
     """(C, H, W) float tensor in [0, 1] -> PIL image of mode L (C = 1) or RGB (C = 3)."""
     array = (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return PIL.Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-
-
-def save_png_atomically(image: torch.Tensor, path: str | Path) -> None:
-    """Write (C, H, W) in [0, 1] as an 8-bit PNG (L or RGB); readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    to_pil(image).save(temporary, format="PNG")
-    os.replace(temporary, path)
 
 
 def load_image(path: str | Path) -> PIL.Image.Image:

@@ -13,7 +13,6 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
-from tqdm.auto import tqdm
 
 from .color import luminance, recombine
 from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
@@ -23,6 +22,7 @@ from .tasks import FusionTask, get_task
 from .unet import FusionUNet
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+IMAGE_PROCESSOR_FOLDER = "image_processor"
 _DTYPE_NAMES = {
     "fp32": torch.float32, "float32": torch.float32,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -43,6 +43,17 @@ class FusionFMPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list
 
 
+class SizeMismatchError(ValueError):
+    """The two images of a pair differ in size (and ``resize_b_to_a`` was not asked for).
+
+    Attributes: ``size_a``, ``size_b`` as (H, W), ``index`` of the pair in the batch.
+    """
+
+    def __init__(self, message: str, size_a: tuple[int, int], size_b: tuple[int, int], index: int) -> None:
+        super().__init__(message)
+        self.size_a, self.size_b, self.index = size_a, size_b, index
+
+
 @dataclass
 class _PreparedPair:
     image_a: torch.Tensor  # (C, H, W) at input resolution
@@ -59,12 +70,21 @@ class FusionFMPipeline(DiffusionPipeline):
     luminance; the scheduler integrates it (one Euler step by default). Colour is put back from the
     inputs according to the task (DESIGN.md, "Colour").
 
+    Precision: ``default_compute_dtype`` (in ``pipe.config``) is ``"auto"``: bf16 autocast where the device
+    runs it natively (a CPU with AVX512-BF16 or AMX, a GPU with bf16), which is about 2-3x faster than fp32
+    on such CPUs at about 1 % of the output range; fp32 elsewhere. A pipeline loaded with ``from_pretrained``
+    for that CPU path gets channels-last weights once, at load. Pass ``compute_dtype="fp32"`` to a call (or
+    set ``default_compute_dtype="fp32"``) for full precision.
+
     Args:
         unet: the velocity network.
         scheduler: the flow-matching scheduler (coupling and time grid).
+        image_processor: input canonicalisation and output conversion (its settings save with the pipeline).
         default_num_inference_steps: steps used when the call does not say (1).
         default_processing_resolution: long edge to process at when the call does not say (None: the
             input's own resolution).
+        default_compute_dtype: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``: the U-Net's precision when the
+            call does not say.
     """
 
     model_cpu_offload_seq = "unet"
@@ -73,16 +93,22 @@ class FusionFMPipeline(DiffusionPipeline):
         self,
         unet: FusionUNet,
         scheduler: FlowMatchFusionScheduler,
+        image_processor: FusionImageProcessor | None = None,
         default_num_inference_steps: int = 1,
         default_processing_resolution: int | None = None,
+        default_compute_dtype: str = "auto",
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        if default_compute_dtype != "auto" and default_compute_dtype not in _DTYPE_NAMES:
+            raise ValueError(f"default_compute_dtype must be 'auto' or one of {', '.join(_DTYPE_NAMES)}, "
+                             f"got {default_compute_dtype!r}.")
         self.register_to_config(
             default_num_inference_steps=default_num_inference_steps,
             default_processing_resolution=default_processing_resolution,
+            default_compute_dtype=default_compute_dtype,
         )
-        self.image_processor = FusionImageProcessor()
+        self.image_processor = image_processor or FusionImageProcessor()
         # The scheduler's grid is per call state: one call at a time per pipeline object.
         self._call_lock = threading.Lock()
 
@@ -103,7 +129,20 @@ class FusionFMPipeline(DiffusionPipeline):
             pretrained_model_name_or_path = default_model()
         folder = resolve_pipeline_path(pretrained_model_name_or_path, **download_kwargs)
         kwargs["use_safetensors"] = True
-        return super().from_pretrained(folder, **kwargs)
+        processor = kwargs.pop("image_processor", None)
+        processor_dir = folder / IMAGE_PROCESSOR_FOLDER
+        if processor is None and (processor_dir / FusionImageProcessor.config_name).is_file():
+            processor = FusionImageProcessor.from_config(FusionImageProcessor.load_config(processor_dir))
+        pipeline = super().from_pretrained(folder, image_processor=processor, **kwargs)
+        if pipeline._execution_device.type == "cpu" and pipeline._resolve_compute_dtype(None) == torch.bfloat16:
+            # oneDNN's bf16 convolutions are fastest on channels-last weights (about 1.5x here).
+            pipeline.unet.to(memory_format=torch.channels_last)
+        return pipeline
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """diffusers' ``save_pretrained`` (safetensors), plus the image processor's config."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.image_processor.save_config(os.path.join(save_directory, IMAGE_PROCESSOR_FOLDER))
 
     # ------------------------------------------------------------------ validation
     def check_inputs(
@@ -157,10 +196,11 @@ class FusionFMPipeline(DiffusionPipeline):
                 continue
             if not resize_b_to_a:
                 where = f" in pair {index}" if len(images_a) > 1 else ""
-                raise ValueError(
+                raise SizeMismatchError(
                     f"image_a is {a.shape[-2]}x{a.shape[-1]} but image_b is {b.shape[-2]}x{b.shape[-1]} (HxW){where}. "
                     "Fusion needs registered images of one size: resize or crop them, or pass "
-                    "resize_b_to_a=True to resize image_b to image_a's size."
+                    "resize_b_to_a=True to resize image_b to image_a's size.",
+                    tuple(a.shape[-2:]), tuple(b.shape[-2:]), index,
                 )
             images_b[index] = self.image_processor.resize(b[None], tuple(a.shape[-2:]))[0]
         return images_a, images_b, tasks
@@ -198,8 +238,8 @@ class FusionFMPipeline(DiffusionPipeline):
             resize_b_to_a: resize image_b to image_a's size instead of rejecting different sizes.
             batch_size: pairs per network call (pairs of the same processing size are batched).
             generator: random generator for the ``gaussian`` coupling.
-            compute_dtype: ``"bf16"``, ``"fp32"``, ``"fp16"`` or a torch dtype; None picks bf16 where the
-                device supports it (with channels-last on CPU) and fp32 elsewhere.
+            compute_dtype: ``"auto"``, ``"bf16"``, ``"fp32"``, ``"fp16"`` or a torch dtype; None uses the config's
+                ``default_compute_dtype`` (``"auto"``: bf16 where the device runs it natively, else fp32).
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             show_progress_bar: show a progress bar over batches.
             return_dict: return a :class:`FusionFMPipelineOutput` rather than a tuple.
@@ -221,11 +261,9 @@ class FusionFMPipeline(DiffusionPipeline):
         batches = self._batches(pairs, batch_size)
 
         with self._call_lock:
-            self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
             fused_y: dict[int, torch.Tensor] = {}
-            progress = tqdm(batches, desc="Fusing", unit="batch", leave=False,
-                            **{"disable": not show_progress_bar, **self._progress_bar_config_or_empty()})
-            for indices in progress:
+            for indices in self.progress_bar(batches) if show_progress_bar else batches:
+                self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
                 fused = self._fuse_luminance([pairs[i] for i in indices], generator, dtype)
                 fused_y.update(zip(indices, fused, strict=True))
 
@@ -286,14 +324,12 @@ class FusionFMPipeline(DiffusionPipeline):
             image_b = self.image_processor.resize(image_b, tuple(fused_y.shape[-2:]))
         return recombine(fused_y, image_a, image_b, pair.task.color_policy)[0]
 
-    def _progress_bar_config_or_empty(self) -> dict:
-        # Honours DiffusionPipeline.set_progress_bar_config(disable=True, ...).
-        return dict(getattr(self, "_progress_bar_config", {}))
-
     def _resolve_compute_dtype(self, compute_dtype: torch.dtype | str | None) -> torch.dtype:
-        """The dtype to run the U-Net in; prepares channels-last weights for the CPU bf16 path."""
+        """The dtype to run the U-Net in: ``compute_dtype``, else the config's ``default_compute_dtype``."""
         device = self._execution_device
-        if compute_dtype is None or compute_dtype == "auto":
+        if compute_dtype is None:
+            compute_dtype = self.config.get("default_compute_dtype", "auto")
+        if compute_dtype == "auto":
             if self.unet.dtype != torch.float32:
                 dtype = self.unet.dtype
             elif device.type == "cpu":
@@ -312,9 +348,6 @@ class FusionFMPipeline(DiffusionPipeline):
             )
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"compute_dtype {dtype} is not a floating-point type FusionFM can run in.")
-        if device.type == "cpu" and dtype == torch.bfloat16:
-            # oneDNN's bf16 convolutions are fastest on channels-last weights (about 1.5x here).
-            self.unet.to(memory_format=torch.channels_last)
         return dtype
 
 

@@ -1,210 +1,27 @@
-"""Build pseudo-labels for a task: every candidate fusion is scored, the best is kept (stage 1).
+"""Build pseudo-labels for a task (stage 1 selection + stage 2 Fusion Refiner); the CLI of
+:mod:`fusionfm.labels.builder`.
 
     python -m fusionfm.pseudolabel --data ../shared/data --task IVF --split train --out labels/IVF
     python -m fusionfm.pseudolabel --data ../shared/data --task MEF --synthetic --split test --out labels/MEF
 
-Writes, under ``--out``:
-
-- ``<dataset>/<stem>.png``: the label (8-bit, L or RGB by the task's colour rule);
-- for synthetic pairs also ``<dataset>/sources/<modality>/<stem>.png`` and ``<dataset>/truth/<stem>.png``;
-- ``labels.csv``: one row per candidate of every pair (its origin, the twelve metrics, the weighted
-  selection score, whether it was selected), plus, on the selected row, whether the Fusion Refiner's
-  output was kept (``refined``) and the selection score before and after refinement (stage 2);
-- ``refiner/<family>.safetensors``: the decomposition network, trained on the run's source pairs.
-
-Resumable: a pair counts as done when its label file exists and its rows are in the CSV; a killed run
-leaves neither a half-written PNG (written to a temporary file, then renamed) nor counted partial rows.
-Deterministic: the same arguments give the same files.
+Writes, under ``--out``: one label PNG per pair (``<dataset>/<stem>.png``), for synthetic pairs also their
+sources and truth, ``labels.csv`` (every candidate's metrics and score, the chosen one, whether the refined
+label was kept) and the refiner's decomposition network. A killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
-from .color import luminance
-from .datasets import PairRecord, find_pairs, load_pair
-from .image_processor import save_png_atomically
-from .metrics import METRIC_NAMES
-from .priors import ExternalPriors, priors_for, run_prior
-from .refiner import DecompositionNet, RefinerConfig, load_decomposer, refine_label, save_decomposer, train_decomposer
-from .selection import select
-from .synthetic import SyntheticPairs
-from .tasks import FusionTask, get_task
-
-CSV_COLUMNS = ["task", "dataset", "split", "stem", "candidate", "origin", "selected", "score", *METRIC_NAMES,
-               "refined", "score_before", "score_after"]
-
-
-@dataclass
-class LabelJob:
-    """One pair to label: where it comes from and how to load it."""
-
-    task: FusionTask
-    dataset: str
-    split: str
-    stem: str
-    external: ExternalPriors | None = None
-    synthetic: tuple[SyntheticPairs, int] | None = None
-    record: PairRecord | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.dataset, self.stem
-
-
-def real_jobs(data_root: Path, task: str, split: str, datasets: list[str] | None, use_external: bool,
-              limit: int | None = None) -> list[LabelJob]:
-    jobs, externals = [], {}
-    for pair in find_pairs(data_root, task, split, datasets)[:limit]:
-        if use_external and pair.dataset not in externals:
-            externals[pair.dataset] = ExternalPriors(pair.dataset_dir)
-        jobs.append(LabelJob(pair.task, pair.dataset, split, pair.stem, externals.get(pair.dataset), record=pair))
-    return jobs
-
-
-def synthetic_jobs(data_root: Path, task: str, split: str, seed: int, limit: int | None) -> list[LabelJob]:
-    pairs = SyntheticPairs(data_root, get_task(task).family, split, seed=seed, limit=limit)
-    dataset = f"synthetic-{pairs.rows[0]['dataset']}"
-    return [LabelJob(get_task(task), dataset, split, row["stem"], synthetic=(pairs, index))
-            for index, row in enumerate(pairs.rows)]
-
-
-class LabelStore:
-    """The output folder: label files plus the CSV, with resume bookkeeping."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
-        self.csv_path = out_dir / "labels.csv"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.finished = self._recover()
-
-    def label_path(self, job: LabelJob) -> Path:
-        return self.out_dir / job.dataset / f"{job.stem}.png"
-
-    def _recover(self) -> set[tuple[str, str]]:
-        """Keep only complete pairs' rows (rewritten atomically); return their keys."""
-        if not self.csv_path.is_file():
-            with self.csv_path.open("w", newline="") as handle:
-                csv.writer(handle).writerow(CSV_COLUMNS)
-            return set()
-        with self.csv_path.open(newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header != CSV_COLUMNS:
-                raise ValueError(
-                    f"{self.csv_path} was not written by this tool (unexpected header); use another --out."
-                )
-            rows = [row for row in reader if len(row) == len(CSV_COLUMNS)]
-        selected = {(row[1], row[3]) for row in rows if row[6] == "1"}
-        finished = {key for key in selected if (self.out_dir / key[0] / f"{key[1]}.png").is_file()}
-        kept = [row for row in rows if (row[1], row[3]) in finished]
-        temporary = self.csv_path.with_name(".labels.csv.tmp")
-        with temporary.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            writer.writerows(kept)
-        os.replace(temporary, self.csv_path)
-        return finished
-
-    def append(self, rows: list[dict]) -> None:
-        with self.csv_path.open("a", newline="") as handle:
-            csv.DictWriter(handle, CSV_COLUMNS).writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def candidates_for(job: LabelJob, image_a: torch.Tensor, image_b: torch.Tensor) -> dict[str, tuple[str, torch.Tensor]]:
-    """name -> (origin, fused image (1, C, H, W)) for the built-in priors and any external outputs."""
-    candidates = {prior.name: ("builtin", run_prior(prior.name, image_a, image_b, job.task))
-                  for prior in priors_for(job.task)}
-    if job.external is not None:
-        size = tuple(image_a.shape[-2:])
-        for method in job.external.paths(job.stem):
-            candidates[method] = ("external", job.external.load(method, job.stem, size))
-    return candidates
-
-
-def load_sources(job: LabelJob, store: LabelStore | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pair's images (1, C, H, W); synthetic pairs are also written out when a store is given."""
-    if job.synthetic is None:
-        return load_pair(job.record)
-    dataset, index = job.synthetic
-    pair = dataset[index]
-    if store is not None:
-        folder = store.out_dir / job.dataset
-        save_png_atomically(pair.image_a, folder / "sources" / job.task.modality_a / f"{job.stem}.png")
-        save_png_atomically(pair.image_b, folder / "sources" / job.task.modality_b / f"{job.stem}.png")
-        save_png_atomically(pair.ground_truth, folder / "truth" / f"{job.stem}.png")
-    return pair.image_a[None], pair.image_b[None]
-
-
-def label_pair(job: LabelJob, store: LabelStore, refiner: DecompositionNet | None, config: RefinerConfig) -> None:
-    """Select (and refine) the label of one pair and record it (PNG first, then its CSV rows)."""
-    image_a, image_b = load_sources(job, store)
-    candidates = candidates_for(job, image_a, image_b)
-    images = {name: image for name, (_, image) in candidates.items()}
-    selection = select(images, image_a, image_b, job.task)
-    label, refined = images[selection.best], False
-    before = after = selection.scores[selection.best]
-    if refiner is not None:
-        others = {name: metrics for name, metrics in selection.metrics.items() if name != selection.best}
-        label, refined, before, after = refine_label(label, image_a, image_b, job.task.name, refiner, config, others)
-    save_png_atomically(label[0], store.label_path(job))
-    rows = []
-    for name, (origin, _) in candidates.items():
-        chosen = name == selection.best
-        rows.append({
-            "task": job.task.name, "dataset": job.dataset, "split": job.split, "stem": job.stem,
-            "candidate": name, "origin": origin, "selected": int(chosen), "score": round(selection.scores[name], 6),
-            **{metric: round(value, 6) for metric, value in selection.metrics[name].items()},
-            "refined": int(refined) if chosen else "", "score_before": round(before, 6) if chosen else "",
-            "score_after": round(after, 6) if chosen else "",
-        })
-    store.append(rows)
-
-
-REFINER_TRAINING_PAIRS = 40
-"""Source pairs (the run's first ones) the decomposition network is trained on."""
-
-
-def prepare_refiner(jobs: list[LabelJob], store: LabelStore, config: RefinerConfig) -> DecompositionNet:
-    """Load the run's decomposition network, or train it on the run's source pairs and save it."""
-    path = store.out_dir / "refiner" / f"{jobs[0].task.family}.safetensors"
-    if path.is_file():
-        return load_decomposer(path)
-    pairs = []
-    for job in jobs[:REFINER_TRAINING_PAIRS]:
-        image_a, image_b = load_sources(job)
-        pairs.append((luminance(image_a), luminance(image_b)))
-    net = train_decomposer(pairs, config)
-    save_decomposer(net, path, config)
-    return net
-
-
-def build_labels(
-    jobs: list[LabelJob], out_dir: Path, refine: bool = True, config: RefinerConfig | None = None,
-    progress: bool = True,
-) -> dict[str, int]:
-    """Label every job not finished yet; returns counts of done and skipped pairs."""
-    config = config or RefinerConfig()
-    store = LabelStore(out_dir)
-    todo = [job for job in jobs if job.key not in store.finished]
-    refiner = prepare_refiner(jobs, store, config) if refine and todo else None
-    for job in tqdm(todo, desc="pseudo-labels", unit="pair", disable=not progress):
-        label_pair(job, store, refiner, config)
-    return {"labelled": len(todo), "already_done": len(jobs) - len(todo)}
+from .labels.builder import LabelJob, build_labels, real_jobs, synthetic_jobs
+from .labels.refiner import RefinerConfig
+from .tasks import get_task
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fusionfm.pseudolabel", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fusionfm.pseudolabel", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="data root in the layout of shared/data")
     parser.add_argument("--task", required=True, help="IVF, MIF, MIF-CT, MIF-PET, MIF-SPECT, MEF or MFF")

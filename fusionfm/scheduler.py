@@ -72,6 +72,7 @@ class FlowMatchFusionScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps: torch.Tensor = torch.zeros(1)
         self.time_grid: torch.Tensor = torch.tensor([0.0, 1.0])
         self.num_inference_steps = 1
+        self._step_index: int | None = None
 
     # ------------------------------------------------------------------ the flow
     def source_point(
@@ -100,12 +101,15 @@ class FlowMatchFusionScheduler(SchedulerMixin, ConfigMixin):
     def sample_time(
         self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
-        """Training times t of shape (batch_size,) in [0, 1), per the configured distribution."""
-        if self.config.time_sampling == "uniform":
-            t = torch.rand(batch_size, generator=generator)
-        else:
-            normal = torch.randn(batch_size, generator=generator)
-            t = torch.sigmoid(self.config.logit_mean + self.config.logit_std * normal)
+        """Training times t of shape (batch_size,) in [0, 1), per the configured distribution
+        (drawn by diffusers' ``compute_density_for_timestep_sampling``, as its SD3 / flow examples do)."""
+        # Imported here: only training samples times, and the module costs inference 0.3 s of import time.
+        from diffusers.training_utils import compute_density_for_timestep_sampling
+
+        t = compute_density_for_timestep_sampling(
+            self.config.time_sampling, batch_size, logit_mean=self.config.logit_mean,
+            logit_std=self.config.logit_std, generator=generator,
+        )
         if self.config.start_share > 0:
             t = torch.where(torch.rand(batch_size, generator=generator) < self.config.start_share, 0.0, t)
         return t.clamp(0.0, 1.0 - 1e-6).to(device)
@@ -121,6 +125,19 @@ class FlowMatchFusionScheduler(SchedulerMixin, ConfigMixin):
         self.time_grid = grid.float().to(device)
         self.timesteps = self.time_grid[:-1]
         self.num_inference_steps = num_inference_steps
+        self._grid_steps = (self.time_grid[1:] - self.time_grid[:-1]).cpu().tolist()
+        self._step_index = None
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next step into ``timesteps`` (None before the first step after ``set_timesteps``)."""
+        return self._step_index
+
+    def _index_of(self, timestep: float | torch.Tensor) -> int:
+        matches = (self.timesteps.cpu() - float(timestep)).abs() < 1e-6
+        if not bool(matches.any()):
+            raise ValueError(f"timestep {float(timestep)} is not on the grid; call set_timesteps first.")
+        return int(matches.nonzero()[0])
 
     def step(
         self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
@@ -128,15 +145,18 @@ class FlowMatchFusionScheduler(SchedulerMixin, ConfigMixin):
     ) -> FlowMatchFusionSchedulerOutput | tuple[torch.Tensor]:
         """One Euler step from ``timestep`` (a value of ``self.timesteps``) to the next grid time.
 
-        Stateless apart from the grid: the step index is looked up from ``timestep``.
+        As in diffusers' schedulers, the scheduler keeps a step index: the first step after
+        :meth:`set_timesteps` looks ``timestep`` up on the grid, later steps advance the index (no lookup, no
+        device sync). Call :meth:`set_timesteps` before every integration.
         """
-        timestep = float(timestep)
-        matches = (self.timesteps.cpu() - timestep).abs() < 1e-6
-        if not bool(matches.any()):
-            raise ValueError(f"timestep {timestep} is not on the grid; call set_timesteps first.")
-        index = int(matches.nonzero()[0])
-        dt = float(self.time_grid[index + 1] - self.time_grid[index])
+        if self._step_index is None:
+            self._step_index = self._index_of(timestep)
+        index = self._step_index
+        if index >= self.num_inference_steps:
+            raise ValueError("All steps of the grid are done; call set_timesteps before integrating again.")
+        dt = float(self._grid_steps[index])
         prev_sample = sample + dt * model_output.to(sample.dtype)
+        self._step_index = index + 1
         if not return_dict:
             return (prev_sample,)
         return FlowMatchFusionSchedulerOutput(prev_sample=prev_sample)

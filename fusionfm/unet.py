@@ -48,6 +48,8 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
 class FusionUNet(ModelMixin, ConfigMixin):
     """Predicts the flow velocity v(x_t, t | a, b, task).
 
+    The defaults are the ``"default"`` preset, the shipped model's architecture.
+
     Args:
         patch_size: pixels per side packed into channels before the U-Net (1 = none).
         block_out_channels: widths of the U-Net levels.
@@ -71,10 +73,10 @@ class FusionUNet(ModelMixin, ConfigMixin):
         block_out_channels: tuple[int, ...] = (16, 32, 64, 128),
         layers_per_block: int = 1,
         norm_num_groups: int = 8,
-        mid_block_attention: bool = True,
+        mid_block_attention: bool = False,
         num_tasks: int = NUM_TASK_CLASSES,
         time_scale: float = 1000.0,
-        output_head: str = "velocity",
+        output_head: str = "weight",
         min_remaining_time: float = 0.05,
     ) -> None:
         super().__init__()

@@ -15,6 +15,8 @@ from fusionfm.color import is_gray
 from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.tasks import ColorPolicy
 
+pytestmark = pytest.mark.slow  # serves the app and fuses through gradio_client
+
 app_module = load_app_module()
 MAX_SIDE = 1200  # above every bundled example; the size-limit test uses a bigger image
 

@@ -9,6 +9,8 @@ import PIL.Image
 import pytest
 from conftest import REPO_ROOT, serve_app
 
+pytestmark = pytest.mark.slow  # drives the app in Chromium
+
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in requirements.txt)")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

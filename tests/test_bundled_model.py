@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
 import pytest
 import torch
 from conftest import REPO_ROOT
 
 from fusionfm import UNET_PRESETS, FusionFMPipeline, get_task, load_image
 from fusionfm.color import luminance
+from fusionfm.evaluation.metrics import qabf
 from fusionfm.hub import BUNDLED_MODEL_DIR
 from fusionfm.image_processor import FusionImageProcessor
-from fusionfm.metrics import qabf
 
 EXAMPLES = REPO_ROOT / "examples"
 TASKS = ("IVF", "MIF-CT", "MIF-PET", "MIF-SPECT", "MEF", "MFF")
@@ -57,3 +63,33 @@ def test_fuses_an_example_of_every_task_better_than_averaging_on_qabf(bundled, t
     for other in (a_y, b_y, average_y):
         assert (fused_y - other).abs().mean() > 1.0
     assert float(qabf(fused_y, a_y, b_y)) > float(qabf(average_y, a_y, b_y))
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_carries_the_model_and_loads_it_by_default(tmp_path):
+    """The bundled model is package data: a wheel built from the checkout, installed elsewhere, loads it with
+    from_pretrained() and no argument, from any working directory."""
+    wheels, site, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    shutil.copytree(REPO_ROOT / "fusionfm", source / "fusionfm", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(wheels)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = wheels.glob("fusionfm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"fusionfm/default_model/model_index.json", "fusionfm/default_model/unet/config.json",
+            "fusionfm/default_model/unet/diffusion_pytorch_model.safetensors",
+            "fusionfm/training/model_card_template.md"} <= names
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                              str(wheel)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    probe = ("import fusionfm; from fusionfm import FusionFMPipeline; p = FusionFMPipeline.from_pretrained(); "
+             "print(fusionfm.__file__); print(p.name_or_path)")
+    env = {key: value for key, value in os.environ.items() if key != "FUSIONFM_MODEL"} | {"PYTHONPATH": str(site)}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    module_file, model_path = result.stdout.split()[-2:]
+    assert module_file.startswith(str(site)) and model_path.startswith(str(site / "fusionfm" / "default_model"))

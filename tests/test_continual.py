@@ -7,7 +7,12 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from fusionfm.continual import ElasticWeightConsolidation, ReplayBuffer, accuracy_and_backward_transfer, diagonal_fisher
+from fusionfm.training.continual import (
+    ElasticWeightConsolidation,
+    ReplayBuffer,
+    accuracy_and_backward_transfer,
+    diagonal_fisher,
+)
 
 
 class TinyRegressor(torch.nn.Module):

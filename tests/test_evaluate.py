@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import DATA, make_pipeline
 
-from fusionfm.evaluate import RANKED_METRICS, _ranks, main, quality_score, rank_methods
+from fusionfm.evaluate import main
+from fusionfm.evaluation.metrics import to_gray_255
+from fusionfm.evaluation.quality import quality_score
+from fusionfm.evaluation.ranking import RANKED_METRICS, _ranks, rank_methods
 from fusionfm.image_processor import FusionImageProcessor
-from fusionfm.metrics import to_gray_255
 
 STEMS = ("carLight", "carShadow")
 

@@ -116,3 +116,31 @@ def test_load_image_keeps_the_mode_and_truncated_files_fail(tmp_path, real_pair)
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated.png"):
         load_image(truncated)
+
+
+def test_settings_are_config_and_save_with_the_pipeline(tmp_path):
+    from conftest import make_pipeline
+
+    from fusionfm import FusionFMPipeline
+
+    with pytest.raises(ValueError, match="high_bit_depth must be"):
+        FusionImageProcessor(high_bit_depth="bogus")
+    pipe = make_pipeline()
+    with pytest.raises(ValueError, match="high_bit_depth must be"):
+        pipe.image_processor.high_bit_depth = "bogus"
+    pipe.image_processor.high_bit_depth = "full_range"
+    assert pipe.image_processor.config.high_bit_depth == "full_range"
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = FusionFMPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.image_processor.high_bit_depth == "full_range"
+    frame = np.array([[1000, 3000], [2000, 65535]], dtype=np.uint16)
+    (tensor,) = loaded.image_processor.to_tensor_list(frame)
+    torch.testing.assert_close(tensor[0, 0, 0], torch.tensor(1000 / 65535))
+
+
+def test_input_notices_name_the_unusual_modes():
+    processor = FusionImageProcessor()
+    assert processor.input_notices(PIL.Image.new("RGB", (4, 4)), "Visible") == []
+    assert "alpha channel is ignored" in processor.input_notices(PIL.Image.new("RGBA", (4, 4)), "Visible")[0]
+    assert "min-max" in processor.input_notices(PIL.Image.new("I;16", (4, 4)), "Infrared")[0]
+    assert "CMYK" in processor.input_notices(PIL.Image.new("CMYK", (4, 4)), "Visible")[0]

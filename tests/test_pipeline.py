@@ -223,16 +223,17 @@ def test_save_then_load_gives_the_same_output(tmp_path, real_pair):
     before = pipe(ir, vi, task="IVF", output_type="np", **FP32).images
     pipe.save_pretrained(tmp_path / "model")
     saved = sorted(p.relative_to(tmp_path / "model").as_posix() for p in (tmp_path / "model").rglob("*") if p.is_file())
-    assert saved == ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
-                     "unet/diffusion_pytorch_model.safetensors"]
+    assert saved == ["image_processor/processor_config.json", "model_index.json", "scheduler/scheduler_config.json",
+                     "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
     loaded = FusionFMPipeline.from_pretrained(tmp_path / "model")
     loaded.set_progress_bar_config(disable=True)
     after = loaded(ir, vi, task="IVF", output_type="np", **FP32).images
     for key, tensor in pipe.unet.state_dict().items():
         assert torch.equal(tensor, loaded.unet.state_dict()[key]), key
     assert loaded.scheduler.config.coupling == "mean"
-    # Same weights; the loaded tensors' memory layout may pick another conv kernel (differences ~1e-6).
-    np.testing.assert_allclose(before, after, atol=1e-5)
+    # Same weights; the loaded tensors' memory layout (channels-last on bf16 CPUs) picks other fp32 conv kernels
+    # (differences up to ~1.4e-5).
+    np.testing.assert_allclose(before, after, atol=1e-4)
 
 
 def test_pickled_weights_are_never_loaded(tmp_path):

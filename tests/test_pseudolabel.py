@@ -12,10 +12,20 @@ import time
 from pathlib import Path
 
 import PIL.Image
+import pytest
+import torch
 from conftest import DATA, REPO_ROOT
+from kornia.filters import gaussian_blur2d
 
+from fusionfm import FusionImageProcessor
+from fusionfm.color import luminance
 from fusionfm.datasets import find_pairs
-from fusionfm.pseudolabel import CSV_COLUMNS, main
+from fusionfm.labels.builder import CSV_COLUMNS, score_refinement
+from fusionfm.labels.priors import priors_for, run_prior
+from fusionfm.labels.refiner import RefinerConfig, refine_image, train_decomposer
+from fusionfm.labels.selection import select
+from fusionfm.pseudolabel import main
+from fusionfm.tasks import get_task
 
 SYNTHETIC_MFF = ["--data", str(DATA), "--task", "MFF", "--synthetic", "--split", "test", "--no-progress",
                  "--refiner-steps", "20"]
@@ -30,6 +40,7 @@ def _label_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "synthetic-BSDS500").glob("*.png"))}
 
 
+@pytest.mark.slow
 def test_real_pairs_with_external_priors(tmp_path):
     out = tmp_path / "labels"
     assert main(["--data", str(DATA), "--task", "IVF", "--split", "train", "--datasets", "MSRS", "--out", str(out),
@@ -50,6 +61,7 @@ def test_real_pairs_with_external_priors(tmp_path):
             assert float(row["score_after"]) >= float(row["score_before"])
 
 
+@pytest.mark.slow
 def test_synthetic_labels_are_deterministic_and_resume_after_a_kill(tmp_path):
     clean = tmp_path / "clean"
     assert main([*SYNTHETIC_MFF, "--limit", "4", "--out", str(clean)]) == 0
@@ -105,3 +117,22 @@ def test_errors_are_clear(tmp_path, capsys):
     (root / "IVF/Mine/train/vi/p1.jpg").write_bytes(b"\xff\xd8\xff truncated jpeg")
     assert main(["--data", str(root), "--task", "IVF", "--out", str(tmp_path / "o3"), "--no-progress"]) == 2
     assert "Could not read" in (err := capsys.readouterr().err) and "p1.jpg" in err
+
+
+@pytest.mark.slow
+def test_the_builder_keeps_a_refined_label_only_when_its_score_does_not_drop():
+    processor = FusionImageProcessor()
+    a, b = (processor.load(DATA / f"IVF/RoadScene/test/{modality}/FLIR_06995.jpg")[None] for modality in ("ir", "vi"))
+    task = get_task("IVF")
+    candidates = {prior.name: run_prior(prior.name, a, b, task) for prior in priors_for(task)}
+    label = 0.5 * gaussian_blur2d(luminance(a), (9, 9), (3.0, 3.0)) + 0.5 * luminance(b)  # a's detail gone
+    selection = select({**candidates, "blurred": label}, a, b, task)
+    selection.best = "blurred"  # score the damaged label as if stage 1 had picked it
+    config = RefinerConfig(train_steps=60)
+    net = train_decomposer([(luminance(a), luminance(b))], config)
+    before, after = score_refinement(label, refine_image(label, a, b, net, config), a, b, task, selection)
+    assert after > before
+    wild = RefinerConfig(strength=25.0, threshold=0.0, noise_factor=0.0)
+    before, after = score_refinement(label, refine_image(label, a, b, net, wild), a, b, task, selection)
+    assert after < before
+    assert torch.isfinite(torch.tensor([before, after])).all()

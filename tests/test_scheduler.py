@@ -63,6 +63,24 @@ def test_step_sizes_follow_the_grid():
         torch.testing.assert_close(moved, sample + (grid[index + 1] - grid[index]))
 
 
+def test_the_step_index_advances_and_resets():
+    scheduler = FlowMatchFusionScheduler()
+    scheduler.set_timesteps(3)
+    assert scheduler.step_index is None
+    sample = torch.zeros(1)
+    for expected, t in enumerate(scheduler.timesteps, start=1):
+        sample = scheduler.step(torch.ones(1), t, sample).prev_sample
+        assert scheduler.step_index == expected
+    torch.testing.assert_close(sample, torch.ones(1))
+    with pytest.raises(ValueError, match="call set_timesteps"):
+        scheduler.step(torch.ones(1), scheduler.timesteps[-1], sample)
+    scheduler.set_timesteps(3)
+    assert scheduler.step_index is None
+    # A first step may start part way along the grid (as diffusers' schedulers allow); the index follows.
+    scheduler.step(torch.ones(1), scheduler.timesteps[1], torch.zeros(1))
+    assert scheduler.step_index == 2
+
+
 def test_step_rejects_a_time_off_the_grid():
     scheduler = FlowMatchFusionScheduler()
     scheduler.set_timesteps(2)

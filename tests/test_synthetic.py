@@ -7,7 +7,7 @@ import torch
 from conftest import DATA
 from kornia.filters import laplacian
 
-from fusionfm.synthetic import SyntheticPairs, focus_mask, pair_generator, synthesize_mff
+from fusionfm.labels.synthetic import SyntheticPairs, focus_mask, pair_generator, synthesize_mff
 
 
 @pytest.mark.parametrize("task", ["MEF", "MFF"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -18,20 +17,14 @@ from safetensors.torch import load_file
 
 from fusionfm import FusionFMPipeline
 from fusionfm.pseudolabel import main as build_labels
+from fusionfm.training.checkpoints import checkpoint_is_complete
+
+pytestmark = pytest.mark.slow  # runs training/train.py in one and two processes
 
 SCRIPT = REPO_ROOT / "training" / "train.py"
 STEPS_PER_TASK = 4
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("fusionfm_train_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = _load_script()
 
 
 @pytest.fixture(scope="module")
@@ -145,26 +138,7 @@ def test_resume_continues_at_the_right_step_and_task(one_process_run, labels, tm
     # Same batches, optimizer state, LR schedule, EWC anchor and replay buffer: the same weights, bit for bit.
     resumed, uninterrupted = _weights(output_dir), _weights(one_process_run)
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
-    assert train_script.checkpoint_is_complete(output_dir / "checkpoint-8")  # rewritten whole
-
-
-def test_an_interrupted_checkpoint_is_not_taken_as_valid(one_process_run, tmp_path):
-    source = one_process_run / "checkpoint-6"
-    cases = {
-        "checkpoint-10": lambda folder: (folder / "state.json").unlink(),  # killed before state.json
-        "checkpoint-12": lambda folder: (folder / "state.json").write_text('{"files": {"model.saf'),  # torn JSON
-        "checkpoint-14": lambda folder: (folder / "ewc.safetensors").unlink(),  # a listed file missing
-    }
-    for name, damage in cases.items():
-        shutil.copytree(source, tmp_path / name)
-        damage(tmp_path / name)
-        assert not train_script.checkpoint_is_complete(tmp_path / name)
-    shutil.copytree(source, tmp_path / ".checkpoint-16.partial")  # the hidden folder a writer renames at the end
-    shutil.copytree(source, tmp_path / "checkpoint-4")
-    assert train_script.list_checkpoints(tmp_path) == [tmp_path / "checkpoint-4"]
-    assert train_script.resolve_resume(tmp_path, "latest") == tmp_path / "checkpoint-4"
-    with pytest.raises(SystemExit, match="not a complete checkpoint"):
-        train_script.resolve_resume(tmp_path, str(tmp_path / "checkpoint-12"))
+    assert checkpoint_is_complete(output_dir / "checkpoint-8")  # rewritten whole
 
 
 def test_two_processes_are_distributed_and_end_with_identical_weights(labels, tmp_path):
@@ -193,23 +167,3 @@ def test_clear_errors_for_bad_arguments(labels, tmp_path):
     assert result.returncode != 0 and "No labels.csv" in result.stderr and "Traceback" not in result.stderr
     result = _run(["--labels", "MIF", "--output_dir", str(tmp_path)])
     assert result.returncode == 2 and "TASK=DIR" in result.stderr
-
-
-def test_gradient_loss_term_penalises_edge_errors_only():
-    """With a model that returns the target velocity plus an error image, the gradient term adds the
-    weighted mean squared differences of that error: zero for a constant offset, positive for a ramp."""
-    height, width = 6, 5
-    x0, x1 = torch.rand(2, 1, 1, height, width, generator=torch.Generator().manual_seed(0))
-    batch = {"x0": x0, "target": x1, "t": torch.tensor([0.3]), "image_a": x0, "image_b": x1,
-             "task_id": torch.tensor([0])}
-    ramp = torch.arange(width, dtype=torch.float32).expand(1, 1, height, width) * 0.1
-
-    def model_with_error(error):
-        return lambda x_t, a, b, t, task: (x1 - x0) + error
-
-    constant = train_script.flow_matching_loss(model_with_error(torch.full_like(x0, 0.2)), batch, 4.0)
-    torch.testing.assert_close(constant, torch.tensor([0.04]))
-    plain = train_script.flow_matching_loss(model_with_error(ramp), batch, 0.0)
-    with_edges = train_script.flow_matching_loss(model_with_error(ramp), batch, 4.0)
-    torch.testing.assert_close(plain, (ramp**2).mean().reshape(1))
-    torch.testing.assert_close(with_edges, plain + 4.0 * 0.01)  # horizontal steps of 0.1, none vertical

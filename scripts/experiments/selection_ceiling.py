@@ -1,14 +1,14 @@
 """How much can stage 1 selection gain over the best single prior on synthetic pairs? (docs/pseudolabels.md)
 
-    python scripts/selection_ceiling.py MFF --limit 30     # the built-in priors plus 27 focus-map variants
-    python scripts/selection_ceiling.py MEF --limit 40 --search-rows   # the built-in priors; 231 weight rows
-    python scripts/selection_ceiling.py MFF --limit 30 --no-variants --depth-blur   # another blur model
+    python scripts/experiments/selection_ceiling.py MFF --limit 30     # the built-in priors plus 27 focus-map variants
+    python scripts/experiments/selection_ceiling.py MEF --limit 40 --search-rows   # built-in priors; 231 weight rows
+    python scripts/experiments/selection_ceiling.py MFF --limit 30 --no-variants --depth-blur   # another blur model
 
 For every candidate: mean PSNR (RGB) and SSIM (8-bit luma) against the truth, as in
-``scripts/pseudolabel_report.py`` (candidates rounded to 8 bits, like written labels); the per-pair oracle
+``scripts/reports/pseudolabel_report.py`` (candidates rounded to 8 bits, like written labels); the per-pair oracle
 (the candidate closest to the truth, by PSNR); the task's selection. With ``--search-rows``, every weight row
 of one to three metrics with equal weights, best first. ``--depth-blur`` replaces the MFF pairs of
-``fusionfm.synthetic`` by pairs whose defocus follows a random depth map (a smooth field through a sigmoid of
+``fusionfm.labels.synthetic`` by pairs whose defocus follows a random depth map (a smooth field through a sigmoid of
 random steepness 2-30, so some pairs have wide half-defocused regions, others near-binary ones; each image
 focused at one end of the depth range, blur radius up to 2-6 px). Synthetic *train* pairs by default, so
 that nothing here is tuned on the test pairs.
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 from kornia.filters import filter2d
-from pseudolabel_report import _psnr, _ssim
 
 from fusionfm.color import recombine
-from fusionfm.priors import focus_map_fusion, priors_for, run_prior
-from fusionfm.selection import SELECTION_WEIGHTS, candidate_metrics, weighted_scores
-from fusionfm.synthetic import SyntheticPairs, _smooth_field, _uniform, disk_kernel, pair_generator, quantise
+from fusionfm.evaluation.reference import psnr_to_truth, ssim_to_truth
+from fusionfm.labels.priors import focus_map_fusion, priors_for, run_prior
+from fusionfm.labels.selection import SELECTION_WEIGHTS, candidate_metrics, weighted_scores
+from fusionfm.labels.synthetic import SyntheticPairs, _smooth_field, _uniform, disk_kernel, pair_generator, quantise
 from fusionfm.tasks import get_task
 
 SEARCHED_METRICS = ("Qabf", "VIF", "MI", "SSIM", "SCD", "CC", "EN", "SD", "SF", "AG", "PSNR")
@@ -82,7 +82,8 @@ def collect(task: str, split: str, limit: int, data: Path, variants: bool, depth
         if variants:
             candidates |= {name: recombine(fuse(a, b), a, b, policy) for name, fuse in focus_map_variants().items()}
         candidates = {name: quantise(image) for name, image in candidates.items()}
-        closeness = {name: (_psnr(image, truth), _ssim(image, truth)) for name, image in candidates.items()}
+        closeness = {name: (psnr_to_truth(image, truth), ssim_to_truth(image, truth))
+                     for name, image in candidates.items()}
         records.append({"metrics": candidate_metrics(candidates, a, b), "closeness": closeness})
     return records
 

@@ -1,6 +1,6 @@
 """Copy the app's example pairs from shared/data into examples/ and list their sources in examples/README.md.
 
-    python scripts/bundle_examples.py [--data ../shared/data]
+    python scripts/reproduce/bundle_examples.py [--data ../shared/data]
 
 Files are byte-identical copies; the README gives each pair's dataset, source repository, commit, path and
 licence as shared/data/manifest.csv and shared/data/README.md state them.
@@ -53,7 +53,7 @@ def main() -> None:
         "# Example pairs for the app",
         "",
         "Byte-identical copies of a few public test pairs from `shared/data` (made by",
-        "`python scripts/bundle_examples.py`). File names: `<task>/<dataset>_<stem>_<modality>.<ext>`.",
+        "`python scripts/reproduce/bundle_examples.py`). File names: `<task>/<dataset>_<stem>_<modality>.<ext>`.",
         "The images belong to their authors; licences are quoted as the source repositories state them.",
         "",
         "| task | files | dataset | source repository @ commit | source paths | licence / citation |",

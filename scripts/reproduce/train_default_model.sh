@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Reproduce the bundled default model (model/): pseudo-labels for the four tasks from the training splits,
-# then the continual recipe (EWC + replay, IVF -> MIF -> MFF -> MEF) on CPU, then copy the pipeline into model/.
-# Usage: scripts/train_default_model.sh [WORK_DIR]     (WORK_DIR holds labels and the run; default ./work)
+# Reproduce the bundled default model (fusionfm/default_model/): pseudo-labels for the four tasks from the training splits,
+# then the continual recipe (EWC + replay, IVF -> MIF -> MFF -> MEF) on CPU, then copy the pipeline into fusionfm/default_model/.
+# Usage: scripts/reproduce/train_default_model.sh [WORK_DIR]     (WORK_DIR holds labels and the run; default ./work)
 # Every step resumes where a killed run stopped: re-run the same command.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 WORK=${1:-work}
 DATA=../shared/data
 mkdir -p "$WORK"
@@ -31,8 +31,9 @@ OMP_NUM_THREADS=1 python training/train.py --data_root "$DATA" \
   --resume_from_checkpoint latest --no_progress --seed 0 --output_dir "$WORK/run"
 
 # 3. The bundled copy: the pipeline files plus the run's evidence.
-rm -rf model.partial && mkdir -p model.partial
-cp -r "$WORK/run/model_index.json" "$WORK/run/unet" "$WORK/run/scheduler" model.partial/
-cp "$WORK/run/continual.csv" "$WORK/run/training_summary.json" model.partial/
-rm -rf model && mv model.partial model
-du -sh model
+BUNDLED=fusionfm/default_model
+rm -rf "$BUNDLED.partial" && mkdir -p "$BUNDLED.partial"
+cp -r "$WORK/run/model_index.json" "$WORK/run/unet" "$WORK/run/scheduler" "$WORK/run/image_processor" "$BUNDLED.partial/"
+cp "$WORK/run/continual.csv" "$WORK/run/training_summary.json" "$BUNDLED.partial/"
+rm -rf "$BUNDLED" && mv "$BUNDLED.partial" "$BUNDLED"
+du -sh "$BUNDLED"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy.fft import next_fast_len
 
-from .color import luminance
+from ..color import luminance
 
 METRIC_NAMES = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "MSE", "CC", "PSNR")
 HIGHER_IS_BETTER = {name: name != "MSE" for name in METRIC_NAMES}

@@ -2,7 +2,7 @@
 
 Every model is scored on the same pairs as the training script's R matrix (``evaluation_pairs``: COUNT test
 pairs per task taken in turn from each data set, long side RESOLUTION px).
-Usage: python scripts/ablations.py NAME=MODEL_DIR[@STEPS] ... [--pairs 16] [--resolution 256]
+Usage: python scripts/reports/ablations.py NAME=MODEL_DIR[@STEPS] ... [--pairs 16] [--resolution 256]
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import torch
 
 from fusionfm import FusionFMPipeline
 from fusionfm.color import luminance
-from fusionfm.evaluate import QUALITY_METRICS, evaluation_pairs, quality_score
+from fusionfm.evaluation.baseline import average_255
+from fusionfm.evaluation.metrics import to_gray_255
+from fusionfm.evaluation.quality import QUALITY_METRICS, evaluation_pairs, quality_score
 
 TASKS = ("IVF", "MIF", "MEF", "MFF")
 
@@ -28,9 +30,11 @@ def main() -> None:
     pairs = {task: evaluation_pairs(args.data, task, args.pairs, args.resolution) for task in TASKS}
     print("| variant | " + " | ".join(f"{task} Qabf | {task} quality" for task in TASKS) + " | mean quality |")
     print("|---|" + "---:|" * (2 * len(TASKS) + 1))
-    averages = {task: sum(float(QUALITY_METRICS["Qabf"](*[(x.double() * 255).round() for x in
-                                                         ((p.image_a + p.image_b) / 2, p.image_a, p.image_b)]))
-                          for p in pairs[task]) / len(pairs[task]) for task in TASKS}
+    def average_qabf(pair) -> float:
+        gray_a, gray_b = to_gray_255(pair.image_a), to_gray_255(pair.image_b)
+        return float(QUALITY_METRICS["Qabf"](average_255(gray_a, gray_b), gray_a, gray_b))
+
+    averages = {task: sum(average_qabf(p) for p in pairs[task]) / len(pairs[task]) for task in TASKS}
     print("| plain average | " + " | ".join(f"{averages[task]:.3f} | 1.000" for task in TASKS) + " | 1.000 |")
     for spec in args.models:
         name, _, path = spec.partition("=")
@@ -44,7 +48,7 @@ def main() -> None:
                     fused = luminance(pipeline(pair.image_a, pair.image_b, task=pair.task,
                                                num_inference_steps=int(steps or 1), processing_resolution=0,
                                                output_type="pt", show_progress_bar=False).images)
-                as_255 = [(x.double() * 255).round().clamp(0, 255) for x in (fused, pair.image_a, pair.image_b)]
+                as_255 = [to_gray_255(x) for x in (fused, pair.image_a, pair.image_b)]
                 qabf += float(QUALITY_METRICS["Qabf"](*as_255)) / len(pairs[task])
                 quality += float(quality_score(fused, pair.image_a, pair.image_b)) / len(pairs[task])
             cells.append(f"{qabf:.3f} | {quality:.3f}")

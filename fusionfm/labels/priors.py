@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import box_blur, gaussian_blur2d, guided_blur, laplacian, median_blur
 
-from .color import luminance, recombine
-from .image_processor import FusionImageProcessor
-from .tasks import FAMILIES, FusionTask, get_task
+from ..color import luminance, recombine
+from ..image_processor import FusionImageProcessor
+from ..tasks import FAMILIES, FusionTask, get_task
 
 Fuser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

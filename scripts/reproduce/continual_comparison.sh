@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The continual-learning comparison of docs/continual.md: naive sequential, EWC only, replay only,
 # EWC + replay and joint training, the same steps for each (4 tasks x STEPS steps of batch 8).
-# Usage: scripts/continual_comparison.sh LABELS_DIR OUT_DIR [STEPS]
+# Usage: scripts/reproduce/continual_comparison.sh LABELS_DIR OUT_DIR [STEPS]
 #   LABELS_DIR holds IVF-train, MIF-train, MEF-train, MFF-train (python -m fusionfm.pseudolabel outputs).
 # Re-running resumes unfinished runs from their latest checkpoint and skips finished ones.
 set -euo pipefail
 LABELS=${1:?labels folder}
 OUT=${2:?output folder}
 STEPS=${3:-300}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 COMMON=(--data_root ../shared/data
         --labels "IVF=$LABELS/IVF-train" "MIF=$LABELS/MIF-train" "MEF=$LABELS/MEF-train" "MFF=$LABELS/MFF-train"
         --tasks IVF MIF MEF MFF --steps_per_task "$STEPS" --train_batch_size 8 --resolution 128
@@ -27,4 +27,4 @@ for name in naive ewc replay ewc_replay joint; do
   # shellcheck disable=SC2086
   /usr/bin/time -f "$name: %e s" python training/train.py "${COMMON[@]}" ${VARIANTS[$name]} --output_dir "$OUT/$name"
 done
-python scripts/continual_report.py "$OUT"
+python scripts/reports/continual_report.py "$OUT"

@@ -1,6 +1,6 @@
 """Evidence for the pseudo-label builder, from output folders of ``python -m fusionfm.pseudolabel``.
 
-    python scripts/pseudolabel_report.py --synthetic OUT_MEF OUT_MFF --real OUT_IVF OUT_MIF \
+    python scripts/reports/pseudolabel_report.py --synthetic OUT_MEF OUT_MFF --real OUT_IVF OUT_MIF \
         --figure docs/pseudolabels.png > report.md
 
 (a) synthetic folders (with ``truth/``): PSNR (RGB) and SSIM (8-bit luma, data range 255) against the
@@ -23,10 +23,10 @@ import torch
 
 from fusionfm import FusionImageProcessor, get_task
 from fusionfm.datasets import find_pairs, load_pair
+from fusionfm.evaluation.reference import psnr_to_truth, ssim_to_truth
 from fusionfm.image_processor import to_pil
-from fusionfm.metrics import ssim, to_gray_255
-from fusionfm.priors import ExternalPriors, priors_for, run_prior
-from fusionfm.synthetic import quantise
+from fusionfm.labels.priors import ExternalPriors, priors_for, run_prior
+from fusionfm.labels.synthetic import quantise
 
 PROCESSOR = FusionImageProcessor()
 
@@ -44,16 +44,6 @@ def _selected(rows: list[dict]) -> dict[tuple[str, str], dict]:
     return {(row["dataset"], row["stem"]): row for row in rows if row["selected"] == "1"}
 
 
-def _psnr(image: torch.Tensor, truth: torch.Tensor) -> float:
-    image = image.expand_as(truth) if image.shape[1] == 1 else image
-    return float(10 * torch.log10(1 / ((image - truth) ** 2).mean()))
-
-
-def _ssim(image: torch.Tensor, truth: torch.Tensor) -> float:
-    gray = to_gray_255(truth)
-    return float(ssim(to_gray_255(image), gray, gray, data_range=255)) / 2  # ssim() sums two pairs
-
-
 def synthetic_table(folder: Path) -> tuple[str, dict]:
     selected = _selected(_rows(folder))
     task = get_task(next(iter(selected.values()))["task"])
@@ -68,14 +58,14 @@ def synthetic_table(folder: Path) -> tuple[str, dict]:
         # As 8-bit images, like the written labels: selection and refinement are compared on equal terms.
         candidates = {prior.name: quantise(run_prior(prior.name, a, b, task)) for prior in priors_for(task)}
         for name, image in candidates.items():
-            scores[name].append((_psnr(image, truth), _ssim(image, truth)))
-        oracle = max(candidates, key=lambda name: _psnr(candidates[name], truth))
-        scores["oracle: best prior per pair (by PSNR)"].append((_psnr(candidates[oracle], truth),
-                                                                _ssim(candidates[oracle], truth)))
+            scores[name].append((psnr_to_truth(image, truth), ssim_to_truth(image, truth)))
+        oracle = max(candidates, key=lambda name: psnr_to_truth(candidates[name], truth))
+        scores["oracle: best prior per pair (by PSNR)"].append((psnr_to_truth(candidates[oracle], truth),
+                                                                ssim_to_truth(candidates[oracle], truth)))
         chosen = candidates[row["candidate"]]
         label = _load(base / f"{stem}.png")
-        scores["stage 1: selected"].append((_psnr(chosen, truth), _ssim(chosen, truth)))
-        scores["stage 1 + 2: refined"].append((_psnr(label, truth), _ssim(label, truth)))
+        scores["stage 1: selected"].append((psnr_to_truth(chosen, truth), ssim_to_truth(chosen, truth)))
+        scores["stage 1 + 2: refined"].append((psnr_to_truth(label, truth), ssim_to_truth(label, truth)))
         picks[row["candidate"]] += 1
         refined_count += row["refined"] == "1"
         if example is None or (not example[-1] and row["refined"] == "1"):  # prefer a pair the refiner changed

@@ -1,6 +1,6 @@
-"""Collect the ranking tables that scripts/benchmark.sh wrote into one Markdown report (stdout).
+"""Collect the ranking tables that scripts/reproduce/benchmark.sh wrote into one Markdown report (stdout).
 
-Usage: python scripts/benchmark_report.py OUT [--name FusionFM]
+Usage: python scripts/reports/benchmark_report.py OUT [--name FusionFM]
 """
 
 from __future__ import annotations

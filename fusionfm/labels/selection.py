@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, fusion_metrics, to_gray_255
-from .tasks import FusionTask, get_task
+from ..evaluation.metrics import HIGHER_IS_BETTER, METRIC_NAMES, fusion_metrics, to_gray_255
+from ..tasks import FusionTask, get_task
 
 SELECTION_WEIGHTS: dict[str, dict[str, float]] = {
     "IVF": {"Qabf": 0.25, "VIF": 0.25, "MI": 0.15, "SSIM": 0.15, "SD": 0.10, "SF": 0.10},

@@ -1,7 +1,7 @@
 """One figure per task for the README and the model card: the two inputs, FusionFM's fusion and the fusions of
-the two best-ranked other methods of that data set's benchmark table (scripts/benchmark.sh).
+the two best-ranked other methods of that data set's benchmark table (scripts/reproduce/benchmark.sh).
 
-Usage: python scripts/benchmark_figures.py BENCHMARK_OUT [--out docs/figures]
+Usage: python scripts/reports/benchmark_figures.py BENCHMARK_OUT [--out docs/figures]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import PIL.ImageDraw
 
 from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.image_processor import FusionImageProcessor
-from fusionfm.priors import ExternalPriors, run_prior
+from fusionfm.labels.priors import ExternalPriors, run_prior
 
 # (task, data set, pair): one representative test pair per task.
 FIGURES = [("IVF", "VIFB", None), ("MIF", "Harvard_MRI_PET", None), ("MEF", "MEFB", None), ("MFF", "MFIFB", None)]

@@ -1,6 +1,6 @@
 """Qabf of models against the plain average on real multi-exposure pairs (MEFB test split).
 
-    python scripts/mef_qabf.py COUNT MODEL [MODEL ...] [--data ../shared/data]
+    python scripts/experiments/mef_qabf.py COUNT MODEL [MODEL ...] [--data ../shared/data]
 
 For the first COUNT MEFB test pairs (sorted by stem), at full resolution, one step, default precision:
 prints the mean Qabf of the plain average and of every model, and on how many pairs each model's Qabf is
@@ -13,7 +13,8 @@ import argparse
 
 from fusionfm import FusionFMPipeline
 from fusionfm.datasets import find_pairs, load_pair
-from fusionfm.metrics import qabf, to_gray_255
+from fusionfm.evaluation.baseline import average_255
+from fusionfm.evaluation.metrics import qabf, to_gray_255
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     for pair in pairs:
         image_a, image_b = load_pair(pair)
         gray_a, gray_b = to_gray_255(image_a), to_gray_255(image_b)
-        average_scores.append(float(qabf(((gray_a + gray_b) / 2).round(), gray_a, gray_b)))
+        average_scores.append(float(qabf(average_255(gray_a, gray_b), gray_a, gray_b)))
         for name, pipeline in pipelines.items():
             fused = pipeline(image_a, image_b, task="MEF", output_type="pt").images
             model_scores[name].append(float(qabf(to_gray_255(fused), gray_a, gray_b)))

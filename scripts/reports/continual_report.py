@@ -1,6 +1,6 @@
 """Markdown tables of a continual-learning comparison: R[i][j] per variant, then ACC and BWT side by side.
 
-    python scripts/continual_report.py OUT_DIR      (OUT_DIR/<variant>/continual.csv from training/train.py)
+    python scripts/reports/continual_report.py OUT_DIR      (OUT_DIR/<variant>/continual.csv from training/train.py)
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ Given a selected label P and its sources a, b (luminance, (B, 1, H, W) in [0, 1]
 4. protect: a residual goes in only where the detail deficit |HF(x)| - |HF(P)| exceeds ``threshold``
    (c), the source's detail stands above its noise floor, and the result would not clip; ``strength``
    (alpha) scales what goes in;
-5. reintegrate and clip. :func:`refine_label` re-scores and keeps the refined label only if the
-   selection score does not drop.
+5. reintegrate and clip. The label builder re-scores and keeps the refined label only if the selection
+   score does not drop (:func:`fusionfm.labels.builder.score_refinement`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ from kornia.filters import gaussian_blur2d
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .color import luminance
-from .selection import SELECTION_WEIGHTS, candidate_metrics, weighted_scores
-from .tasks import get_task
+from ..color import luminance
 
 
 @dataclass
@@ -123,7 +121,7 @@ def train_decomposer(pairs: list[tuple[torch.Tensor, torch.Tensor]], config: Ref
 
 def save_decomposer(net: DecompositionNet, path: Path, config: RefinerConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.tmp")  # atomic: safetensors writes the file itself
     save_file(net.state_dict(), str(temporary), metadata={k: str(v) for k, v in asdict(config).items()})
     temporary.replace(path)
 
@@ -171,27 +169,16 @@ def refine_luminance(
     return torch.where(clipping, label, refined)
 
 
-def refine_label(
-    label: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, task: str,
-    net: DecompositionNet, config: RefinerConfig, other_metrics: dict[str, dict[str, float]] | None = None,
-) -> tuple[torch.Tensor, bool, float, float]:
-    """Refine a selected label (1, C, H, W) and keep it only if its selection score does not drop.
+def refine_image(
+    label: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, net: DecompositionNet, config: RefinerConfig
+) -> torch.Tensor:
+    """Steps 1-5 on a label (1, C, H, W) in [0, 1] with sources (1, C, H, W): the refined label, same shape.
 
-    The score is the task's weighted selection score, normalised over the pair's other candidates
-    (``other_metrics``: name -> their metrics, as stage 1 computed them) plus the label before and after
-    refinement.
-
-    Returns (label to keep, whether it is the refined one, score before, score after).
+    Luminance is refined; a colour label keeps its chroma. Whether the refined label is better is the
+    label builder's decision (:func:`fusionfm.labels.builder.score_refinement`).
     """
     refined_y = refine_luminance(luminance(label), luminance(image_a), luminance(image_b), net, config)
-    if label.shape[1] == 3:
-        ycbcr = rgb_to_ycbcr(label)
-        refined = ycbcr_to_rgb(torch.cat([refined_y, ycbcr[:, 1:]], dim=1)).clamp(0, 1)
-    else:
-        refined = refined_y
-    pool = {**(other_metrics or {}),
-            **candidate_metrics({"__before__": label, "__after__": refined}, image_a, image_b)}
-    scores = weighted_scores(pool, SELECTION_WEIGHTS[get_task(task).family])
-    before, after = scores["__before__"], scores["__after__"]
-    keep_refined = after >= before
-    return (refined if keep_refined else label), keep_refined, before, after
+    if label.shape[1] != 3:
+        return refined_y
+    ycbcr = rgb_to_ycbcr(label)
+    return ycbcr_to_rgb(torch.cat([refined_y, ycbcr[:, 1:]], dim=1)).clamp(0, 1)

@@ -4,7 +4,7 @@ Every label the Fusion Refiner changed (``refined`` = 1 in labels.csv) is replac
 that stage 1 selected, recomputed from the sources; every other label and the synthetic sources are copied.
 The result trains with ``training/train.py --labels TASK=OUT`` like the original.
 
-Usage: python scripts/selection_only_labels.py LABELS_DIR OUT_DIR [--data ../shared/data]
+Usage: python scripts/experiments/selection_only_labels.py LABELS_DIR OUT_DIR [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import csv
 import shutil
 from pathlib import Path
 
-from fusionfm.datasets import LabelledPairs
-from fusionfm.image_processor import FusionImageProcessor, save_png_atomically
-from fusionfm.priors import PRIORS, run_prior
+from fusionfm.atomic import save_png_atomic
+from fusionfm.image_processor import FusionImageProcessor
+from fusionfm.labels.priors import PRIORS, run_prior
+from fusionfm.training.datasets import LabelledPairs
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
             if row["candidate"] not in PRIORS:
                 raise SystemExit(f"{pair.dataset}/{pair.stem}: selected {row['candidate']!r} is not a built-in prior.")
             image_a, image_b = processor.load(pair.path_a), processor.load(pair.path_b)
-            save_png_atomically(run_prior(row["candidate"], image_a[None], image_b[None], pair.task)[0], target)
+            save_png_atomic(run_prior(row["candidate"], image_a[None], image_b[None], pair.task)[0], target)
             recomputed += 1
         else:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,138 @@
+"""Pickle-free, atomic, resumable training checkpoints (safetensors + JSON).
+
+A checkpoint ``<output_dir>/checkpoint-<step>/`` holds ``model.safetensors``, ``optimizer.safetensors``,
+``ewc.safetensors`` and ``state.json`` (training state, optimiser hyper-parameters, LR schedule, replay
+buffer, the run's arguments and every file's size). It is written to a hidden folder renamed into place
+once ``state.json`` (written last) is in, so a killed run never leaves a checkpoint that looks complete.
+Unlike accelerate's ``save_state`` nothing is pickled, so loading a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..atomic import fsync_file, staged_folder
+from .continual import ElasticWeightConsolidation, ReplayBuffer
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint restores besides tensors: position in the schedule and results so far."""
+
+    step: int = 0
+    quality: list[list[float]] = field(default_factory=list)  # R[i][j], one row per finished stage
+    stage_names: list[str] = field(default_factory=list)
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler,
+                    ewc: ElasticWeightConsolidation, replay: ReplayBuffer, state: TrainingState,
+                    run_config: dict[str, Any]) -> None:
+    """Write a checkpoint atomically; ``run_config`` (JSON-serialisable, e.g. the arguments) is kept for reference."""
+    with staged_folder(folder) as partial:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, partial / "model.safetensors")
+        optimizer_state = optimizer.state_dict()
+        save_file({f"{index}.{key}": value for index, values in optimizer_state["state"].items()
+                   for key, value in values.items()}, partial / "optimizer.safetensors")
+        save_file(ewc.state_dict(), partial / "ewc.safetensors")
+        files = {name: (partial / name).stat().st_size
+                 for name in ("model.safetensors", "optimizer.safetensors", "ewc.safetensors")}
+        for name in files:
+            fsync_file(partial / name)
+        meta = {
+            "training_state": asdict(state),
+            "optimizer_param_groups": optimizer_state["param_groups"],
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "replay": replay.state_dict(),
+            "args": run_config,
+            "files": files,
+        }
+        (partial / "state.json").write_text(json.dumps(meta, indent=1))
+        fsync_file(partial / "state.json")
+
+
+def checkpoint_is_complete(folder: Path) -> bool:
+    """True when ``state.json`` parses and every file it lists exists with the recorded size."""
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        return all((folder / name).stat().st_size == size for name, size in meta["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (incomplete ones are skipped with a warning)."""
+    found = []
+    for folder in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = folder.name[len(CHECKPOINT_PREFIX):]
+        if not (folder.is_dir() and suffix.isdigit()):
+            continue
+        if checkpoint_is_complete(folder):
+            found.append((int(suffix), folder))
+        else:
+            logger.warning("%s is incomplete (interrupted while writing?); ignoring it.", folder)
+    return [folder for _, folder in sorted(found)]
+
+
+def prune_checkpoints(output_dir: Path, limit: int | None) -> None:
+    """Delete the oldest complete checkpoints beyond ``limit`` (None: keep all)."""
+    if limit is None:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    for folder in checkpoints[: max(len(checkpoints) - limit, 0)]:
+        shutil.rmtree(folder)
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler,
+                    ewc: ElasticWeightConsolidation, replay: ReplayBuffer) -> TrainingState:
+    """Restore everything :func:`save_checkpoint` wrote; returns the training state."""
+    if not checkpoint_is_complete(folder):
+        raise ValueError(f"{folder} is not a complete checkpoint (no valid state.json, or files missing).")
+    meta = json.loads((folder / "state.json").read_text())
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(folder / "optimizer.safetensors").items():
+        index, name = key.split(".", 1)
+        optimizer_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["optimizer_param_groups"]})
+    lr_scheduler.load_state_dict(meta["lr_scheduler"])
+    ewc.load_state_dict(load_file(folder / "ewc.safetensors"))
+    replay.load_state_dict(meta["replay"])
+    return TrainingState(**meta["training_state"])
+
+
+def resolve_resume(output_dir: Path, requested: str) -> Path | None:
+    """The checkpoint to resume from: ``requested`` itself, or for ``"latest"`` the newest complete one (None
+    if there is none yet).
+
+    Raises:
+        ValueError: ``requested`` names a folder that is not a complete checkpoint.
+    """
+    if requested != "latest":
+        folder = Path(requested)
+        if not checkpoint_is_complete(folder):
+            raise ValueError(f"--resume_from_checkpoint {folder} is not a complete checkpoint.")
+        return folder
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes: equal across processes when DDP kept them in sync."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,129 @@
+"""Pseudo-labelled training pairs (folders written by ``python -m fusionfm.pseudolabel``), as luminance."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..color import luminance
+from ..datasets import PairRecord, find_pairs, task_matches
+from ..image_processor import FusionImageProcessor
+from ..tasks import FusionTask, get_task
+
+
+@dataclass(frozen=True)
+class LabelledPair:
+    """A training pair with its pseudo-label: where the three files are."""
+
+    task: FusionTask
+    dataset: str
+    stem: str
+    path_a: Path
+    path_b: Path
+    path_label: Path
+
+
+class LabelledPairs(torch.utils.data.Dataset):
+    """Source pairs with their pseudo-labels, as luminance, for training.
+
+    Reads a folder written by ``python -m fusionfm.pseudolabel``: the selected rows of ``labels.csv`` name
+    the pairs; real sources come from ``data_root``, synthetic ones from the folder's ``sources/``.
+    Images are decoded on first use and kept as 8-bit luminance (a third of a float copy's memory;
+    the labels are 8-bit anyway).
+
+    Args:
+        labels_dir: the pseudo-label folder.
+        data_root: the ``shared/data`` folder with the real sources (unused for synthetic labels).
+        task: keep only this task's pairs (a family name such as ``"MIF"`` keeps all its variants).
+
+    Items are dicts of ``image_a``, ``image_b``, ``target``: (1, H, W) uint8, and ``task_id``: int.
+    """
+
+    def __init__(self, labels_dir: str | Path, data_root: str | Path | None = None,
+                 task: str | FusionTask | None = None) -> None:
+        self.labels_dir = Path(labels_dir)
+        table = self.labels_dir / "labels.csv"
+        if not table.is_file():
+            raise FileNotFoundError(
+                f"No labels.csv in {self.labels_dir}; build pseudo-labels first (python -m fusionfm.pseudolabel)."
+            )
+        requested = get_task(task) if task is not None else None
+        with table.open(newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if row["selected"] == "1"]
+        rows = [row for row in rows if requested is None or task_matches(get_task(row["task"]), requested)]
+        if not rows:
+            raise ValueError(f"{table} holds no finished labels" + (f" for {requested.name}." if requested else "."))
+        sources: dict[tuple[str, str], PairRecord] = {}
+        real = [row for row in rows if not (self.labels_dir / row["dataset"] / "sources").is_dir()]
+        if real:
+            if data_root is None:
+                raise ValueError(f"{table} labels real pairs; pass the data root that holds their sources.")
+            for family, split in sorted({(get_task(row["task"]).family, row["split"]) for row in real}):
+                sources |= {(p.dataset, p.stem): p for p in find_pairs(data_root, family, split)}
+        self.pairs = [self._locate(row, sources) for row in sorted(rows, key=lambda r: (r["dataset"], r["stem"]))]
+        self._processor = FusionImageProcessor()
+        self._cache: dict[int, dict[str, torch.Tensor]] = {}
+
+    def _locate(self, row: dict[str, str], sources: dict[tuple[str, str], PairRecord]) -> LabelledPair:
+        task, dataset, stem = get_task(row["task"]), row["dataset"], row["stem"]
+        label = self.labels_dir / dataset / f"{stem}.png"
+        synthetic = self.labels_dir / dataset / "sources"
+        if synthetic.is_dir():
+            path_a = synthetic / task.modality_a / f"{stem}.png"
+            path_b = synthetic / task.modality_b / f"{stem}.png"
+        elif (dataset, stem) in sources:
+            path_a, path_b = sources[(dataset, stem)].path_a, sources[(dataset, stem)].path_b
+        else:
+            raise ValueError(f"{dataset}/{stem} has a label in {self.labels_dir} but no source pair in the data root.")
+        return LabelledPair(task, dataset, stem, path_a, path_b, label)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        if index not in self._cache:
+            pair = self.pairs[index]
+            images = [self._processor.load(path) for path in (pair.path_a, pair.path_b, pair.path_label)]
+            if len({tuple(image.shape[-2:]) for image in images}) != 1:
+                raise ValueError(f"{pair.dataset}/{pair.stem}: sources and label differ in size.")
+            gray = [(luminance(image[None])[0] * 255).round().to(torch.uint8) for image in images]
+            self._cache[index] = {"image_a": gray[0], "image_b": gray[1], "target": gray[2]}
+        return {**self._cache[index], "task_id": self.pairs[index].task.class_id}
+
+    def random_crop(self, index: int, size: int, generator: torch.Generator, flip: bool = True) -> dict:
+        """A random ``size`` x ``size`` crop of one item as float in [0, 1] (edge-padded when smaller),
+        flipped left-right with probability 1/2 when ``flip``."""
+        item = self[index]
+        stacked = torch.cat([item["image_a"], item["image_b"], item["target"]]).float()[None] / 255.0
+        height, width = stacked.shape[-2:]
+        if height < size or width < size:
+            stacked = F.pad(stacked, (0, max(size - width, 0), 0, max(size - height, 0)), mode="replicate")
+            height, width = stacked.shape[-2:]
+        top = int(torch.randint(height - size + 1, (1,), generator=generator))
+        left = int(torch.randint(width - size + 1, (1,), generator=generator))
+        crop = stacked[0, :, top : top + size, left : left + size]
+        if flip and bool(torch.rand((), generator=generator) < 0.5):
+            crop = crop.flip(-1)
+        return {"image_a": crop[0:1], "image_b": crop[1:2], "target": crop[2:3], "task_id": item["task_id"]}
+
+
+def parse_label_folders(items: list[str]) -> dict[str, Path]:
+    """``["IVF=labels/IVF", ...]`` -> {task family: folder}.
+
+    Raises:
+        ValueError: an item is not TASK=DIR, names an unknown task, or a family twice.
+    """
+    folders = {}
+    for item in items:
+        task, separator, folder = item.partition("=")
+        if not separator or not folder:
+            raise ValueError(f"--labels takes TASK=DIR items, got {item!r}.")
+        family = get_task(task).family
+        if family in folders:
+            raise ValueError(f"--labels names {family} twice.")
+        folders[family] = Path(folder)
+    return folders
