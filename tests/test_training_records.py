@@ -36,8 +36,9 @@ def test_quality_csv_and_markdown_carry_acc_and_bwt(tmp_path):
 
 
 def test_model_card_has_hub_metadata_recipe_and_results(tmp_path):
-    card = render_model_card(["IVF", "MIF"], False, 2000, 8, {"learning_rate": 0.001, "ewc_lambda": 2000},
-                             QUALITY, ["IVF", "MIF"], 8, 256, "user/fusionfm")
+    settings = {"tasks": ["IVF", "MIF"], "joint": False, "train_batch_size": 8, "eval_pairs": 8,
+                "eval_resolution": 256, "learning_rate": 0.001, "ewc_lambda": 2000, "hub_token": "secret"}
+    card = render_model_card(settings, 2000, QUALITY, ["IVF", "MIF"], "user/fusionfm")
     path = write_model_card(tmp_path, card)
     text = path.read_text()
     metadata = yaml.safe_load(text.split("---")[1])
@@ -47,3 +48,4 @@ def test_model_card_has_hub_metadata_recipe_and_results(tmp_path):
     assert 'FusionFMPipeline.from_pretrained("user/fusionfm")' in text
     assert "| `learning_rate` | `0.001` |" in text and "| `ewc_lambda` | `2000` |" in text
     assert "| MIF | 1.000 | 1.100 |" in text and "ACC = 1.050" in text
+    assert "secret" not in text and "hub_token" not in text

@@ -1,24 +1,16 @@
 #!/usr/bin/env python
 """Train FusionFM: flow matching over the fusion tasks, one after another, with EWC and experience replay.
 
-    accelerate launch training/train.py --data_root ../shared/data \\
-        --labels IVF=labels/IVF MIF=labels/MIF MEF=labels/MEF MFF=labels/MFF \\
-        --tasks IVF MIF MEF MFF --steps_per_task 1000 --ewc_lambda 1000 --replay_per_task 64 \\
+    accelerate launch training/train.py --data_root ../shared/data --labels IVF=labels/IVF MIF=labels/MIF \\
+        MEF=labels/MEF MFF=labels/MFF --steps_per_task 1000 --ewc_lambda 1000 --replay_per_task 64 \\
         --output_dir runs/fusionfm
 
-Also runs as ``python training/train.py ...`` (one process) and as
-``accelerate launch --multi_gpu --num_processes 2 ...``: two gloo processes on a CPU machine, NCCL on GPUs.
-
-Each step draws a batch of random crops of the current task's pairs (per process), mixes in a share of
-replayed samples of earlier tasks, and minimises the flow-matching loss ``|v_theta(x_t, t, a, b, task) -
-(x1 - x0)|^2`` plus the EWC penalty. After every task: the Fisher of that task is folded into EWC, a
-quota of its samples enters the replay buffer, every task's test quality is measured (one row of the
-matrix R), and the pipeline is saved. ``--joint`` trains on all tasks at once for the same total steps
-(the upper-bound baseline).
-
-Checkpoints (``output_dir/checkpoint-<step>``, :mod:`fusionfm.training.checkpoints`) hold safetensors and
-JSON only, no pickle, written atomically; resume takes the newest complete one. Randomness is derived from
-(seed, process, step), so a resumed run draws the same batches as an uninterrupted one.
+Also runs as ``python training/train.py`` and as ``accelerate launch --multi_gpu --num_processes 2`` (gloo on
+a CPU machine, NCCL on GPUs). Each step: random crops of the current task (plus replayed samples of earlier
+tasks), flow-matching loss plus the EWC penalty. After each task: its Fisher into EWC, its replay quota, one
+row of the quality matrix R, the pipeline saved. ``--joint`` trains on all tasks at once (the upper bound).
+Checkpoints (:mod:`fusionfm.training.checkpoints`) are pickle-free and atomic; randomness derives from (seed,
+process, step), so a resumed run draws the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -145,17 +137,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_config(args: argparse.Namespace) -> dict:
-    """The arguments as JSON values (checkpoints keep them for reference)."""
+    """The arguments as JSON values (checkpoints and the model card keep them)."""
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     return config | {"labels": {task: str(folder) for task, folder in args.labels.items()}}
 
 
 def model_card(args: argparse.Namespace, state: TrainingState, num_processes: int, load_from: str):
-    hidden = ("hub_token", "labels", "no_progress", "output_dir")
-    settings = {key: value for key, value in vars(args).items() if key not in hidden}
-    settings |= {"labels": run_config(args)["labels"], "num_processes": num_processes}
-    return render_model_card(args.tasks, args.joint, state.step, args.train_batch_size, settings, state.quality,
-                             state.stage_names, args.eval_pairs, args.eval_resolution, load_from)
+    settings = run_config(args) | {"num_processes": num_processes}
+    return render_model_card(settings, state.step, state.quality, state.stage_names, load_from)
 
 
 def main(argv: list[str] | None = None) -> int:

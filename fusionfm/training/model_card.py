@@ -21,16 +21,26 @@ CARD_DATA = dict(
 )
 
 
-def render_model_card(tasks: list[str], joint: bool, steps: int, batch_size: int, settings: dict[str, Any],
-                      quality: list[list[float]], stage_names: list[str], eval_pairs: int, eval_resolution: int,
+HIDDEN_SETTINGS = ("hub_token", "no_progress", "output_dir")
+"""Run settings left out of the card: secrets and local plumbing."""
+
+
+def render_model_card(settings: dict[str, Any], steps: int, quality: list[list[float]], stage_names: list[str],
                       load_from: str) -> ModelCard:
-    """The card of a trained pipeline: Hub metadata, usage (loading ``load_from``), the recipe (``settings``,
-    one table row each) and the quality matrix R[i][j] (``quality``, one row per entry of ``stage_names``)."""
+    """The card of a trained pipeline: Hub metadata, usage (loading ``load_from``), the recipe and the quality
+    matrix R[i][j] (``quality``, one row per entry of ``stage_names``).
+
+    ``settings`` are the training script's arguments (``tasks``, ``joint``, ``train_batch_size``, ``eval_pairs``
+    and ``eval_resolution`` are read; every setting but :data:`HIDDEN_SETTINGS` is one row of the recipe table).
+    """
+    tasks = settings["tasks"]
     return ModelCard.from_template(
         ModelCardData(**CARD_DATA), template_path=str(TEMPLATE),
-        tasks=tasks, mode="jointly" if joint else "in sequence (" + " → ".join(tasks) + ")", steps=steps,
-        batch_size=batch_size, load_from=load_from, settings=settings, eval_pairs=eval_pairs,
-        eval_resolution=eval_resolution, quality_table=quality_markdown(quality, stage_names, tasks),
+        tasks=tasks, mode="jointly" if settings["joint"] else "in sequence (" + " → ".join(tasks) + ")",
+        steps=steps, batch_size=settings["train_batch_size"], load_from=load_from,
+        settings={key: value for key, value in settings.items() if key not in HIDDEN_SETTINGS},
+        eval_pairs=settings["eval_pairs"], eval_resolution=settings["eval_resolution"],
+        quality_table=quality_markdown(quality, stage_names, tasks),
     )
 
 
