@@ -14,10 +14,15 @@ to x1_hat; measured, that residual learned a bias and noise (8 grey levels on MR
 more than it gave, so the presets leave it out. Fusion is mostly a per-pixel choice between the sources,
 and a U-Net whose last layer follows a GroupNorm reproduces source pixels only approximately: with the
 ``"velocity"`` head the first default model stayed below plain averaging on every task (model_card.md).
+``"pyramid"`` (experimental, not yet a preset) predicts such a weight per Laplacian level and a bounded
+contrast gain per detail level; x1_hat is the collapsed blended pyramid (:func:`fusionfm.pyramid.blend_pyramids`):
+band-wise fusion as the Laplacian-pyramid and guided-filter priors do it, which one convex weight per pixel
+cannot express.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,10 +30,16 @@ import torch.nn.functional as F
 from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
+from .pyramid import blend_pyramids
 from .tasks import NUM_TASK_CLASSES
 
-# Output channels per pixel of each head.
-OUTPUT_HEADS = {"velocity": 1, "weight": 1, "gated": 2}
+OUTPUT_HEADS = ("velocity", "weight", "gated", "pyramid")
+
+
+def head_channels(output_head: str, pyramid_levels: int) -> int:
+    """Output channels per pixel of a head: the pyramid head has a weight map per level and a gain map per
+    detail level."""
+    return {"velocity": 1, "weight": 1, "gated": 2, "pyramid": 2 * pyramid_levels - 1}[output_head]
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few thousand parameters, milliseconds per call.
@@ -60,7 +71,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
         time_scale: t in [0, 1] is fed to the sinusoidal time embedding as t * time_scale.
         output_head: ``"velocity"`` (the U-Net predicts v), ``"weight"`` (a per-pixel source weight) or
             ``"gated"`` (a source weight and a residual); see the module docstring.
-        min_remaining_time: the gated head divides by max(1 - t, this), so times near 1 stay bounded.
+        min_remaining_time: the weight heads divide by max(1 - t, this), so times near 1 stay bounded.
+        pyramid_levels: Laplacian levels of the ``"pyramid"`` head.
+        max_gain: the pyramid head's detail gains lie in [1 / max_gain, max_gain].
     """
 
     config_name = "config.json"
@@ -78,6 +91,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
         time_scale: float = 1000.0,
         output_head: str = "weight",
         min_remaining_time: float = 0.05,
+        pyramid_levels: int = 4,
+        max_gain: float = 2.0,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
@@ -86,7 +101,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         packed = patch_size * patch_size
         self.unet = UNet2DModel(
             in_channels=3 * packed,
-            out_channels=OUTPUT_HEADS[output_head] * packed,
+            out_channels=head_channels(output_head, pyramid_levels) * packed,
             block_out_channels=tuple(block_out_channels),
             down_block_types=("DownBlock2D",) * levels,
             up_block_types=("UpBlock2D",) * levels,
@@ -133,8 +148,14 @@ class FusionUNet(ModelMixin, ConfigMixin):
             return output
         # The gating runs in float32: under bf16 autocast a, b and x_t would lose about a grey level.
         output = output.float()
-        weight = torch.sigmoid(output[:, :1])
-        fused = weight * image_a.float() + (1 - weight) * image_b.float()
+        if self.config.output_head == "pyramid":
+            levels = self.config.pyramid_levels
+            weights = torch.sigmoid(output[:, :levels])
+            gains = torch.exp(math.log(self.config.max_gain) * torch.tanh(output[:, levels:]))
+            fused = blend_pyramids(image_a.float(), image_b.float(), weights, gains)
+        else:
+            weight = torch.sigmoid(output[:, :1])
+            fused = weight * image_a.float() + (1 - weight) * image_b.float()
         if self.config.output_head == "gated":
             fused = fused + output[:, 1:]
         remaining = (1 - t.float()).clamp_min(self.config.min_remaining_time).view(-1, 1, 1, 1)

@@ -8,7 +8,6 @@ images (B, C, H, W) in [0, 1] with C = 1 or 3, result the fused luminance (B, 1,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pywt
 import torch
-import torch.nn.functional as F
 from kornia.filters import box_blur, gaussian_blur2d, guided_blur, laplacian, median_blur
 
 from ..color import luminance, recombine
 from ..image_processor import FusionImageProcessor
+from ..pyramid import collapse, gaussian_pyramid, laplacian_pyramid, pyramid_levels
 from ..tasks import FAMILIES, FusionTask, get_task
 
 Fuser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,45 +36,6 @@ class Prior:
 
 
 # ---------------------------------------------------------------- building blocks
-def _pyramid_levels(height: int, width: int, max_levels: int = 5) -> int:
-    """Levels such that the coarsest level keeps at least 8 pixels on its short side."""
-    return max(1, min(max_levels, int(math.log2(max(min(height, width), 8) / 8)) + 1))
-
-
-def _down(image: torch.Tensor) -> torch.Tensor:
-    blurred = gaussian_blur2d(image, (5, 5), (1.0, 1.0), border_type="replicate")
-    return F.interpolate(blurred, size=((image.shape[-2] + 1) // 2, (image.shape[-1] + 1) // 2), mode="bilinear",
-                         align_corners=False)
-
-
-def _up(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return gaussian_blur2d(F.interpolate(image, size=size, mode="bilinear", align_corners=False), (5, 5), (1.0, 1.0),
-                           border_type="replicate")
-
-
-def gaussian_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """[G_0 = image, G_1, ...] each half the size of the previous (rounded up)."""
-    pyramid = [image]
-    for _ in range(levels - 1):
-        pyramid.append(_down(pyramid[-1]))
-    return pyramid
-
-
-def laplacian_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """[L_0, ..., L_{n-2}, G_{n-1}] with L_k = G_k - up(G_{k+1}); :func:`collapse` inverts it exactly."""
-    gaussians = gaussian_pyramid(image, levels)
-    details = [g - _up(g_next, tuple(g.shape[-2:])) for g, g_next in zip(gaussians[:-1], gaussians[1:], strict=True)]
-    return details + [gaussians[-1]]
-
-
-def collapse(pyramid: list[torch.Tensor]) -> torch.Tensor:
-    """Rebuild the image from :func:`laplacian_pyramid` levels."""
-    image = pyramid[-1]
-    for detail in reversed(pyramid[:-1]):
-        image = detail + _up(image, tuple(detail.shape[-2:]))
-    return image
-
-
 def _choose_max_abs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.where(x.abs() >= y.abs(), x, y)
 
@@ -94,7 +54,7 @@ def choose_max(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
 def laplacian_pyramid_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
     """Laplacian pyramid: max-abs detail coefficients, averaged base."""
     y_a, y_b = luminance(image_a), luminance(image_b)
-    levels = _pyramid_levels(*y_a.shape[-2:])
+    levels = pyramid_levels(*y_a.shape[-2:])
     pyramid_a, pyramid_b = laplacian_pyramid(y_a, levels), laplacian_pyramid(y_b, levels)
     fused = [_choose_max_abs(la, lb) for la, lb in zip(pyramid_a[:-1], pyramid_b[:-1], strict=True)]
     fused.append((pyramid_a[-1] + pyramid_b[-1]) / 2)
@@ -149,7 +109,7 @@ def exposure_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tenso
     total = weights[0] + weights[1]
     weight_a = weights[0] / total
     y_a, y_b = luminance(image_a), luminance(image_b)
-    levels = _pyramid_levels(*y_a.shape[-2:])
+    levels = pyramid_levels(*y_a.shape[-2:])
     pyramid_a, pyramid_b = laplacian_pyramid(y_a, levels), laplacian_pyramid(y_b, levels)
     pyramid_w = gaussian_pyramid(weight_a, levels)
     fused = [w * la + (1 - w) * lb for w, la, lb in zip(pyramid_w, pyramid_a, pyramid_b, strict=True)]

@@ -1,0 +1,84 @@
+"""Gaussian and Laplacian pyramids of (B, C, H, W) images (Burt-Adelson, 5x5 Gaussian, sigma 1).
+
+Shared by the pyramid prior (:mod:`fusionfm.labels.priors`) and the U-Net's pyramid output head
+(:mod:`fusionfm.unet`). :func:`collapse` inverts :func:`laplacian_pyramid` exactly (up to float rounding) for
+any size: each level is half the previous one, rounded up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+
+
+def pyramid_levels(height: int, width: int, max_levels: int = 5) -> int:
+    """Levels such that the coarsest level keeps at least 8 pixels on its short side."""
+    return max(1, min(max_levels, int(math.log2(max(min(height, width), 8) / 8)) + 1))
+
+
+def downsample(image: torch.Tensor) -> torch.Tensor:
+    """Blur, then halve (B, C, H, W) -> (B, C, ceil(H / 2), ceil(W / 2))."""
+    blurred = gaussian_blur2d(image, (5, 5), (1.0, 1.0), border_type="replicate")
+    return F.interpolate(blurred, size=((image.shape[-2] + 1) // 2, (image.shape[-1] + 1) // 2), mode="bilinear",
+                         align_corners=False)
+
+
+def upsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize (B, C, h, w) to ``size`` and blur."""
+    return gaussian_blur2d(F.interpolate(image, size=size, mode="bilinear", align_corners=False), (5, 5), (1.0, 1.0),
+                           border_type="replicate")
+
+
+def gaussian_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """[G_0 = image, G_1, ...] each half the size of the previous (rounded up)."""
+    pyramid = [image]
+    for _ in range(levels - 1):
+        pyramid.append(downsample(pyramid[-1]))
+    return pyramid
+
+
+def laplacian_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """[L_0, ..., L_{n-2}, G_{n-1}] with L_k = G_k - up(G_{k+1}); :func:`collapse` inverts it exactly."""
+    gaussians = gaussian_pyramid(image, levels)
+    details = [g - upsample(g_next, tuple(g.shape[-2:])) for g, g_next in zip(gaussians[:-1], gaussians[1:],
+                                                                                strict=True)]
+    return details + [gaussians[-1]]
+
+
+def collapse(pyramid: list[torch.Tensor]) -> torch.Tensor:
+    """Rebuild the image from :func:`laplacian_pyramid` levels."""
+    image = pyramid[-1]
+    for detail in reversed(pyramid[:-1]):
+        image = detail + upsample(image, tuple(detail.shape[-2:]))
+    return image
+
+
+def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, weights: torch.Tensor,
+                   gains: torch.Tensor) -> torch.Tensor:
+    """Band-wise fusion: per Laplacian level k, w_k a_k + (1 - w_k) b_k, detail levels times a gain g_k.
+
+    Args:
+        image_a, image_b: (B, 1, H, W) sources.
+        weights: (B, L, H, W) source-a weights in [0, 1], one full-resolution map per level (level k uses the
+            map averaged down to its size); L is the number of levels.
+        gains: (B, L - 1, H, W) positive gains of the detail levels (1 leaves the contrast as it is).
+
+    Returns:
+        (B, 1, H, W) the collapsed fused pyramid. With every weight 1 (0) and every gain 1 it is a (b) itself.
+    """
+    levels = weights.shape[1]
+    if gains.shape[1] != levels - 1:
+        raise ValueError(f"{levels} weight maps need {levels - 1} gain maps, got {gains.shape[1]}.")
+    pyramid_a, pyramid_b = laplacian_pyramid(image_a, levels), laplacian_pyramid(image_b, levels)
+    fused = []
+    for level, (band_a, band_b) in enumerate(zip(pyramid_a, pyramid_b, strict=True)):
+        size = tuple(band_a.shape[-2:])
+        weight = F.adaptive_avg_pool2d(weights[:, level : level + 1], size)
+        band = weight * band_a + (1 - weight) * band_b
+        if level < levels - 1:
+            band = band * F.adaptive_avg_pool2d(gains[:, level : level + 1], size)
+        fused.append(band)
+    return collapse(fused)

@@ -1,0 +1,62 @@
+"""fusionfm.pyramid: exact reconstruction and band-wise blending; the U-Net's pyramid head built on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusionfm import FusionImageProcessor, build_unet
+from fusionfm.color import luminance
+from fusionfm.pyramid import blend_pyramids, collapse, laplacian_pyramid, pyramid_levels
+
+
+@pytest.fixture(scope="module")
+def sources(real_pair):
+    processor = FusionImageProcessor()
+    ir, vi = real_pair("IVF")
+    a, b = (luminance(processor.to_tensor_list(image)[0][None]) for image in (ir, vi))
+    return a[..., :96, :120], b[..., :96, :120]
+
+
+def test_collapse_inverts_the_laplacian_pyramid_at_odd_sizes(sources):
+    a = sources[0][..., :77, :101]
+    torch.testing.assert_close(collapse(laplacian_pyramid(a, 4)), a, atol=1e-5, rtol=0)
+    assert pyramid_levels(77, 101) == 4 and pyramid_levels(4, 4) == 1
+
+
+def test_saturated_weights_and_unit_gains_reproduce_each_source(sources):
+    a, b = sources
+    ones, unit_gains = torch.ones(1, 4, *a.shape[-2:]), torch.ones(1, 3, *a.shape[-2:])
+    torch.testing.assert_close(blend_pyramids(a, b, ones, unit_gains), a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(blend_pyramids(a, b, 0 * ones, unit_gains), b, atol=1e-5, rtol=0)
+
+
+def test_band_wise_weights_take_each_band_from_its_source(sources):
+    a, b = sources
+    weights = torch.zeros(1, 3, *a.shape[-2:])
+    weights[:, 0] = 1  # the finest band from a, the rest from b
+    fused = blend_pyramids(a, b, weights, torch.ones(1, 2, *a.shape[-2:]))
+    bands_a, bands_b = laplacian_pyramid(a, 3), laplacian_pyramid(b, 3)
+    torch.testing.assert_close(fused, collapse([bands_a[0], bands_b[1], bands_b[2]]), atol=1e-6, rtol=0)
+    doubled = blend_pyramids(a, b, weights, torch.full((1, 2, *a.shape[-2:]), 2.0))
+    torch.testing.assert_close(doubled, collapse([2 * bands_a[0], 2 * bands_b[1], bands_b[2]]), atol=1e-6, rtol=0)
+    assert (doubled - fused).abs().mean() > 0.005  # the gains really raise the detail
+    with pytest.raises(ValueError, match="3 weight maps need 2 gain maps"):
+        blend_pyramids(a, b, weights, torch.ones(1, 3, *a.shape[-2:]))
+
+
+def test_the_pyramid_head_maps_its_outputs_to_weights_and_bounded_gains(sources):
+    a, b = (x[..., :96, :112] for x in sources)
+    torch.manual_seed(0)
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, max_gain=2.0)
+    assert unet.unet.conv_out.out_channels == 5  # 3 weights + 2 gains
+    logits = torch.tensor([10.0, -10.0, -10.0, 0.5, 0.0])  # fine band from a, the rest from b; finer gain > 1
+    torch.nn.init.zeros_(unet.unet.conv_out.weight)
+    with torch.no_grad():
+        unet.unet.conv_out.bias.copy_(logits)
+    x0 = (a + b) / 2
+    velocity = unet(x0, a, b, torch.zeros(1), torch.zeros(1, dtype=torch.long))
+    weights = torch.sigmoid(logits[:3]).view(1, 3, 1, 1).expand(1, 3, 96, 112)
+    gains = (2.0 ** torch.tanh(logits[3:])).view(1, 2, 1, 1).expand(1, 2, 96, 112)
+    expected = blend_pyramids(a, b, weights, gains)
+    torch.testing.assert_close(x0 + velocity, expected, atol=1e-5, rtol=0)  # one Euler step from t = 0 lands on it
