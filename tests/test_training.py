@@ -25,8 +25,6 @@ SCRIPT = REPO_ROOT / "training" / "train.py"
 STEPS_PER_TASK = 4
 
 
-
-
 @pytest.fixture(scope="module")
 def labels(tmp_path_factory) -> dict[str, Path]:
     """Real MRI-PET labels (4 training pairs) and synthetic multi-focus labels (3 pairs), stage 1 only."""

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet, get_task
 from fusionfm.atomic import write_text_atomic
-from fusionfm.evaluation.quality import evaluation_pairs, task_quality
+from fusionfm.evaluation.validation import SPLIT_FILE, validation_keys, validation_pairs, validation_quality
 from fusionfm.hub import push_folder_to_hub
 from fusionfm.scheduler import COUPLINGS, TIME_SAMPLINGS
 from fusionfm.training import checkpoints
@@ -96,8 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     continual.add_argument("--replay_share", type=float, default=0.25, help="share of each batch replayed")
 
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--eval_pairs", type=int, default=8, help="test pairs per task for R[i][j] (0: skip)")
-    evaluation.add_argument("--eval_resolution", type=int, default=256, help="long side of the test pairs")
+    evaluation.add_argument("--validation_split", type=Path, default=SPLIT_FILE,
+                            help="CSV of validation pairs: left out of training, scored for R[i][j]")
+    evaluation.add_argument("--eval_pairs", type=int, default=None,
+                            help="validation pairs per task for R[i][j] (default: all; 0: skip)")
+    evaluation.add_argument("--eval_resolution", type=int, default=256, help="long side of the validation pairs")
 
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", type=Path, required=True)
@@ -162,9 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         args.output_dir.mkdir(parents=True, exist_ok=True)
 
     try:
-        datasets = {task: LabelledPairs(args.labels[task], args.data_root, task) for task in args.tasks}
-        eval_sets = ({task: evaluation_pairs(args.data_root, task, args.eval_pairs, args.eval_resolution)
-                      for task in args.tasks} if args.eval_pairs else {})
+        held_out = validation_keys(split_file=args.validation_split)
+        datasets = {task: LabelledPairs(args.labels[task], args.data_root, task, exclude=held_out)
+                    for task in args.tasks}
+        eval_sets = ({task: validation_pairs(args.data_root, task, args.eval_resolution, args.eval_pairs,
+                                             args.validation_split) for task in args.tasks}
+                     if args.eval_pairs != 0 and main_process else {})
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     if main_process:
@@ -312,7 +318,7 @@ def finish_stage(args, stage: int, name: str, unwrapped, noise_scheduler, state:
     pipeline.set_progress_bar_config(disable=True)
     if eval_sets:
         unwrapped.eval()
-        state.quality.append([task_quality(pipeline, eval_sets[task], compute_dtype="fp32") for task in args.tasks])
+        state.quality.append([validation_quality(pipeline, eval_sets[task], "fp32") for task in args.tasks])
         unwrapped.train()
         state.stage_names.append(name)
         logger.info("After %s: quality %s", name, ", ".join(

@@ -39,12 +39,13 @@ class LabelledPairs(torch.utils.data.Dataset):
         labels_dir: the pseudo-label folder.
         data_root: the ``shared/data`` folder with the real sources (unused for synthetic labels).
         task: keep only this task's pairs (a family name such as ``"MIF"`` keeps all its variants).
+        exclude: (dataset, stem) of pairs to leave out (the validation split).
 
     Items are dicts of ``image_a``, ``image_b``, ``target``: (1, H, W) uint8, and ``task_id``: int.
     """
 
     def __init__(self, labels_dir: str | Path, data_root: str | Path | None = None,
-                 task: str | FusionTask | None = None) -> None:
+                 task: str | FusionTask | None = None, exclude: set[tuple[str, str]] | None = None) -> None:
         self.labels_dir = Path(labels_dir)
         table = self.labels_dir / "labels.csv"
         if not table.is_file():
@@ -54,7 +55,8 @@ class LabelledPairs(torch.utils.data.Dataset):
         requested = get_task(task) if task is not None else None
         with table.open(newline="") as handle:
             rows = [row for row in csv.DictReader(handle) if row["selected"] == "1"]
-        rows = [row for row in rows if requested is None or task_matches(get_task(row["task"]), requested)]
+        rows = [row for row in rows if (requested is None or task_matches(get_task(row["task"]), requested))
+                and (row["dataset"], row["stem"]) not in (exclude or set())]
         if not rows:
             raise ValueError(f"{table} holds no finished labels" + (f" for {requested.name}." if requested else "."))
         sources: dict[tuple[str, str], PairRecord] = {}

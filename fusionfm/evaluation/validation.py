@@ -1,0 +1,107 @@
+"""The validation split and the benchmark-aligned score every recipe choice is made on.
+
+``validation_split.csv`` (package data; written by ``scripts/reproduce/validation_split.py``) fixes the pairs:
+held-out training pairs of the IVF and MIF sets, held-out synthetic MEF/MFF pairs, and real exposure and focus
+brackets that no test split holds. The test splits are only for the final tables.
+
+:func:`benchmark_score` is aligned with how the benchmarks rank methods (mean rank over the nine metrics of
+:data:`~fusionfm.evaluation.ranking.RANKED_METRICS`): per metric, the share of the task's built-in priors that
+the fused image beats (ties count half), averaged over the nine metrics. 1.0 beats every built-in prior on
+every metric; 0.5 is the middle of the field. Unlike a ratio to the plain average, it does not reward staying
+close to the average.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..color import luminance
+from ..image_processor import FusionImageProcessor
+from ..labels.priors import priors_for, run_prior
+from ..labels.synthetic import SyntheticPairs
+from ..tasks import FusionTask, get_task
+from .metrics import fusion_metrics, to_gray_255
+
+SPLIT_FILE = Path(__file__).with_name("validation_split.csv")
+SCORED_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+
+
+@dataclass
+class ValidationPair:
+    """A validation pair as luminance at the validation size, (1, 1, h, w) in [0, 1], with the nine metrics of
+    every built-in prior of its task (computed once)."""
+
+    task: FusionTask
+    dataset: str
+    stem: str
+    image_a: torch.Tensor
+    image_b: torch.Tensor
+    prior_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _nine_metrics(fused: torch.Tensor, gray_a: torch.Tensor, gray_b: torch.Tensor) -> dict[str, float]:
+    values = fusion_metrics(to_gray_255(fused), gray_a, gray_b)
+    return {name: float(values[name][0]) for name in SCORED_METRICS}
+
+
+def validation_keys(task: str | FusionTask | None = None, split_file: Path = SPLIT_FILE) -> set[tuple[str, str]]:
+    """(dataset, stem) of the validation pairs (of one task family, or all); training leaves these out."""
+    family = get_task(task).family if task is not None else None
+    with Path(split_file).open(newline="") as handle:
+        return {(row["dataset"], row["stem"]) for row in csv.DictReader(handle)
+                if family is None or get_task(row["task"]).family == family}
+
+
+def validation_pairs(data_root: str | Path, task: str | FusionTask, resolution: int | None = 256,
+                     count: int | None = None, split_file: Path = SPLIT_FILE) -> list[ValidationPair]:
+    """The validation pairs of a task family (the first ``count`` in the file's order, all for None), their long
+    side resized to ``resolution``, with their priors' metrics."""
+    family = get_task(task).family
+    with Path(split_file).open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if get_task(row["task"]).family == family][:count]
+    processor, root, synthetic = FusionImageProcessor(), Path(data_root), {}
+    pairs = []
+    for row in rows:
+        pair_task = get_task(row["task"])
+        if row["path_a"]:
+            image_a, image_b = processor.load(root / row["path_a"]), processor.load(root / row["path_b"])
+        else:  # a synthetic pair, exactly as the label builder makes it
+            if family not in synthetic:
+                pairs_of_family = SyntheticPairs(root, family, "train", seed=0)
+                synthetic[family] = (pairs_of_family, {r["stem"]: i for i, r in enumerate(pairs_of_family.rows)})
+            dataset, index = synthetic[family]
+            made = dataset[index[row["stem"]]]
+            image_a, image_b = made.image_a, made.image_b
+        size = processor.processing_size(tuple(image_a.shape[-2:]), resolution)
+        y_a, y_b = (processor.resize(luminance(image[None]), size) for image in (image_a, image_b))
+        gray_a, gray_b = to_gray_255(y_a), to_gray_255(y_b)
+        metrics = {prior.name: _nine_metrics(run_prior(prior.name, y_a, y_b, pair_task), gray_a, gray_b)
+                   for prior in priors_for(pair_task)}
+        pairs.append(ValidationPair(pair_task, row["dataset"], row["stem"], y_a, y_b, metrics))
+    return pairs
+
+
+def benchmark_score(fused: torch.Tensor, pair: ValidationPair) -> float:
+    """Share of the built-in priors that ``fused`` (1, 1, h, w) beats, averaged over the nine metrics, in [0, 1]."""
+    ours = _nine_metrics(fused, to_gray_255(pair.image_a), to_gray_255(pair.image_b))
+    shares = []
+    for metric in SCORED_METRICS:
+        others = [metrics[metric] for metrics in pair.prior_metrics.values()]
+        beaten = sum(1.0 if ours[metric] > value else 0.5 if ours[metric] == value else 0.0 for value in others)
+        shares.append(beaten / len(others))
+    return sum(shares) / len(shares)
+
+
+@torch.no_grad()
+def validation_quality(pipeline, pairs: list[ValidationPair], compute_dtype: torch.dtype | str | None = None) -> float:
+    """Mean :func:`benchmark_score` of a pipeline's one-step fusions of ``pairs``."""
+    scores = []
+    for pair in pairs:
+        fused = pipeline(pair.image_a, pair.image_b, task=pair.task, processing_resolution=0,
+                         compute_dtype=compute_dtype, output_type="pt", show_progress_bar=False).images
+        scores.append(benchmark_score(luminance(fused), pair))
+    return sum(scores) / len(scores)

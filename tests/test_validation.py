@@ -1,0 +1,64 @@
+"""fusionfm.evaluation.validation: the fixed validation split and the benchmark-aligned score."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import DATA
+
+from fusionfm.evaluation.validation import (
+    SCORED_METRICS,
+    benchmark_score,
+    validation_keys,
+    validation_pairs,
+)
+from fusionfm.labels.priors import run_prior
+from fusionfm.training.datasets import LabelledPairs
+
+
+@pytest.fixture(scope="module")
+def mef_pairs():
+    return validation_pairs(DATA, "MEF", resolution=128, count=6)
+
+
+def test_the_split_covers_every_family_and_no_test_pair():
+    keys = validation_keys()
+    assert len(keys) > 100
+    for family in ("IVF", "MIF", "MEF", "MFF"):
+        assert validation_keys(family)
+    test_stems = set()
+    for line in (DATA / "manifest.csv").read_text().splitlines()[1:]:
+        task, dataset, split, stem = line.split(",")[:4]
+        if split == "test":
+            test_stems.add((dataset, stem))
+    assert not keys & test_stems
+
+
+def test_a_prior_scores_its_share_of_the_field(mef_pairs):
+    pair = mef_pairs[0]
+    assert set(pair.prior_metrics) == {"average", "laplacian", "wavelet", "gff", "exposure"}
+    fused = run_prior("laplacian", pair.image_a, pair.image_b, pair.task)
+    table = pair.prior_metrics
+    expected = sum(
+        sum(1.0 if table["laplacian"][m] > v[m] else 0.5 if table["laplacian"][m] == v[m] else 0.0
+            for v in table.values()) / len(table)
+        for m in SCORED_METRICS) / len(SCORED_METRICS)
+    assert benchmark_score(fused, pair) == pytest.approx(expected)
+
+
+def test_the_score_ranks_band_wise_fusion_above_the_plain_average(mef_pairs):
+    laplacian = sum(benchmark_score(run_prior("laplacian", p.image_a, p.image_b, p.task), p) for p in mef_pairs)
+    average = sum(benchmark_score((p.image_a + p.image_b) / 2, p) for p in mef_pairs)
+    assert laplacian > average + 0.1 * len(mef_pairs)
+
+
+def test_training_pairs_leave_the_validation_pairs_out(tmp_path):
+    from fusionfm.pseudolabel import main as build_labels
+
+    out = tmp_path / "labels"
+    assert build_labels(["--data", str(DATA), "--task", "MIF-PET", "--split", "train", "--limit", "5", "--no-refine",
+                         "--no-progress", "--out", str(out)]) == 0
+    everything = LabelledPairs(out, DATA, "MIF")
+    held_out = validation_keys("MIF")
+    kept = LabelledPairs(out, DATA, "MIF", exclude=held_out)
+    assert len(everything) == 5 and len(kept) == 4  # the 4th PET training pair is a validation pair
+    assert not {(p.dataset, p.stem) for p in kept.pairs} & held_out
