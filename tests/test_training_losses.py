@@ -1,10 +1,18 @@
-"""fusionfm.training.losses: the flow-matching loss and its edge term, by hand."""
+"""fusionfm.training.losses: the flow-matching loss, its edge term and the endpoint objectives, by hand."""
 
 from __future__ import annotations
 
 import torch
 
-from fusionfm.training.losses import flow_matching_loss
+from fusionfm.tasks import get_task
+from fusionfm.training.losses import (
+    ENDPOINT_LOSS_WEIGHTS,
+    ENDPOINT_TERMS,
+    endpoint_terms,
+    flow_matching_loss,
+    fusion_loss,
+    intensity_target,
+)
 
 
 def test_gradient_loss_term_penalises_edge_errors_only():
@@ -41,3 +49,56 @@ def test_the_model_sees_the_point_on_the_path():
     loss = flow_matching_loss(model, batch)
     torch.testing.assert_close(seen["x_t"], torch.full_like(x0, 0.25))
     torch.testing.assert_close(loss, torch.tensor([1.0]))  # velocity target 1 everywhere, prediction 0
+
+
+IVF, MEF, MFF = (torch.tensor([get_task(name).class_id]) for name in ("IVF", "MEF", "MFF"))
+
+
+def test_intensity_targets_by_hand():
+    a = torch.tensor([[[[0.2, 0.9, 0.45]]]])
+    b = torch.tensor([[[[0.6, 0.1, 0.7]]]])
+    torch.testing.assert_close(intensity_target(a, b, IVF), torch.tensor([[[[0.6, 0.9, 0.7]]]]))  # the brighter
+    torch.testing.assert_close(intensity_target(a, b, MEF), torch.tensor([[[[0.6, 0.9, 0.45]]]]))  # closer to 0.5
+    a, b = (x.repeat(1, 1, 12, 4) for x in (a, b))  # 12 x 12 images with those three columns, 4 times each
+    endpoint = torch.full_like(a, 0.5)
+    terms = endpoint_terms(endpoint, a, b, IVF)
+    torch.testing.assert_close(terms["intensity"], torch.tensor([(0.1 + 0.4 + 0.2) / 3]))
+
+
+def test_gradient_term_by_hand():
+    """A ramp of slope 0.05 per pixel against flat sources: Sobel (normalised, replicate border) gives 0.05 inside
+    and 0.025 in the two border columns, so the term is the mean of those magnitudes."""
+    ramp = (torch.arange(12, dtype=torch.float32) * 0.05).expand(1, 1, 12, 12).contiguous()
+    flat = torch.full_like(ramp, 0.3)
+    terms = endpoint_terms(ramp, flat, flat, MFF)
+    torch.testing.assert_close(terms["gradient"], torch.tensor([(2 * 0.025 + 10 * 0.05) / 12]), atol=1e-5, rtol=0)
+    same = endpoint_terms(ramp, ramp, flat, MFF)  # the endpoint has exactly the stronger source's edges
+    torch.testing.assert_close(same["gradient"], torch.tensor([0.0]), atol=1e-5, rtol=0)
+
+
+def test_structure_term_by_hand():
+    """Constant images: SSIM = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) with C1 = 0.01^2 (the contrast term is
+    1), so an endpoint equal to a = 0.2 against b = 0.6 scores 1 - (1 + 0.24.../0.40...) / 2."""
+    a, b = torch.full((1, 1, 16, 16), 0.2), torch.full((1, 1, 16, 16), 0.6)
+    c1 = 0.01**2
+    expected = 1 - (1 + (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)) / 2
+    torch.testing.assert_close(endpoint_terms(a, a, b, IVF)["structure"], torch.tensor([expected]), atol=1e-4,
+                               rtol=0)  # kornia adds eps = 1e-12 and pads by reflection; 3e-5 off at most
+    torch.testing.assert_close(endpoint_terms(a, a, a, IVF)["structure"], torch.tensor([0.0]), atol=1e-6, rtol=0)
+
+
+def test_fusion_loss_adds_the_weighted_endpoint_terms_of_the_one_step_endpoint():
+    generator = torch.Generator().manual_seed(0)
+    x0, x1, a, b = torch.rand(4, 2, 1, 16, 16, generator=generator)
+    task_id = torch.cat([IVF, MEF])
+    batch = {"x0": x0, "target": x1, "t": torch.tensor([0.0, 0.5]), "image_a": a, "image_b": b, "task_id": task_id}
+
+    def exact(x_t, image_a, image_b, t, task):  # the true velocity: flow term 0, endpoint = x1
+        return x1 - x0
+
+    loss = fusion_loss(exact, batch, endpoint_weight=2.0)
+    terms = endpoint_terms(x1, a, b, task_id)
+    expected = sum(2.0 * torch.tensor([ENDPOINT_LOSS_WEIGHTS[f][term] for f in ("IVF", "MEF")]) * terms[term]
+                   for term in ENDPOINT_TERMS)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fusion_loss(exact, batch), torch.zeros(2), atol=1e-6, rtol=0)

@@ -1,10 +1,14 @@
-"""The training loss: flow matching on the straight path from coupling(a, b) to the pseudo-label."""
+"""The training loss: flow matching on the straight path from coupling(a, b) to the pseudo-label, optionally
+with the field's unsupervised fusion objectives on the one-step endpoint."""
 
 from __future__ import annotations
 
 import torch
+from kornia.filters import spatial_gradient
+from kornia.metrics import ssim
 
 from ..scheduler import FlowMatchFusionScheduler
+from ..tasks import get_task
 
 
 def flow_matching_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
@@ -22,10 +26,84 @@ def flow_matching_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     x0, x1 = batch["x0"], batch["target"]
     x_t = FlowMatchFusionScheduler.interpolate(x0, x1, batch["t"])
     prediction = model(x_t, batch["image_a"], batch["image_b"], batch["t"], batch["task_id"])
-    error = prediction.float() - FlowMatchFusionScheduler.velocity_target(x0, x1)
+    return _flow_terms(prediction.float(), x0, x1, gradient_weight)
+
+
+def _flow_terms(prediction: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, gradient_weight: float) -> torch.Tensor:
+    error = prediction - FlowMatchFusionScheduler.velocity_target(x0, x1)
     loss = (error**2).mean(dim=(1, 2, 3))
     if gradient_weight > 0:
         horizontal = error[..., :, 1:] - error[..., :, :-1]
         vertical = error[..., 1:, :] - error[..., :-1, :]
         loss = loss + gradient_weight * ((horizontal**2).mean(dim=(1, 2, 3)) + (vertical**2).mean(dim=(1, 2, 3)))
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------- endpoint terms
+ENDPOINT_TERMS = ("intensity", "gradient", "structure")
+
+ENDPOINT_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
+    "IVF": {"intensity": 1.0, "gradient": 1.0, "structure": 0.5},
+    "MIF": {"intensity": 1.0, "gradient": 1.0, "structure": 0.5},
+    "MEF": {"intensity": 0.5, "gradient": 1.0, "structure": 0.5},
+    "MFF": {"intensity": 0.0, "gradient": 1.0, "structure": 0.5},
+}
+"""Per-task weights of the unsupervised fusion objectives on the one-step endpoint (rows by task family):
+
+- intensity: L1 to a per-pixel intensity target: the brighter source for IVF and MIF (thermal targets and
+  bone/tracer signal are bright, as in SeAFusion- and U2Fusion-style losses), the better-exposed source (closer
+  to mid-grey) for MEF; none for MFF, where both sources have the right intensity;
+- gradient: L1 between the endpoint's Sobel gradient magnitude and the larger of the two sources' (per pixel):
+  keep the strongest edge of either source;
+- structure: 1 - the mean of SSIM(endpoint, a) and SSIM(endpoint, b) (11 x 11 Gaussian windows).
+The script's ``--endpoint_loss_weight`` scales the whole table (0: plain flow matching).
+"""
+
+
+def _gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of (B, 1, H, W): (B, 1, H, W)."""
+    gradient = spatial_gradient(image, mode="sobel", normalized=True)  # (B, 1, 2, H, W)
+    return gradient.square().sum(dim=2).add(1e-12).sqrt()
+
+
+def intensity_target(image_a: torch.Tensor, image_b: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
+    """Per-pixel intensity targets (B, 1, H, W) for sources (B, 1, H, W) and task class ids ``family`` (B,):
+    max(a, b) for IVF/MIF, the source closer to 0.5 for MEF, the mean for MFF (whose weight is 0)."""
+    brighter = torch.maximum(image_a, image_b)
+    better_exposed = torch.where((image_a - 0.5).abs() <= (image_b - 0.5).abs(), image_a, image_b)
+    mef = (family == get_task("MEF").class_id).view(-1, 1, 1, 1)
+    mff = (family == get_task("MFF").class_id).view(-1, 1, 1, 1)
+    return torch.where(mef, better_exposed, torch.where(mff, (image_a + image_b) / 2, brighter))
+
+
+def endpoint_terms(endpoint: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor,
+                   family: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three unsupervised objectives of an endpoint (B, 1, H, W), each per sample (B,)."""
+    intensity = (endpoint - intensity_target(image_a, image_b, family)).abs().mean(dim=(1, 2, 3))
+    strongest = torch.maximum(_gradient_magnitude(image_a), _gradient_magnitude(image_b))
+    gradient = (_gradient_magnitude(endpoint) - strongest).abs().mean(dim=(1, 2, 3))
+    similarity = (ssim(endpoint, image_a, 11) + ssim(endpoint, image_b, 11)).mean(dim=(1, 2, 3)) / 2
+    return {"intensity": intensity, "gradient": gradient, "structure": 1 - similarity}
+
+
+def endpoint_weights(task_ids: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """Per-sample weights (B,) of each endpoint term from :data:`ENDPOINT_LOSS_WEIGHTS`, times ``scale``."""
+    by_class = {get_task(family).class_id: row for family, row in ENDPOINT_LOSS_WEIGHTS.items()}
+    return {term: torch.tensor([scale * by_class[int(i)][term] for i in task_ids], device=task_ids.device)
+            for term in ENDPOINT_TERMS}
+
+
+def fusion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], gradient_weight: float = 0.0,
+                endpoint_weight: float = 0.0) -> torch.Tensor:
+    """Per-sample loss (B,): :func:`flow_matching_loss` plus, with ``endpoint_weight`` > 0, the weighted
+    endpoint terms on x1_hat = x_t + (1 - t) v_theta, the point one Euler step from x_t lands on."""
+    x0, x1, t = batch["x0"], batch["target"], batch["t"]
+    x_t = FlowMatchFusionScheduler.interpolate(x0, x1, t)
+    prediction = model(x_t, batch["image_a"], batch["image_b"], t, batch["task_id"]).float()
+    loss = _flow_terms(prediction, x0, x1, gradient_weight)
+    if endpoint_weight > 0:
+        endpoint = x_t + (1 - t.float()).view(-1, 1, 1, 1) * prediction
+        terms = endpoint_terms(endpoint, batch["image_a"].float(), batch["image_b"].float(), batch["task_id"])
+        weights = endpoint_weights(batch["task_id"], endpoint_weight)
+        loss = loss + sum(weights[term] * terms[term] for term in ENDPOINT_TERMS)
     return loss
