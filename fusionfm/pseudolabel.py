@@ -33,6 +33,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs")
     parser.add_argument("--limit", type=int, help="only the first N pairs (sorted by dataset and stem)")
     parser.add_argument("--no-external", action="store_true", help="ignore priors/<METHOD>/ folders")
+    parser.add_argument("--regions", action="store_true",
+                        help="add the region-level merge of the candidates to the pool (fusionfm.labels.regions)")
     parser.add_argument("--no-refine", action="store_true", help="stage 1 only: keep the selected labels as they are")
     parser.add_argument("--threshold", type=float, default=RefinerConfig.threshold, help="refiner threshold c")
     parser.add_argument("--strength", type=float, default=RefinerConfig.strength, help="refiner strength alpha")
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         get_task(args.task)
         jobs = _jobs(args)
         config = RefinerConfig(threshold=args.threshold, strength=args.strength, train_steps=args.refiner_steps)
-        counts = build_labels(jobs, args.out, refine=not args.no_refine, config=config, progress=not args.no_progress)
+        counts = build_labels(jobs, args.out, refine=not args.no_refine, config=config, progress=not args.no_progress,
+                              regions=args.regions)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -136,3 +136,13 @@ def test_the_builder_keeps_a_refined_label_only_when_its_score_does_not_drop():
     before, after = score_refinement(label, refine_image(label, a, b, net, wild), a, b, task, selection)
     assert after < before
     assert torch.isfinite(torch.tensor([before, after])).all()
+
+
+@pytest.mark.slow
+def test_regions_join_the_candidates(tmp_path):
+    out = tmp_path / "labels"
+    assert main([*SYNTHETIC_MFF, "--limit", "2", "--no-refine", "--regions", "--out", str(out)]) == 0
+    rows = _rows(out)
+    regions = [row for row in rows if row["candidate"] == "regions"]
+    assert len(regions) == 2 and {row["origin"] for row in regions} == {"regions"}
+    assert len(rows) == 2 * 6  # five built-in MFF priors and their merge, per pair

@@ -302,8 +302,9 @@ def _edge_preservation(g_source, a_source, g_fused, a_fused) -> torch.Tensor:
     return edge_term.mul_(torch.sigmoid_(aaf.sub_(0.8).mul_(22))).mul_(0.9994 * 0.9879)
 
 
-def qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
-    """Qabf: Xydeas-Petrovic edge preservation, weighted by the sources' gradient strengths."""
+def qabf_maps(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qabf's per-pixel numerator Q^{AF} g_A + Q^{BF} g_B and denominator g_A + g_B, (B, 1, H, W) float32 each:
+    Qabf is the ratio of their sums, a local Qabf the ratio of their local sums."""
     # float32 is exact here for 8-bit images (Sobel responses are integers below 2^24) and twice as fast.
     fused, image_a, image_b = (_batch(x).float() for x in (fused, image_a, image_b))
     g_a, a_a = _sobel_strength_and_angle(image_a)
@@ -311,7 +312,13 @@ def qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> t
     g_f, a_f = _sobel_strength_and_angle(fused)
     q_af = _edge_preservation(g_a, a_a, g_f, a_f)
     q_bf = _edge_preservation(g_b, a_b, g_f, a_f)
-    return _sum(q_af.mul_(g_a).addcmul_(q_bf, g_b)) / _sum(g_a + g_b)
+    return q_af.mul_(g_a).addcmul_(q_bf, g_b), g_a + g_b
+
+
+def qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """Qabf: Xydeas-Petrovic edge preservation, weighted by the sources' gradient strengths."""
+    numerator, denominator = qabf_maps(fused, image_a, image_b)
+    return _sum(numerator) / _sum(denominator)
 
 
 def _ssim_map(ux, uy, uxx, uyy, uxy, data_range: float) -> torch.Tensor:

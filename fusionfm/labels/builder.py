@@ -31,6 +31,7 @@ from ..evaluation.metrics import METRIC_NAMES
 from ..tasks import FusionTask, get_task
 from .priors import ExternalPriors, priors_for, run_prior
 from .refiner import DecompositionNet, RefinerConfig, load_decomposer, refine_image, save_decomposer, train_decomposer
+from .regions import region_select
 from .selection import SELECTION_WEIGHTS, Selection, candidate_metrics, select, weighted_scores
 from .synthetic import SyntheticPairs
 
@@ -111,14 +112,23 @@ class LabelStore:
             os.fsync(handle.fileno())
 
 
-def candidates_for(job: LabelJob, image_a: torch.Tensor, image_b: torch.Tensor) -> dict[str, tuple[str, torch.Tensor]]:
-    """name -> (origin, fused image (1, C, H, W)) for the built-in priors and any external outputs."""
+REGIONS_CANDIDATE = "regions"
+"""Name of the region-level merge of the other candidates (:mod:`fusionfm.labels.regions`) in the pool."""
+
+
+def candidates_for(job: LabelJob, image_a: torch.Tensor, image_b: torch.Tensor,
+                   regions: bool = False) -> dict[str, tuple[str, torch.Tensor]]:
+    """name -> (origin, fused image (1, C, H, W)) for the built-in priors and any external outputs, plus with
+    ``regions`` their region-level merge."""
     candidates = {prior.name: ("builtin", run_prior(prior.name, image_a, image_b, job.task))
                   for prior in priors_for(job.task)}
     if job.external is not None:
         size = tuple(image_a.shape[-2:])
         for method in job.external.paths(job.stem):
             candidates[method] = ("external", job.external.load(method, job.stem, size))
+    if regions:
+        merged = region_select({name: image for name, (_, image) in candidates.items()}, image_a, image_b, job.task)
+        candidates[REGIONS_CANDIDATE] = ("regions", merged.label)
     return candidates
 
 
@@ -136,10 +146,11 @@ def load_sources(job: LabelJob, store: LabelStore | None = None) -> tuple[torch.
     return pair.image_a[None], pair.image_b[None]
 
 
-def label_pair(job: LabelJob, store: LabelStore, refiner: DecompositionNet | None, config: RefinerConfig) -> None:
+def label_pair(job: LabelJob, store: LabelStore, refiner: DecompositionNet | None, config: RefinerConfig,
+               regions: bool = False) -> None:
     """Select (and refine) the label of one pair and record it (PNG first, then its CSV rows)."""
     image_a, image_b = load_sources(job, store)
-    candidates = candidates_for(job, image_a, image_b)
+    candidates = candidates_for(job, image_a, image_b, regions)
     images = {name: image for name, (_, image) in candidates.items()}
     selection = select(images, image_a, image_b, job.task)
     label, refined = images[selection.best], False
@@ -198,13 +209,14 @@ def prepare_refiner(jobs: list[LabelJob], store: LabelStore, config: RefinerConf
 
 def build_labels(
     jobs: list[LabelJob], out_dir: Path, refine: bool = True, config: RefinerConfig | None = None,
-    progress: bool = True,
+    progress: bool = True, regions: bool = False,
 ) -> dict[str, int]:
-    """Label every job not finished yet; returns counts of done and skipped pairs."""
+    """Label every job not finished yet (with ``regions``, the region-level merge joins the candidates);
+    returns counts of done and skipped pairs."""
     config = config or RefinerConfig()
     store = LabelStore(out_dir)
     todo = [job for job in jobs if job.key not in store.finished]
     refiner = prepare_refiner(jobs, store, config) if refine and todo else None
     for job in tqdm(todo, desc="pseudo-labels", unit="pair", disable=not progress):
-        label_pair(job, store, refiner, config)
+        label_pair(job, store, refiner, config, regions)
     return {"labelled": len(todo), "already_done": len(jobs) - len(todo)}
