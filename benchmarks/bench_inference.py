@@ -59,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="pipeline folder or Hub id (default: a fresh U-Net of --preset)")
     parser.add_argument("--preset", default="default", help="U-Net preset when no --model is given")
+    parser.add_argument("--output_head", default=None, help="override the preset's output head (e.g. pyramid)")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=7)
@@ -69,11 +70,14 @@ def main() -> None:
         pipe = FusionFMPipeline.from_pretrained(args.model)
     else:
         torch.manual_seed(0)
-        pipe = FusionFMPipeline(unet=build_unet(args.preset).eval(), scheduler=FlowMatchFusionScheduler())
+        overrides = {"output_head": args.output_head} if args.output_head else {}
+        pipe = FusionFMPipeline(unet=build_unet(args.preset, **overrides).eval(), scheduler=FlowMatchFusionScheduler())
+        pipe.unet.to(memory_format=torch.channels_last)  # as from_pretrained does for the bf16 CPU path
     pipe.set_progress_bar_config(disable=True)
     pair = benchmark_pair()
     parameters = sum(p.numel() for p in pipe.unet.parameters())
-    print(f"model: {args.model or 'preset ' + args.preset}; {parameters / 1e6:.2f} M parameters; "
+    head = pipe.unet.config.output_head
+    print(f"model: {args.model or 'preset ' + args.preset}, {head} head; {parameters / 1e6:.2f} M parameters; "
           f"{gflops_per_step(pipe):.1f} GFLOPs per step at 640x480; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} runs after {args.warmup} warm-up runs\n")
     print("| steps | " + " | ".join(f"{dtype} ms/pair" for dtype in args.dtypes) + " |")

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_stage = total_steps // stages
     progress = tqdm(range(total_steps), initial=state.step, desc="Training",
                     disable=args.no_progress or not main_process)
-    first_step_losses, started = None, time.perf_counter()
+    first_step_losses, started, seconds_before = None, time.perf_counter(), state.seconds
     model.train()
     while state.step < total_steps:
         stage = state.step // steps_per_stage
@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        state.seconds = seconds_before + time.perf_counter() - started
         progress.update(1)
 
         losses = accelerator.gather(flow_loss.detach().float().reshape(1))
@@ -241,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         if main_process and (state.step % args.logging_steps == 0 or state.step == total_steps):
             row = {"step": state.step, "task": "+".join(tasks), "loss": f"{float(loss.detach()):.6f}",
                    "flow_loss": f"{float(losses.mean()):.6f}", "ewc_penalty": f"{float(penalty.detach()):.6g}",
-                   "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}", "replayed": replayed}
+                   "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}", "replayed": replayed,
+                   "seconds": f"{state.seconds:.1f}"}
             log.write(row)
             if accelerator.log_with:
                 accelerator.log({k: float(v) for k, v in row.items() if k not in ("task", "step")}, step=state.step)

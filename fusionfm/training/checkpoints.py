@@ -35,6 +35,7 @@ class TrainingState:
     step: int = 0
     quality: list[list[float]] = field(default_factory=list)  # R[i][j], one row per finished stage
     stage_names: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # training wall time so far, summed over resumed runs
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler,

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..atomic import write_csv_atomic
 from .continual import accuracy_and_backward_transfer
 
-LOG_COLUMNS = ["step", "task", "loss", "flow_loss", "ewc_penalty", "lr", "replayed"]
+LOG_COLUMNS = ["step", "task", "loss", "flow_loss", "ewc_penalty", "lr", "replayed", "seconds"]
 
 
 class CsvLog:
