@@ -74,6 +74,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
         min_remaining_time: the weight heads divide by max(1 - t, this), so times near 1 stay bounded.
         pyramid_levels: Laplacian levels of the ``"pyramid"`` head.
         max_gain: the pyramid head's detail gains lie in [1 / max_gain, max_gain].
+        smooth_weights: the weight heads output one map value per packed patch, upsampled bilinearly, instead of
+            one per pixel through the pixel shuffle (whose per-pixel values in each 2x2 block can form a 2-pixel
+            checkerboard in the fused image).
     """
 
     config_name = "config.json"
@@ -93,15 +96,18 @@ class FusionUNet(ModelMixin, ConfigMixin):
         min_remaining_time: float = 0.05,
         pyramid_levels: int = 4,
         max_gain: float = 2.0,
+        smooth_weights: bool = False,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
             raise ValueError(f"Unknown output_head {output_head!r}; choose one of {', '.join(OUTPUT_HEADS)}.")
+        if smooth_weights and output_head == "velocity":
+            raise ValueError("smooth_weights applies to the weight heads, not to output_head='velocity'.")
         levels = len(block_out_channels)
         packed = patch_size * patch_size
         self.unet = UNet2DModel(
             in_channels=3 * packed,
-            out_channels=head_channels(output_head, pyramid_levels) * packed,
+            out_channels=head_channels(output_head, pyramid_levels) * (1 if smooth_weights else packed),
             block_out_channels=tuple(block_out_channels),
             down_block_types=("DownBlock2D",) * levels,
             up_block_types=("UpBlock2D",) * levels,
@@ -142,7 +148,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
             inputs = F.pixel_unshuffle(inputs, patch)
         timesteps = t.to(dtype=torch.float32) * self.config.time_scale
         output = self.unet(inputs, timesteps, class_labels=task_ids.long()).sample
-        if patch > 1:
+        if patch > 1 and self.config.smooth_weights:
+            output = F.interpolate(output.float(), scale_factor=patch, mode="bilinear", align_corners=False)
+        elif patch > 1:
             output = F.pixel_shuffle(output, patch)
         if self.config.output_head == "velocity":
             return output

@@ -60,3 +60,19 @@ def test_the_pyramid_head_maps_its_outputs_to_weights_and_bounded_gains(sources)
     gains = (2.0 ** torch.tanh(logits[3:])).view(1, 2, 1, 1).expand(1, 2, 96, 112)
     expected = blend_pyramids(a, b, weights, gains)
     torch.testing.assert_close(x0 + velocity, expected, atol=1e-5, rtol=0)  # one Euler step from t = 0 lands on it
+
+
+def test_smooth_weights_leave_no_checkerboard(sources):
+    """With smooth weights, one weight per 2x2 patch is upsampled bilinearly: random output layers cannot put a
+    2-pixel pattern into the weights, and so none into a fusion of two flat sources."""
+    from fusionfm.evaluation.artifacts import nyquist_energy
+
+    torch.manual_seed(0)
+    a, b = torch.zeros(1, 1, 64, 64), torch.ones(1, 1, 64, 64)
+    energies = {}
+    for smooth in (False, True):
+        unet = build_unet("default", smooth_weights=smooth)
+        torch.nn.init.normal_(unet.unet.conv_out.weight, std=1.0)  # a strongly varying weight map
+        velocity = unet((a + b) / 2, a, b, torch.zeros(1), torch.zeros(1, dtype=torch.long))
+        energies[smooth] = nyquist_energy(((a + b) / 2 + velocity) * 255)
+    assert energies[True] < 0.05 * energies[False]

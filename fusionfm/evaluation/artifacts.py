@@ -13,7 +13,7 @@ def nyquist_energy(image: torch.Tensor) -> float:
     """Energy at the highest frequency along rows and along columns, per pixel, of a gray image (1, 1, H, W)
     (e.g. 8-bit values as float): the squared alternating-sign sums of each row and each column, averaged.
     A 2-pixel checkerboard or stripe pattern raises it; smooth content does not."""
-    image = image.double()[0, 0]
+    image = image.detach().double()[0, 0]
     height, width = image.shape
     rows = image[:, : width - width % 2]
     columns = image[: height - height % 2, :]

@@ -2,7 +2,8 @@
 # Recipe variants of issue 14, each trained with the default recipe plus its own flags, scored on the validation
 # split (R[i][j] in OUT/<variant>/continual.csv, the benchmark-aligned score). Resumable; one thread per run.
 # Usage: scripts/experiments/recipe_variants.sh LABELS_DIR OUT_DIR STEPS_PER_TASK SEED VARIANT [VARIANT ...]
-#   variants: weight, pyramid, weight_endpoint, pyramid_endpoint
+#   variants: weight, pyramid, weight_endpoint, pyramid_endpoint, and the same with a joint_ prefix (all tasks at
+#   once instead of in sequence; same total steps)
 set -euo pipefail
 LABELS=${1:?labels folder}; OUT=${2:?output folder}; STEPS=${3:?steps per task}; SEED=${4:?seed}; shift 4
 cd "$(dirname "$0")/../.."
@@ -14,7 +15,9 @@ COMMON=(--data_root ../shared/data
         --eval_resolution 256 --checkpointing_steps 500 --checkpoints_total_limit 1 --resume_from_checkpoint latest
         --no_progress --no_save_each_task --seed "$SEED")
 for variant in "$@"; do
-  case "$variant" in
+  JOINT=(); base=$variant
+  if [[ $variant == joint_* ]]; then JOINT=(--joint); base=${variant#joint_}; fi
+  case "$base" in
     weight) EXTRA=() ;;
     pyramid) EXTRA=(--unet_config scripts/experiments/configs/pyramid_head.json) ;;
     weight_endpoint) EXTRA=(--endpoint_loss_weight 1) ;;
@@ -22,5 +25,5 @@ for variant in "$@"; do
     *) echo "unknown variant $variant" >&2; exit 2 ;;
   esac
   if [ -f "$OUT/$variant-s$SEED/training_summary.json" ]; then echo "$variant-s$SEED done"; continue; fi
-  OMP_NUM_THREADS=1 python training/train.py "${COMMON[@]}" "${EXTRA[@]}" --output_dir "$OUT/$variant-s$SEED"
+  OMP_NUM_THREADS=1 python training/train.py "${COMMON[@]}" "${EXTRA[@]}" "${JOINT[@]}" --output_dir "$OUT/$variant-s$SEED"
 done
