@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("task", choices=["MEF", "MFF"])
     parser.add_argument("--split", default="train")
     parser.add_argument("--limit", type=int, default=30)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
     parser.add_argument("--no-variants", action="store_true", help="MFF: leave out the focus-map variants")
     parser.add_argument("--search-rows", action="store_true", help="try every row of 1-3 metrics, equal weights")
     parser.add_argument("--depth-blur", action="store_true", help="MFF: defocus that follows a random depth map")

@@ -25,7 +25,9 @@ from fusionfm import FusionImageProcessor, get_task
 from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.evaluation.reference import psnr_to_truth, ssim_to_truth
 from fusionfm.image_processor import to_pil
+from fusionfm.labels.builder import REGIONS_CANDIDATE
 from fusionfm.labels.priors import ExternalPriors, priors_for, run_prior
+from fusionfm.labels.regions import region_select
 from fusionfm.labels.synthetic import quantise
 
 PROCESSOR = FusionImageProcessor()
@@ -56,13 +58,16 @@ def synthetic_table(folder: Path) -> tuple[str, dict]:
         b = _load(base / "sources" / task.modality_b / f"{stem}.png")
         truth = _load(base / "truth" / f"{stem}.png")
         # As 8-bit images, like the written labels: selection and refinement are compared on equal terms.
-        candidates = {prior.name: quantise(run_prior(prior.name, a, b, task)) for prior in priors_for(task)}
+        fused = {prior.name: run_prior(prior.name, a, b, task) for prior in priors_for(task)}
+        candidates = {name: quantise(image) for name, image in fused.items()}
         for name, image in candidates.items():
             scores[name].append((psnr_to_truth(image, truth), ssim_to_truth(image, truth)))
         oracle = max(candidates, key=lambda name: psnr_to_truth(candidates[name], truth))
         scores["oracle: best prior per pair (by PSNR)"].append((psnr_to_truth(candidates[oracle], truth),
                                                                 ssim_to_truth(candidates[oracle], truth)))
-        chosen = candidates[row["candidate"]]
+        merged = quantise(region_select(fused, a, b, task).label)
+        scores["regions: merge of the priors"].append((psnr_to_truth(merged, truth), ssim_to_truth(merged, truth)))
+        chosen = {**candidates, REGIONS_CANDIDATE: merged}[row["candidate"]]
         label = _load(base / f"{stem}.png")
         scores["stage 1: selected"].append((psnr_to_truth(chosen, truth), ssim_to_truth(chosen, truth)))
         scores["stage 1 + 2: refined"].append((psnr_to_truth(label, truth), ssim_to_truth(label, truth)))
@@ -135,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthetic", nargs="*", type=Path, default=[])
     parser.add_argument("--real", nargs="*", type=Path, default=[])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
     parser.add_argument("--figure", type=Path)
     args = parser.parse_args()
     tiles = []

@@ -13,7 +13,7 @@ import csv
 import shutil
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # (app task, manifest task, dataset, stem)
 EXAMPLES = [
     ("IVF", "IVF", "RoadScene", "FLIR_08021"),
