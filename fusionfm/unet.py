@@ -50,6 +50,11 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # (142 -> 173 ms per 640x480 pair, measured interleaved on 2 cores); at 1/8 scale about 400 ms.
     "default": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1,
                     norm_num_groups=8, mid_block_attention=False, output_head="weight"),
+    # The candidate next default: band-wise weights and gains (output_head "pyramid") with smooth weight maps; it
+    # beat the default on the validation split at equal steps and leaves no checkerboard (docs/quality.md).
+    "pyramid": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
+                    mid_block_attention=False, output_head="pyramid", pyramid_levels=4, max_gain=2.0,
+                    smooth_weights=True),
     # Twice the width and mid-block attention, for GPUs or when speed matters less.
     "large": dict(patch_size=2, block_out_channels=(32, 64, 128, 256), layers_per_block=2,
                   norm_num_groups=8, mid_block_attention=True, output_head="weight"),

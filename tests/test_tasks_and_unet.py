@@ -73,7 +73,7 @@ def test_gated_head_adds_its_residual():
 
 def test_velocity_head_and_unknown_heads():
     assert build_unet("tiny", output_head="velocity").unet.config.out_channels == 1
-    with pytest.raises(ValueError, match="Unknown output_head 'x'; choose one of velocity, weight, gated"):
+    with pytest.raises(ValueError, match="Unknown output_head 'x'; choose one of velocity, weight, gated, pyramid"):
         build_unet("tiny", output_head="x")
 
 
@@ -86,5 +86,5 @@ def test_default_preset_size():
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="Unknown U-Net preset 'huge'. Known presets: tiny, default, large"):
+    with pytest.raises(ValueError, match="Unknown U-Net preset 'huge'. Known presets: tiny, default, pyramid, large"):
         build_unet("huge")
