@@ -282,3 +282,15 @@ def test_bad_inputs_get_clear_errors(tiny_pipe, real_pair, overrides, message):
         kwargs["image_a"] = [ir]
     with pytest.raises((ValueError, TypeError), match=message):
         tiny_pipe(**kwargs)
+
+
+def test_the_default_precision_is_visible_in_the_config_and_can_be_set_at_load(tmp_path):
+    pipe = make_pipeline()
+    assert pipe.config.default_compute_dtype == "auto"
+    pipe.save_pretrained(tmp_path / "pipe")
+    full = FusionFMPipeline.from_pretrained(tmp_path / "pipe", default_compute_dtype="fp32")
+    assert full.config.default_compute_dtype == "fp32"
+    assert full._resolve_compute_dtype(None) == torch.float32
+    assert not full.unet.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="default_compute_dtype must be 'auto' or one of"):
+        FusionFMPipeline.from_pretrained(tmp_path / "pipe", default_compute_dtype="int8")
