@@ -56,15 +56,24 @@ def collapse(pyramid: list[torch.Tensor]) -> torch.Tensor:
     return image
 
 
+def _fit(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Maps (B, C, h, w) at ``size``: as they are, averaged down, or bilinearly upsampled."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    if maps.shape[-2] >= size[0] and maps.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(maps, size)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
 def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, weights: torch.Tensor,
                    gains: torch.Tensor) -> torch.Tensor:
     """Band-wise fusion: per Laplacian level k, w_k a_k + (1 - w_k) b_k, detail levels times a gain g_k.
 
     Args:
         image_a, image_b: (B, 1, H, W) sources.
-        weights: (B, L, H, W) source-a weights in [0, 1], one full-resolution map per level (level k uses the
-            map averaged down to its size); L is the number of levels.
-        gains: (B, L - 1, H, W) positive gains of the detail levels (1 leaves the contrast as it is).
+        weights: (B, L, h, w) source-a weights in [0, 1], one map per level at any resolution (each level uses its
+            map averaged down, or bilinearly upsampled, to its own size); L is the number of levels.
+        gains: (B, L - 1, h, w) positive gains of the detail levels (1 leaves the contrast as it is).
 
     Returns:
         (B, 1, H, W) the collapsed fused pyramid. With every weight 1 (0) and every gain 1 it is a (b) itself.
@@ -77,9 +86,9 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, weights: torch.
     fused = []
     for level, bands in enumerate(pyramid):
         size = tuple(bands.shape[-2:])
-        weight = F.adaptive_avg_pool2d(weights[:, level : level + 1], size)
+        weight = _fit(weights[:, level : level + 1], size)
         band = bands[:, 1:2] + weight * (bands[:, 0:1] - bands[:, 1:2])
         if level < levels - 1:
-            band = band * F.adaptive_avg_pool2d(gains[:, level : level + 1], size)
+            band = band * _fit(gains[:, level : level + 1], size)
         fused.append(band)
     return collapse(fused)

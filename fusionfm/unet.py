@@ -81,7 +81,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
         max_gain: the pyramid head's detail gains lie in [1 / max_gain, max_gain].
         smooth_weights: the weight heads output one map value per packed patch, upsampled bilinearly, instead of
             one per pixel through the pixel shuffle (whose per-pixel values in each 2x2 block can form a 2-pixel
-            checkerboard in the fused image).
+            checkerboard in the fused image). The pyramid head takes these maps at the patch resolution and fits
+            them to each level (only the finest level upsamples).
     """
 
     config_name = "config.json"
@@ -153,19 +154,22 @@ class FusionUNet(ModelMixin, ConfigMixin):
             inputs = F.pixel_unshuffle(inputs, patch)
         timesteps = t.to(dtype=torch.float32) * self.config.time_scale
         output = self.unet(inputs, timesteps, class_labels=task_ids.long()).sample
-        if patch > 1 and self.config.smooth_weights:
+        if patch > 1 and self.config.smooth_weights and self.config.output_head != "pyramid":
             output = F.interpolate(output.float(), scale_factor=patch, mode="bilinear", align_corners=False)
-        elif patch > 1:
+        elif patch > 1 and not self.config.smooth_weights:
             output = F.pixel_shuffle(output, patch)
         if self.config.output_head == "velocity":
             return output
-        # The gating runs in float32: under bf16 autocast a, b and x_t would lose about a grey level.
-        output = output.float()
+        # The blending runs in float32, outside autocast (under bf16 a, b and x_t would lose about a grey level,
+        # and the pyramid's blur would run as a bf16 convolution), on contiguous maps (the U-Net's channels-last
+        # output makes every channel slice strided, which slows the element-wise maths several times).
+        output = output.float().contiguous()
         if self.config.output_head == "pyramid":
             levels = self.config.pyramid_levels
             weights = torch.sigmoid(output[:, :levels])
             gains = torch.exp(math.log(self.config.max_gain) * torch.tanh(output[:, levels:]))
-            fused = blend_pyramids(image_a.float(), image_b.float(), weights, gains)
+            with torch.autocast(device_type=output.device.type, enabled=False):
+                fused = blend_pyramids(image_a.float(), image_b.float(), weights, gains)
         else:
             weight = torch.sigmoid(output[:, :1])
             fused = weight * image_a.float() + (1 - weight) * image_b.float()
