@@ -157,6 +157,8 @@ class FusionImageProcessor(ConfigMixin):
         if array.shape[2] not in (1, 3, 4):
             hint = " (channels first? numpy images are (H, W, C))" if array.shape[0] in (1, 3, 4) else ""
             raise ValueError(f"{name} has shape {array.shape}: {array.shape[2]} channels{hint}; expected 1, 3 or 4.")
+        if array.shape[0] == 0 or array.shape[1] == 0:
+            raise ValueError(f"{name} is empty (shape {array.shape}); pass an image with pixels.")
         if not array.dtype.isnative:  # e.g. big-endian 16-bit PNG data (PIL mode I;16B)
             array = array.astype(array.dtype.newbyteorder("="))
         array = np.ascontiguousarray(array) if array.flags.writeable else np.array(array)
@@ -178,6 +180,8 @@ class FusionImageProcessor(ConfigMixin):
             raise ValueError(
                 f"{name} has shape {tuple(tensor.shape)}: {tensor.shape[0]} channels{hint}; expected 1, 3 or 4."
             )
+        if tensor.shape[-2] == 0 or tensor.shape[-1] == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); pass an image with pixels.")
         if tensor.dtype not in (torch.uint8,) and not tensor.dtype.is_floating_point:
             raise TypeError(f"{name} has dtype {tensor.dtype}; tensors must be uint8 (0..255) or float in [0, 1].")
         return [self._finish(self._scale(tensor, name), name)]

@@ -348,6 +348,10 @@ class FusionFMPipeline(DiffusionPipeline):
             )
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"compute_dtype {dtype} is not a floating-point type FusionFM can run in.")
+        if dtype == torch.float16 and device.type == "cpu":
+            # fp16 autocast on CPU overflows in the U-Net and returns all-NaN (black) images.
+            raise ValueError("compute_dtype fp16 is not supported on the CPU (the result would be NaN); "
+                             "use 'bf16' (fast on CPUs with native bf16) or 'fp32'.")
         return dtype
 
 

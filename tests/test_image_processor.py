@@ -144,3 +144,10 @@ def test_input_notices_name_the_unusual_modes():
     assert "alpha channel is ignored" in processor.input_notices(PIL.Image.new("RGBA", (4, 4)), "Visible")[0]
     assert "min-max" in processor.input_notices(PIL.Image.new("I;16", (4, 4)), "Infrared")[0]
     assert "CMYK" in processor.input_notices(PIL.Image.new("CMYK", (4, 4)), "Visible")[0]
+
+
+@pytest.mark.parametrize("empty", [np.zeros((0, 0, 3), np.uint8), np.zeros((5, 0), np.uint8),
+                                   torch.zeros(3, 0, 4), torch.zeros(1, 4, 0)])
+def test_empty_images_get_a_clear_error(empty):
+    with pytest.raises(ValueError, match="is empty"):
+        FusionImageProcessor().to_tensor_list(empty, "image_a")

@@ -253,7 +253,7 @@ BAD_INPUTS = [
     (dict(processing_resolution=-5), "processing_resolution must be None, 0"),
     (dict(compute_dtype="int8"), "compute_dtype must be"),
     (dict(image_b="size"), r"image_a is 212x502 but image_b is 100x200 \(HxW\).*resize_b_to_a=True"),
-    (dict(image_a=np.zeros((0, 5), np.uint8)), "image_a is 0x5 pixels"),
+    (dict(image_a=np.zeros((0, 5), np.uint8)), r"image_a is empty \(shape \(0, 5, 1\)\)"),
     (dict(image_a=np.zeros((1, 1), np.uint8), image_b=np.zeros((1, 1), np.uint8)), "image_a is 1x1 pixels"),
     (dict(image_a=torch.full((1, 8, 8), float("nan"))), "image_a contains NaN or infinite values"),
     (dict(image_a=torch.full((1, 8, 8), float("inf"))), "image_a contains NaN or infinite values"),
@@ -294,3 +294,11 @@ def test_the_default_precision_is_visible_in_the_config_and_can_be_set_at_load(t
     assert not full.unet.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="default_compute_dtype must be 'auto' or one of"):
         FusionFMPipeline.from_pretrained(tmp_path / "pipe", default_compute_dtype="int8")
+
+
+def test_fp16_on_the_cpu_is_refused_before_any_work(real_pair):
+    pipe = make_pipeline()
+    ir, vi = real_pair("IVF")
+    for dtype in ("fp16", torch.float16):
+        with pytest.raises(ValueError, match="fp16 is not supported on the CPU.*'bf16'.*'fp32'"):
+            pipe(ir, vi, task="IVF", compute_dtype=dtype)
