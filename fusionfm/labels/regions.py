@@ -81,10 +81,10 @@ def region_select(candidates: dict[str, torch.Tensor], image_a: torch.Tensor, im
     """
     names = list(candidates)
     gray_a, gray_b = to_gray_255(image_a), to_gray_255(image_b)
+    maps = [local_metric_maps(to_gray_255(candidates[name]), gray_a, gray_b, window) for name in names]
     scores = torch.zeros(len(names), 1, *gray_a.shape[-2:])
     for metric, weight in local_weights(task).items():
-        values = torch.cat([local_metric_maps(to_gray_255(candidates[name]), gray_a, gray_b, window)[metric]
-                            for name in names])
+        values = torch.cat([candidate_maps[metric] for candidate_maps in maps])
         low, high = values.amin(dim=0, keepdim=True), values.amax(dim=0, keepdim=True)
         scores += weight * torch.where(high > low, (values - low) / (high - low).clamp_min(1e-12), 0.5)
     choice = scores.argmax(dim=0, keepdim=True)  # (1, 1, H, W)
