@@ -45,7 +45,7 @@ ENDPOINT_TERMS = ("intensity", "gradient", "structure")
 ENDPOINT_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
     "IVF": {"intensity": 1.0, "gradient": 1.0, "structure": 0.5},
     "MIF": {"intensity": 1.0, "gradient": 1.0, "structure": 0.5},
-    "MEF": {"intensity": 0.5, "gradient": 1.0, "structure": 0.5},
+    "MEF": {"intensity": 0.0, "gradient": 0.0, "structure": 0.0},
     "MFF": {"intensity": 0.0, "gradient": 1.0, "structure": 0.5},
 }
 """Per-task weights of the unsupervised fusion objectives on the one-step endpoint (rows by task family):
@@ -53,6 +53,9 @@ ENDPOINT_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
 - intensity: L1 to a per-pixel intensity target: the brighter source for IVF and MIF (thermal targets and
   bone/tracer signal are bright, as in SeAFusion- and U2Fusion-style losses), the better-exposed source (closer
   to mid-grey) for MEF; none for MFF, where both sources have the right intensity;
+- MEF is off (0) for now: with intensity 0.5, gradient 1 and structure 0.5 its validation score fell from
+  0.52-0.57 to 0.35-0.39 and a border band appeared (docs/quality.md); the per-pixel targets pull against smooth
+  tone transitions;
 - gradient: L1 between the endpoint's Sobel gradient magnitude and the larger of the two sources' (per pixel):
   keep the strongest edge of either source;
 - structure: 1 - the mean of SSIM(endpoint, a) and SSIM(endpoint, b) (11 x 11 Gaussian windows).
