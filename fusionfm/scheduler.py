@@ -69,10 +69,7 @@ class FlowMatchFusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"time_shift must be > 0, got {time_shift}.")
         if not 0.0 <= start_share <= 1.0:
             raise ValueError(f"start_share must be in [0, 1], got {start_share}.")
-        self.timesteps: torch.Tensor = torch.zeros(1)
-        self.time_grid: torch.Tensor = torch.tensor([0.0, 1.0])
-        self.num_inference_steps = 1
-        self._step_index: int | None = None
+        self.set_timesteps(1)  # the one-step grid until a call asks for another
 
     # ------------------------------------------------------------------ the flow
     def source_point(

@@ -14,10 +14,10 @@ to x1_hat; measured, that residual learned a bias and noise (8 grey levels on MR
 more than it gave, so the presets leave it out. Fusion is mostly a per-pixel choice between the sources,
 and a U-Net whose last layer follows a GroupNorm reproduces source pixels only approximately: with the
 ``"velocity"`` head the first default model stayed below plain averaging on every task (model_card.md).
-``"pyramid"`` (experimental, not yet a preset) predicts such a weight per Laplacian level and a bounded
-contrast gain per detail level; x1_hat is the collapsed blended pyramid (:func:`fusionfm.pyramid.blend_pyramids`):
-band-wise fusion as the Laplacian-pyramid and guided-filter priors do it, which one convex weight per pixel
-cannot express.
+``"pyramid"`` (the ``"pyramid"`` preset, not yet the shipped default) predicts such a weight per Laplacian
+level and a bounded contrast gain per detail level; x1_hat is the collapsed blended pyramid
+(:func:`fusionfm.pyramid.blend_pyramids`): band-wise fusion as the Laplacian-pyramid and guided-filter priors do
+it, which one convex weight per pixel cannot express.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # (142 -> 173 ms per 640x480 pair, measured interleaved on 2 cores); at 1/8 scale about 400 ms.
     "default": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1,
                     norm_num_groups=8, mid_block_attention=False, output_head="weight"),
-    # The candidate next default: band-wise weights and gains (output_head "pyramid") with smooth weight maps; it
-    # beat the default on the validation split at equal steps and leaves no checkerboard (docs/quality.md).
+    # The candidate next default: band-wise weights and gains (output_head "pyramid"). Without smooth weight maps
+    # it beat the default head on the validation split at equal steps and left no checkerboard; with them (as
+    # here) IVF and MIF scored lower in the runs so far (docs/quality.md), to be settled before it ships.
     "pyramid": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
                     mid_block_attention=False, output_head="pyramid", pyramid_levels=4, max_gain=2.0,
                     smooth_weights=True),
@@ -74,8 +75,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
         mid_block_attention: self-attention in the U-Net's lowest level.
         num_tasks: size of the task class embedding.
         time_scale: t in [0, 1] is fed to the sinusoidal time embedding as t * time_scale.
-        output_head: ``"velocity"`` (the U-Net predicts v), ``"weight"`` (a per-pixel source weight) or
-            ``"gated"`` (a source weight and a residual); see the module docstring.
+        output_head: ``"velocity"`` (the U-Net predicts v), ``"weight"`` (a per-pixel source weight),
+            ``"gated"`` (a source weight and a residual) or ``"pyramid"`` (a weight per Laplacian level and a gain
+            per detail level); see the module docstring.
         min_remaining_time: the weight heads divide by max(1 - t, this), so times near 1 stay bounded.
         pyramid_levels: Laplacian levels of the ``"pyramid"`` head.
         max_gain: the pyramid head's detail gains lie in [1 / max_gain, max_gain].

@@ -129,3 +129,10 @@ def test_config_round_trip(tmp_path):
     assert (tmp_path / "scheduler_config.json").is_file()
     loaded = FlowMatchFusionScheduler.from_pretrained(tmp_path)
     assert loaded.config.coupling == "sum" and loaded.config.time_shift == 2.0
+
+
+def test_a_fresh_scheduler_holds_the_one_step_grid():
+    scheduler = FlowMatchFusionScheduler()
+    torch.testing.assert_close(scheduler.time_grid, torch.tensor([0.0, 1.0]))
+    sample = scheduler.step(torch.full((1,), 0.25), scheduler.timesteps[0], torch.zeros(1)).prev_sample
+    torch.testing.assert_close(sample, torch.full((1,), 0.25))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import DATA
 
+from fusionfm.evaluation.ranking import RANKED_METRICS
 from fusionfm.evaluation.validation import (
-    SCORED_METRICS,
     benchmark_score,
     validation_keys,
     validation_pairs,
@@ -41,7 +41,7 @@ def test_a_prior_scores_its_share_of_the_field(mef_pairs):
     expected = sum(
         sum(1.0 if table["laplacian"][m] > v[m] else 0.5 if table["laplacian"][m] == v[m] else 0.0
             for v in table.values()) / len(table)
-        for m in SCORED_METRICS) / len(SCORED_METRICS)
+        for m in RANKED_METRICS) / len(RANKED_METRICS)
     assert benchmark_score(fused, pair) == pytest.approx(expected)
 
 

@@ -1,4 +1,5 @@
-"""The quality score that training reports (the continual-learning matrix R[i][j], ACC, BWT).
+"""The earlier quality score (training reported it in R[i][j] before the validation split's benchmark score,
+:mod:`fusionfm.evaluation.validation`, replaced it); kept for the ablation tables of ``scripts/reports``.
 
 ``quality_score``: the mean of Qabf, SSIM and VIF of the fused image, each divided by the same metric of
 the plain average (a + b) / 2 of the pair. 1.0 means "as good as averaging"; the three metrics measure edge

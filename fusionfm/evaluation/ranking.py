@@ -75,7 +75,8 @@ def ranking_markdown(rows: list[dict], highlight: str | None = None) -> str:
     return "\n".join(lines) + f"\n\n{rows[0]['pairs']} pairs; every metric higher is better; rank 1 is best.\n"
 
 
-def _metric_row(fused: torch.Tensor, gray_a: torch.Tensor, gray_b: torch.Tensor) -> dict[str, float]:
+def ranked_metrics(fused: torch.Tensor, gray_a: torch.Tensor, gray_b: torch.Tensor) -> dict[str, float]:
+    """The nine :data:`RANKED_METRICS` of a fused image (1, C, H, W) in [0, 1] against 8-bit gray sources."""
     values = fusion_metrics(to_gray_255(fused), gray_a, gray_b)
     return {name: float(values[name][0]) for name in RANKED_METRICS}
 
@@ -114,7 +115,7 @@ def evaluate_dataset(pairs: list[PairRecord], out_dir: Path, method_name: str, p
         for method, fused in results.items():
             if fused is None:
                 continue
-            row = _metric_row(fused, gray_a, gray_b)
+            row = ranked_metrics(fused, gray_a, gray_b)
             scores[method][pair.stem] = row
             per_pair.append({"dataset": pair.dataset, "stem": pair.stem, "method": method, **row,
                              "seconds": f"{seconds:.4f}" if method == method_name and seconds is not None else ""})

@@ -24,10 +24,10 @@ from ..image_processor import FusionImageProcessor
 from ..labels.priors import priors_for, run_prior
 from ..labels.synthetic import SyntheticPairs
 from ..tasks import FusionTask, get_task
-from .metrics import fusion_metrics, to_gray_255
+from .metrics import to_gray_255
+from .ranking import RANKED_METRICS, ranked_metrics
 
 SPLIT_FILE = Path(__file__).with_name("validation_split.csv")
-SCORED_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 
 @dataclass
@@ -41,11 +41,6 @@ class ValidationPair:
     image_a: torch.Tensor
     image_b: torch.Tensor
     prior_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def _nine_metrics(fused: torch.Tensor, gray_a: torch.Tensor, gray_b: torch.Tensor) -> dict[str, float]:
-    values = fusion_metrics(to_gray_255(fused), gray_a, gray_b)
-    return {name: float(values[name][0]) for name in SCORED_METRICS}
 
 
 def validation_keys(task: str | FusionTask | None = None, split_file: Path = SPLIT_FILE) -> set[tuple[str, str]]:
@@ -79,7 +74,7 @@ def validation_pairs(data_root: str | Path, task: str | FusionTask, resolution: 
         size = processor.processing_size(tuple(image_a.shape[-2:]), resolution)
         y_a, y_b = (processor.resize(luminance(image[None]), size) for image in (image_a, image_b))
         gray_a, gray_b = to_gray_255(y_a), to_gray_255(y_b)
-        metrics = {prior.name: _nine_metrics(run_prior(prior.name, y_a, y_b, pair_task), gray_a, gray_b)
+        metrics = {prior.name: ranked_metrics(run_prior(prior.name, y_a, y_b, pair_task), gray_a, gray_b)
                    for prior in priors_for(pair_task)}
         pairs.append(ValidationPair(pair_task, row["dataset"], row["stem"], y_a, y_b, metrics))
     return pairs
@@ -87,9 +82,9 @@ def validation_pairs(data_root: str | Path, task: str | FusionTask, resolution: 
 
 def benchmark_score(fused: torch.Tensor, pair: ValidationPair) -> float:
     """Share of the built-in priors that ``fused`` (1, 1, h, w) beats, averaged over the nine metrics, in [0, 1]."""
-    ours = _nine_metrics(fused, to_gray_255(pair.image_a), to_gray_255(pair.image_b))
+    ours = ranked_metrics(fused, to_gray_255(pair.image_a), to_gray_255(pair.image_b))
     shares = []
-    for metric in SCORED_METRICS:
+    for metric in RANKED_METRICS:
         others = [metrics[metric] for metrics in pair.prior_metrics.values()]
         beaten = sum(1.0 if ours[metric] > value else 0.5 if ours[metric] == value else 0.0 for value in others)
         shares.append(beaten / len(others))

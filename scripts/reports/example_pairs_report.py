@@ -27,6 +27,11 @@ PAIRS = [("IVF", "IVF/RoadScene_FLIR_08021_ir.jpg", "IVF/RoadScene_FLIR_08021_vi
          ("MFF", "MFF/MFIFB_lytro_01_a.jpg", "MFF/MFIFB_lytro_01_b.jpg")]
 
 
+def median(values: dict[str, float]) -> float:
+    """The middle value (the upper middle for an even count), as the docs tables report it."""
+    return sorted(values.values())[len(values) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")
@@ -43,10 +48,6 @@ def main() -> None:
             priors = {p.name: to_gray_255(run_prior(p.name, tensor_a, tensor_b, task)) for p in priors_for(task)}
             q = {name: float(qabf(image, gray_a, gray_b)) for name, image in priors.items()}
             sf = {name: float(spatial_frequency(image)) for name, image in priors.items()}
-
-            def median(values: dict) -> float:
-                return sorted(values.values())[len(values) // 2]
-
             print(f"  {task:9s} Nyquist {nyquist_ratio(fused, gray_a, gray_b):5.2f} band "
                   f"{border_band(fused, gray_a, gray_b):5.2f} | Qabf {float(qabf(fused, gray_a, gray_b)):.3f} "
                   f"average {q['average']:.3f} median {median(q):.3f} best {max(q.values()):.3f} | "
