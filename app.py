@@ -21,17 +21,21 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import gradio as gr
 import PIL.Image
 import torch
 
-from fusionfm import FusionFMPipeline, get_task, load_image
+from fusionfm import FusionFMPipeline, FusionInputWarning, get_task, load_image
 from fusionfm.evaluation.baseline import average_255
 from fusionfm.evaluation.metrics import fusion_metrics, to_gray_255
 from fusionfm.image_processor import FusionImageProcessor, to_pil
 from fusionfm.pipeline_fusionfm import SizeMismatchError
+
+# The app shows these notices to the visitor itself (FusionImageProcessor.input_notices), not in the server log.
+warnings.filterwarnings("ignore", category=FusionInputWarning)
 
 logger = logging.getLogger("fusionfm.app")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"

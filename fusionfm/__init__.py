@@ -1,6 +1,6 @@
 """FusionFM: one-step flow-matching image fusion (infrared + visible, medical, multi-exposure, multi-focus)."""
 
-from .image_processor import FusionImageProcessor, load_image
+from .image_processor import FusionImageProcessor, FusionInputWarning, load_image
 from .pipeline_fusionfm import FusionFMPipeline, FusionFMPipelineOutput
 from .scheduler import FlowMatchFusionScheduler
 from .tasks import TASKS, FusionTask, get_task
@@ -15,6 +15,7 @@ __all__ = [
     "FusionFMPipeline",
     "FusionFMPipelineOutput",
     "FusionImageProcessor",
+    "FusionInputWarning",
     "FusionTask",
     "FusionUNet",
     "build_unet",

@@ -4,16 +4,21 @@ image processor).
 Canonical form inside the library: a float32 tensor (C, H, W) in [0, 1] with C = 1 (gray) or
 C = 3 (RGB). Accepted inputs:
 
-- PIL images of mode 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, I;16 (16-bit, e.g. thermal), I, F;
-  alpha is dropped.
+- PIL images of mode 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, I;16 (16-bit, e.g. thermal), I, F; of an
+  animated or multi-page image, the frame it is on (the first, as opened).
 - numpy arrays (H, W), (H, W, C) or a batch (B, H, W, C), C in {1, 3, 4}: uint8 (0..255), uint16 and
   other integer types (high bit depth, see ``high_bit_depth``), float in [0, 1].
 - torch tensors (H, W), (C, H, W) or a batch (B, C, H, W), C in {1, 3, 4}: uint8, or float in [0, 1].
 - a list of any of these for a batch.
+
+Transparency (a fourth channel, modes RGBA / LA / PA, P with a transparent colour) is composited on black:
+transparent pixels read as no signal. What is read in a way the user may not expect (transparency, a first frame
+of several, deeper than 8 bits, CMYK, integer arrays) is announced with a :class:`FusionInputWarning`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +49,13 @@ HIGH_BIT_DEPTH_RULES = ("minmax", "full_range")
 
 TRANSPARENT_MODES = ("RGBA", "LA", "PA")
 
+FRAMES_INFO_KEY = "fusionfm_frames"
+"""Key in ``image.info`` where :func:`load_image` keeps the frame count of an animated or multi-page file."""
+
+
+class FusionInputWarning(UserWarning):
+    """An input is read in a way its owner may not expect (the message says how)."""
+
 
 class FusionImageProcessor(ConfigMixin):
     """Turns user images into canonical tensors and fused tensors back into user formats.
@@ -56,14 +68,20 @@ class FusionImageProcessor(ConfigMixin):
             to [0, 1]. ``"minmax"`` (default) stretches each image's own min..max to 0..1, which is
             what raw 16-bit thermal frames (using a few thousand codes) need; ``"full_range"``
             divides by 65535.
+        border_margin: pixels of mirrored image added on every side before the network and cropped after, so
+            the network sees the image border as interior. Without it the convolutions' zero padding shows as
+            a band along the border (up to 10 grey levels on a multi-exposure example, 0.3 with 16 pixels;
+            docs/quality.md). 0 turns it off.
     """
 
     config_name = "processor_config.json"
 
     @register_to_config
-    def __init__(self, high_bit_depth: Literal["minmax", "full_range"] = "minmax") -> None:
+    def __init__(self, high_bit_depth: Literal["minmax", "full_range"] = "minmax", border_margin: int = 16) -> None:
         super().__init__()
         self.high_bit_depth = high_bit_depth
+        if isinstance(border_margin, bool) or not isinstance(border_margin, int) or border_margin < 0:
+            raise ValueError(f"border_margin must be a whole number of pixels >= 0, got {border_margin!r}.")
 
     @property
     def high_bit_depth(self) -> str:
@@ -77,16 +95,22 @@ class FusionImageProcessor(ConfigMixin):
         self.register_to_config(high_bit_depth=value)
 
     def input_notices(self, image: PIL.Image.Image, name: str) -> list[str]:
-        """What a user should know about how an image of an unusual mode is read (nothing for 8-bit L/RGB)."""
+        """What a user should know about how an image is read (nothing for a still 8-bit L/RGB image)."""
+        notices = []
+        frames = getattr(image, "n_frames", image.info.get(FRAMES_INFO_KEY, 1))
+        if frames > 1:
+            frame = image.tell() + 1 if hasattr(image, "n_frames") else 1
+            notices.append(f"The {name} image has {frames} frames (animated or multi-page); frame {frame} is used.")
         if image.mode in TRANSPARENT_MODES or (image.mode == "P" and "transparency" in image.info):
-            return [f"The {name} image has transparency; the alpha channel is ignored."]
+            notices.append(f"The {name} image has transparency; it is composited on black (transparent pixels "
+                           "count as no signal).")
         if image.mode in HIGH_BIT_DEPTH_MODES:
             rule = ("scaled by its own min-max range" if self.high_bit_depth == "minmax"
                     else "divided by 65535")
-            return [f"The {name} image is {image.mode} (more than 8 bits); it is {rule}."]
+            notices.append(f"The {name} image is {image.mode} (more than 8 bits); it is {rule}.")
         if image.mode == "CMYK":
-            return [f"The {name} image is CMYK; it is converted to RGB."]
-        return []
+            notices.append(f"The {name} image is CMYK; it is converted to RGB.")
+        return notices
 
     # ------------------------------------------------------------------ input
     def to_tensor_list(self, images: PipelineImageInput, name: str = "image") -> list[torch.Tensor]:
@@ -134,20 +158,24 @@ class FusionImageProcessor(ConfigMixin):
         return tensors
 
     def _from_pil(self, image: PIL.Image.Image, name: str) -> torch.Tensor:
+        for notice in self.input_notices(image, name):
+            warnings.warn(notice, FusionInputWarning, stacklevel=6)
         mode = image.mode
         if mode in HIGH_BIT_DEPTH_MODES:
-            return self._from_numpy(np.asarray(image), name)[0]
-        if mode in ("P", "PA"):
-            image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
-        elif mode in ("1", "LA"):
+            return self._from_numpy(np.asarray(image), name, announce=False)[0]
+        if mode in ("P", "PA", "LA"):
+            transparent = mode != "P" or "transparency" in image.info
+            image = image.convert("RGBA" if transparent else "RGB")
+        elif mode == "1":
             image = image.convert("L")
         elif mode not in ("L", "RGB", "RGBA"):
             image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
-        return self._from_numpy(np.asarray(image), name)[0]
+        return self._from_numpy(np.asarray(image), name, announce=False)[0]
 
-    def _from_numpy(self, array: np.ndarray, name: str) -> list[torch.Tensor]:
+    def _from_numpy(self, array: np.ndarray, name: str, announce: bool = True) -> list[torch.Tensor]:
+        """``announce``: warn about integer data deeper than 8 bits (the PIL path has announced it already)."""
         if array.ndim == 4:
-            return [self._from_numpy(item, f"{name}[{index}]")[0] for index, item in enumerate(array)]
+            return [self._from_numpy(item, f"{name}[{index}]", announce)[0] for index, item in enumerate(array)]
         if array.ndim == 2:
             array = array[:, :, None]
         if array.ndim != 3:
@@ -159,6 +187,11 @@ class FusionImageProcessor(ConfigMixin):
             raise ValueError(f"{name} has shape {array.shape}: {array.shape[2]} channels{hint}; expected 1, 3 or 4.")
         if array.shape[0] == 0 or array.shape[1] == 0:
             raise ValueError(f"{name} is empty (shape {array.shape}); pass an image with pixels.")
+        if announce and array.dtype.kind in "iu" and array.dtype != np.uint8:
+            rule = ("scaled by its own min-max range" if self.high_bit_depth == "minmax"
+                    else "divided by 65535")
+            warnings.warn(f"{name} has {array.dtype} pixels, read as more than 8 bits: it is {rule} "
+                          "(high_bit_depth). Pass uint8 for 8-bit data.", FusionInputWarning, stacklevel=6)
         if not array.dtype.isnative:  # e.g. big-endian 16-bit PNG data (PIL mode I;16B)
             array = array.astype(array.dtype.newbyteorder("="))
         array = np.ascontiguousarray(array) if array.flags.writeable else np.array(array)
@@ -210,37 +243,44 @@ class FusionImageProcessor(ConfigMixin):
         if self.high_bit_depth == "full_range":
             return (tensor / 65535.0).clamp(0.0, 1.0).float()
         low, high = tensor.min(), tensor.max()
-        if high <= low:
-            return torch.zeros_like(tensor, dtype=torch.float32)
+        if high <= low:  # a constant frame has no range to stretch: it keeps its level on the 16-bit scale
+            return (tensor / 65535.0).clamp(0.0, 1.0).float()
         return ((tensor - low) / (high - low)).float()
 
     @staticmethod
     def _finish(tensor: torch.Tensor, name: str) -> torch.Tensor:
-        """Drop alpha and collapse gray-content RGB to one channel."""
+        """Composite a fourth (alpha) channel on black and collapse gray-content RGB to one channel."""
         if tensor.shape[0] == 4:
-            tensor = tensor[:3]
+            tensor = tensor[:3] * tensor[3:]
         if tensor.shape[0] == 3 and is_gray(tensor):
             tensor = tensor.mean(dim=0, keepdim=True)
         return tensor.contiguous()
 
     # ------------------------------------------------------------------ geometry
     @staticmethod
-    def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Replicate-pad (B, C, H, W) at the bottom and right so H and W divide by ``multiple``.
+    def pad_to_multiple(images: torch.Tensor, multiple: int,
+                        margin: int = 0) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """Mirror-pad (B, C, H, W) by ``margin`` on every side, then replicate-pad at the bottom and right so the
+        height and width divide by ``multiple``.
 
-        Returns the padded tensor and the original (H, W) for :meth:`crop`.
+        Returns the padded tensor and the box (top, left, H, W) of the original pixels, for :meth:`crop`.
         """
         height, width = images.shape[-2:]
-        pad_h = (-height) % multiple
-        pad_w = (-width) % multiple
+        if margin:
+            # Reflection needs a margin below the side; tiny images repeat their edge instead.
+            mode = "reflect" if margin < min(height, width) else "replicate"
+            images = F.pad(images, (margin,) * 4, mode=mode)
+        pad_h = (-images.shape[-2]) % multiple
+        pad_w = (-images.shape[-1]) % multiple
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
-        return images, (height, width)
+        return images, (margin, margin, height, width)
 
     @staticmethod
-    def crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Undo :meth:`pad_to_multiple`: (B, C, H', W') -> (B, C, H, W)."""
-        return images[..., : size[0], : size[1]]
+    def crop(images: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        """Undo :meth:`pad_to_multiple`: (B, C, H', W') -> (B, C, H, W) for the box (top, left, H, W)."""
+        top, left, height, width = box
+        return images[..., top : top + height, left : left + width]
 
     @staticmethod
     def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -302,6 +342,9 @@ def load_image(path: str | Path) -> PIL.Image.Image:
     try:
         with PIL.Image.open(path) as image:
             image.load()
-            return PIL.ImageOps.exif_transpose(image)
+            frames = getattr(image, "n_frames", 1)
+            upright = PIL.ImageOps.exif_transpose(image)
+            upright.info[FRAMES_INFO_KEY] = frames  # the copy forgets it; input_notices announces it
+            return upright
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"Could not read {path} as an image ({error}). Is the file complete and an image?") from error

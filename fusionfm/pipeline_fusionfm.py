@@ -85,6 +85,14 @@ class FusionFMPipeline(DiffusionPipeline):
             input's own resolution).
         default_compute_dtype: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``: the U-Net's precision when the
             call does not say.
+        max_num_inference_steps: calls asking for more steps are refused before any work (time grows linearly
+            with steps: about 0.1-0.3 s per step at 640x480 on 2 CPU cores; one step is what the model is
+            trained for).
+        max_processing_pixels: calls whose processing size has more pixels than this are refused before any
+            work. Peak memory grows linearly with pixels: measured about 270 MB per megapixel in bf16 and
+            380 MB in fp32 (default preset, one pair), so the default of 16 megapixels needs about 4.4 / 6 GB.
+            Raise either cap at load, ``from_pretrained(..., max_processing_pixels=...)``, or with
+            ``pipe.register_to_config(...)``.
     """
 
     model_cpu_offload_seq = "unet"
@@ -97,16 +105,24 @@ class FusionFMPipeline(DiffusionPipeline):
         default_num_inference_steps: int = 1,
         default_processing_resolution: int | None = None,
         default_compute_dtype: str = "auto",
+        max_num_inference_steps: int = 100,
+        max_processing_pixels: int = 16_000_000,
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         if default_compute_dtype != "auto" and default_compute_dtype not in _DTYPE_NAMES:
             raise ValueError(f"default_compute_dtype must be 'auto' or one of {', '.join(_DTYPE_NAMES)}, "
                              f"got {default_compute_dtype!r}.")
+        for name, cap in (("max_num_inference_steps", max_num_inference_steps),
+                          ("max_processing_pixels", max_processing_pixels)):
+            if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+                raise ValueError(f"{name} must be a positive integer, got {cap!r}.")
         self.register_to_config(
             default_num_inference_steps=default_num_inference_steps,
             default_processing_resolution=default_processing_resolution,
             default_compute_dtype=default_compute_dtype,
+            max_num_inference_steps=max_num_inference_steps,
+            max_processing_pixels=max_processing_pixels,
         )
         self.image_processor = image_processor or FusionImageProcessor()
         # The scheduler's grid is per call state: one call at a time per pipeline object.
@@ -163,6 +179,12 @@ class FusionFMPipeline(DiffusionPipeline):
         """
         if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
+        if num_inference_steps > self.config.max_num_inference_steps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} is above this pipeline's cap of "
+                f"{self.config.max_num_inference_steps} (the model is trained for one step; time grows linearly with "
+                "steps). Use fewer steps, or raise the cap: pipe.register_to_config(max_num_inference_steps=N)."
+            )
         if processing_resolution is not None and (
             not isinstance(processing_resolution, int) or processing_resolution < 0
         ):
@@ -203,6 +225,16 @@ class FusionFMPipeline(DiffusionPipeline):
                     tuple(a.shape[-2:]), tuple(b.shape[-2:]), index,
                 )
             images_b[index] = self.image_processor.resize(b[None], tuple(a.shape[-2:]))[0]
+        for index, a in enumerate(images_a):
+            height, width = self.image_processor.processing_size(tuple(a.shape[-2:]), processing_resolution)
+            if height * width > self.config.max_processing_pixels:
+                where = f" (pair {index})" if len(images_a) > 1 else ""
+                raise ValueError(
+                    f"Fusing at {height}x{width} pixels{where} is {height * width / 1e6:.1f} megapixels, above this "
+                    f"pipeline's cap of {self.config.max_processing_pixels / 1e6:g} (about 0.3-0.4 GB of memory per "
+                    "megapixel). Pass a smaller processing_resolution (e.g. 2048), or raise the cap: "
+                    "pipe.register_to_config(max_processing_pixels=N)."
+                )
         return images_a, images_b, tasks
 
     # ------------------------------------------------------------------ call
@@ -296,9 +328,11 @@ class FusionFMPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """Integrate the flow for one batch of same-size pairs: (B, 1, h, w) fused Y in [0, 1]."""
         device = self._execution_device
-        multiple = self.unet.size_multiple
-        y_a, size = self.image_processor.pad_to_multiple(torch.stack([p.y_a for p in pairs]).to(device), multiple)
-        y_b, _ = self.image_processor.pad_to_multiple(torch.stack([p.y_b for p in pairs]).to(device), multiple)
+        multiple, margin = self.unet.size_multiple, self.image_processor.config.border_margin
+        y_a, box = self.image_processor.pad_to_multiple(torch.stack([p.y_a for p in pairs]).to(device), multiple,
+                                                        margin)
+        y_b, _ = self.image_processor.pad_to_multiple(torch.stack([p.y_b for p in pairs]).to(device), multiple,
+                                                      margin)
         task_ids = torch.tensor([p.task.class_id for p in pairs], device=device, dtype=torch.long)
 
         weights_dtype = self.unet.dtype
@@ -311,7 +345,7 @@ class FusionFMPipeline(DiffusionPipeline):
                     x.to(weights_dtype), y_a.to(weights_dtype), y_b.to(weights_dtype), t_batch, task_ids
                 )
             x = self.scheduler.step(velocity.float(), t, x).prev_sample
-        return self.image_processor.crop(x, size).clamp(0.0, 1.0).cpu()
+        return self.image_processor.crop(x, box).clamp(0.0, 1.0).cpu()
 
     def _finish_pair(self, pair: _PreparedPair, fused_y: torch.Tensor, match_input_resolution: bool) -> torch.Tensor:
         """Resize the fused luminance and put colour back: (C, H, W) in [0, 1]."""

@@ -145,7 +145,7 @@ def test_sixteen_bit_thermal_and_transparent_inputs_keep_working(client, tmp_pat
     fused_path, _, _, timing, _ = _fuse(client, "IVF", thermal, visible)
     fused = PIL.Image.open(fused_path)
     assert fused.mode == "RGB" and fused.size == PIL.Image.open(path_ir).size
-    assert "I;16 (more than 8 bits)" in timing and "alpha channel is ignored" in timing
+    assert "I;16 (more than 8 bits)" in timing and "composited on black" in timing
     # The 16-bit image reached the model intact: scaled by its min-max range it equals the 8-bit original's
     # stretch, so the result matches fusing a stretched 8-bit copy.
     stretched = tmp_path / "thermal8.png"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 from conftest import DATA
 
-from fusionfm import FusionImageProcessor, load_image
+from fusionfm import FusionImageProcessor, FusionInputWarning, load_image
 
 
 @pytest.fixture()
@@ -61,13 +63,29 @@ def test_batches_and_lists(processor):
     assert len(processor.to_tensor_list(np.zeros((2, 10, 12, 3), np.uint8))) == 2
 
 
+@pytest.mark.parametrize("margin", [0, 16])
 @pytest.mark.parametrize("size", [(257, 383), (2, 2), (31, 64), (64, 64)])
-def test_pad_and_crop_are_exact(processor, size):
+def test_pad_and_crop_are_exact(processor, size, margin):
     images = torch.rand(2, 1, *size)
-    padded, original = processor.pad_to_multiple(images, 16)
+    padded, box = processor.pad_to_multiple(images, 16, margin)
     assert padded.shape[-2] % 16 == 0 and padded.shape[-1] % 16 == 0
-    assert original == size
-    torch.testing.assert_close(processor.crop(padded, original), images, atol=0, rtol=0)
+    assert padded.shape[-2] >= size[0] + 2 * margin and padded.shape[-1] >= size[1] + 2 * margin
+    assert box == (margin, margin, *size)
+    torch.testing.assert_close(processor.crop(padded, box), images, atol=0, rtol=0)
+
+
+def test_the_border_margin_mirrors_the_image():
+    images = torch.rand(1, 1, 40, 50)
+    padded, _ = FusionImageProcessor().pad_to_multiple(images, 16, 16)
+    # Row 16 is the first image row; row 15 mirrors row 1 (reflection without repeating the edge).
+    torch.testing.assert_close(padded[..., 15, 16:66], images[..., 1, :], atol=0, rtol=0)
+    torch.testing.assert_close(padded[..., 16:56, 15], images[..., :, 1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("margin", [-1, 2.5, True, "16"])
+def test_a_bad_border_margin_is_refused(margin):
+    with pytest.raises(ValueError, match="border_margin"):
+        FusionImageProcessor(border_margin=margin)
 
 
 def test_processing_size_keeps_aspect(processor):
@@ -141,9 +159,61 @@ def test_settings_are_config_and_save_with_the_pipeline(tmp_path):
 def test_input_notices_name_the_unusual_modes():
     processor = FusionImageProcessor()
     assert processor.input_notices(PIL.Image.new("RGB", (4, 4)), "Visible") == []
-    assert "alpha channel is ignored" in processor.input_notices(PIL.Image.new("RGBA", (4, 4)), "Visible")[0]
+    assert "composited on black" in processor.input_notices(PIL.Image.new("RGBA", (4, 4)), "Visible")[0]
     assert "min-max" in processor.input_notices(PIL.Image.new("I;16", (4, 4)), "Infrared")[0]
     assert "CMYK" in processor.input_notices(PIL.Image.new("CMYK", (4, 4)), "Visible")[0]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
+def test_transparency_is_composited_on_black_and_announced(mode):
+    """A transparent region's hidden colour must not reach the fusion (it used to show as a magenta band)."""
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[..., :3] = (255, 0, 255)  # magenta under full transparency
+    rgba[:, 4:, :3] = 200
+    rgba[:, 4:, 3] = 255  # the right half opaque gray
+    rgba[:, 6:, 3] = 128  # half transparent at the far right
+    image = PIL.Image.fromarray(rgba, "RGBA").convert(mode)
+    with pytest.warns(FusionInputWarning, match="composited on black"):
+        (tensor,) = FusionImageProcessor().to_tensor_list(image, "image_b")
+    assert tensor.shape == (1, 6, 8)  # gray content stays one channel
+    assert tensor[0, :, :4].max() == 0
+    torch.testing.assert_close(tensor[0, :, 4:6], torch.full((6, 2), 200 / 255))
+    torch.testing.assert_close(tensor[0, :, 6:], torch.full((6, 2), 200 / 255 * 128 / 255), atol=2 / 255, rtol=0)
+
+
+def test_numpy_and_tensor_alpha_is_composited_too():
+    rgba = torch.rand(4, 5, 5)
+    rgba[3] = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # arrays and tensors carry no mode to announce
+        (tensor,) = FusionImageProcessor().to_tensor_list(rgba)
+    torch.testing.assert_close(tensor, rgba[:3] * 0.5)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".tif"])
+def test_the_first_frame_of_an_animation_or_multi_page_file_is_used_and_announced(tmp_path, suffix):
+    frames = [PIL.Image.new("L", (8, 8), value) for value in (10, 120, 240)]
+    path = tmp_path / f"frames{suffix}"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    image = load_image(path)
+    with pytest.warns(FusionInputWarning, match="has 3 frames .*frame 1 is used"):
+        (tensor,) = FusionImageProcessor().to_tensor_list(image, "Visible")
+    assert abs(float(tensor.mean()) * 255 - 10) < 1.5
+
+
+def test_a_constant_sixteen_bit_frame_keeps_its_level():
+    frame = np.full((4, 4), 30000, np.uint16)
+    with pytest.warns(FusionInputWarning, match="uint16 pixels.*min-max"):
+        (tensor,) = FusionImageProcessor().to_tensor_list(frame)
+    torch.testing.assert_close(tensor, torch.full((1, 4, 4), 30000 / 65535))
+
+
+def test_wide_integer_arrays_are_announced():
+    array = np.arange(48, dtype=np.int64).reshape(6, 8) * 1000
+    with pytest.warns(FusionInputWarning, match="image_a has int64 pixels, read as more than 8 bits: it is scaled by "
+                                                "its own min-max range"):
+        (tensor,) = FusionImageProcessor().to_tensor_list(array, "image_a")
+    assert float(tensor.min()) == 0 and float(tensor.max()) == 1
 
 
 @pytest.mark.parametrize("empty", [np.zeros((0, 0, 3), np.uint8), np.zeros((5, 0), np.uint8),

@@ -26,16 +26,17 @@ def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
 def _hand_flow(pipe: FusionFMPipeline, y_a: torch.Tensor, y_b: torch.Tensor, task: str, steps: int) -> torch.Tensor:
     """The Euler integration written out independently of the pipeline: (1, 1, H, W) in [0, 1]."""
     height, width = y_a.shape[-2:]
-    multiple = pipe.unet.size_multiple
-    pad = (0, (-width) % multiple, 0, (-height) % multiple)
-    a, b = F.pad(y_a, pad, mode="replicate"), F.pad(y_b, pad, mode="replicate")
+    multiple, margin = pipe.unet.size_multiple, pipe.image_processor.config.border_margin
+    a, b = (F.pad(y, (margin,) * 4, mode="reflect") for y in (y_a, y_b))
+    pad = (0, (-a.shape[-1]) % multiple, 0, (-a.shape[-2]) % multiple)
+    a, b = F.pad(a, pad, mode="replicate"), F.pad(b, pad, mode="replicate")
     x = (a + b) / 2
     task_id = torch.tensor([get_task(task).class_id])
     with torch.no_grad():
         for k in range(steps):
             t = torch.tensor([k / steps])
             x = x + (1.0 / steps) * pipe.unet(x, a, b, t, task_id)
-    return x[..., :height, :width].clamp(0, 1)
+    return x[..., margin : margin + height, margin : margin + width].clamp(0, 1)
 
 
 def test_odd_size_comes_back_at_its_size(tiny_pipe, real_pair):
@@ -302,3 +303,33 @@ def test_fp16_on_the_cpu_is_refused_before_any_work(real_pair):
     for dtype in ("fp16", torch.float16):
         with pytest.raises(ValueError, match="fp16 is not supported on the CPU.*'bf16'.*'fp32'"):
             pipe(ir, vi, task="IVF", compute_dtype=dtype)
+
+
+def test_too_many_steps_or_pixels_are_refused_before_any_work(tiny_pipe, real_pair, monkeypatch):
+    ir, vi = real_pair("IVF")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the U-Net ran before the request was refused")
+
+    monkeypatch.setattr(tiny_pipe, "_fuse_luminance", no_work)
+    with pytest.raises(ValueError, match=r"num_inference_steps=1000000000 is above this pipeline's cap of 100"):
+        tiny_pipe(ir, vi, task="IVF", num_inference_steps=10**9)
+    message = r"Fusing at \d+x20000 pixels is \d+\.\d megapixels, above this pipeline's cap of 16 \("
+    with pytest.raises(ValueError, match=message):
+        tiny_pipe(ir, vi, task="IVF", processing_resolution=20000)
+
+
+def test_the_caps_can_be_raised(tiny_pipe, real_pair, tmp_path):
+    ir, vi = real_pair("IVF")
+    ir, vi = ir.crop((0, 0, 64, 48)), vi.crop((0, 0, 64, 48))
+    tiny_pipe.register_to_config(max_num_inference_steps=2, max_processing_pixels=64 * 48)
+    assert tiny_pipe(ir, vi, task="IVF", num_inference_steps=2).images[0].size == (64, 48)
+    with pytest.raises(ValueError, match="cap of 2"):
+        tiny_pipe(ir, vi, task="IVF", num_inference_steps=3)
+    with pytest.raises(ValueError, match="megapixels"):
+        tiny_pipe(ir, vi, task="IVF", processing_resolution=65)
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    loaded = FusionFMPipeline.from_pretrained(tmp_path / "pipe", max_num_inference_steps=500)
+    assert (loaded.config.max_num_inference_steps, loaded.config.max_processing_pixels) == (500, 64 * 48)
+    with pytest.raises(ValueError, match="max_processing_pixels must be a positive integer"):
+        FusionFMPipeline.from_pretrained(tmp_path / "pipe", max_processing_pixels=0)
