@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -109,3 +110,42 @@ def test_saving_the_same_step_again_replaces_it(checkpoint):
     assert load_checkpoint(folder, *restored).step == 2
     assert weights_fingerprint(restored[0]) == weights_fingerprint(model)
     assert not list(folder.parent.glob(".checkpoint-1.*"))
+
+
+def test_a_changed_byte_of_the_same_size_is_caught_by_the_hash(checkpoint):
+    folder = checkpoint[0]
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in the last weight: same size, other content
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    assert not checkpoint_is_complete(folder)
+    with pytest.raises(ValueError, match="changed since they were written"):
+        load_checkpoint(folder, *_training_objects(0))
+
+
+def test_checkpoints_of_older_runs_with_sizes_only_still_load(checkpoint):
+    folder = checkpoint[0]
+    meta = json.loads((folder / "state.json").read_text())
+    meta["files"] = {name: record["size"] for name, record in meta["files"].items()}
+    (folder / "state.json").write_text(json.dumps(meta))
+    assert checkpoint_is_complete(folder)
+    assert load_checkpoint(folder, *_training_objects(1)).step == 1
+
+
+def test_what_a_killed_prune_left_is_removed_by_the_next_prune(checkpoint, tmp_path):
+    for step in (3, 5, 20):
+        shutil.copytree(checkpoint[0], tmp_path / f"checkpoint-{step}")
+    (tmp_path / "checkpoint-3" / "model.safetensors").unlink()  # rmtree killed half-way (old pruning)
+    shutil.copytree(checkpoint[0], tmp_path / ".checkpoint-2.pruning")  # killed after the rename
+    shutil.copytree(checkpoint[0], tmp_path / ".checkpoint-30.partial")  # a write in progress: left alone
+    prune_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint-30.partial", "checkpoint-20", "checkpoint-5"]
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_file(checkpoint):
+    folder = checkpoint[0]
+    torch.manual_seed(0)
+    other = build_unet("tiny", block_out_channels=(8, 8))
+    optimizer = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    lr_scheduler = get_scheduler("constant", optimizer)
+    with pytest.raises(ValueError, match=r"model\.safetensors does not fit this model"):
+        load_checkpoint(folder, other, optimizer, lr_scheduler, ElasticWeightConsolidation(1.0), ReplayBuffer(2))
