@@ -122,6 +122,14 @@ def test_bad_settings_and_task(client):
     assert "Value -5 is less than minimum value 0" in _error(client, task, path_a, path_b, resolution=-5)
     message = _error(client, "Panorama", path_a, path_b)
     assert "'Panorama'" in message and "not in the list of choices" in message and "MIF-PET" in message
+    # What the API lets through to the app (no value, text, fractions) gets the app's own message.
+    assert "The number of flow steps must be a whole number from 1 to 8, got None" in _error(
+        client, task, path_a, path_b, steps=None)
+    assert "got 'abc'" in _error(client, task, path_a, path_b, steps="abc")
+    assert "got 1.5" in _error(client, task, path_a, path_b, steps=1.5)
+    assert "The processing resolution (0 = input size) must be a whole number" in _error(
+        client, task, path_a, path_b, resolution=None)
+    assert "Unknown task None" in _error(client, None, path_a, path_b)
 
 
 def test_oversized_images_are_downscaled_with_a_notice(client, tmp_path):
