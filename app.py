@@ -31,7 +31,7 @@ import torch
 from fusionfm import FusionFMPipeline, FusionInputWarning, get_task, load_image
 from fusionfm.evaluation.baseline import average_255
 from fusionfm.evaluation.metrics import fusion_metrics, to_gray_255
-from fusionfm.image_processor import FusionImageProcessor, to_pil
+from fusionfm.image_processor import FusionImageProcessor, ImageTooLargeError, to_pil
 from fusionfm.pipeline_fusionfm import SizeMismatchError
 
 # The app shows these notices to the visitor itself (FusionImageProcessor.input_notices), not in the server log.
@@ -42,7 +42,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TASK_CHOICES = [("Infrared + visible (IVF)", "IVF"), ("MRI + CT (MIF)", "MIF-CT"), ("MRI + PET (MIF)", "MIF-PET"),
                 ("MRI + SPECT (MIF)", "MIF-SPECT"), ("Multi-exposure (MEF)", "MEF"), ("Multi-focus (MFF)", "MFF")]
 SHOWN_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
-METRICS_MAX_SIDE = 1024  # metrics of larger results are computed on a copy downscaled to this long side
+METRICS_MAX_SIDE = 512  # metrics of larger results are computed on a copy downscaled to this long side
 MAX_STEPS = 8  # the steps slider's range; the model is trained for one step
 
 
@@ -72,8 +72,8 @@ class SettingSlider(gr.Slider):
 
 # ---------------------------------------------------------------------------------------------- helpers
 def visitor_error(message: str, title: str = "Error") -> gr.Error:
-    """A message for the visitor (no stack trace in the page or the server log)."""
-    return gr.Error(message, title=title, print_exception=False)
+    """A message for the visitor that stays on the page until closed (no stack trace in the page or the log)."""
+    return gr.Error(message, title=title, duration=None, print_exception=False)
 
 
 def whole_number(value, name: str, low: int, high: int) -> int:
@@ -90,12 +90,15 @@ def input_labels(task: str) -> tuple[str, str]:
     return spec.label_a, spec.label_b
 
 
-def read_upload(path: str | None, role: str) -> PIL.Image.Image:
-    """Open one upload; every problem becomes a gr.Error naming the input (``role``)."""
+def read_upload(path: str | None, role: str, max_pixels: int) -> PIL.Image.Image:
+    """Open one upload (refused from its header if it has more than ``max_pixels``); every problem becomes a
+    gr.Error naming the input (``role``)."""
     if not path:
         raise visitor_error(f"The {role} image is missing: upload it (or pick an example below).", "Missing image")
     try:
-        image = load_image(path)
+        image = load_image(path, max_pixels=max_pixels)
+    except ImageTooLargeError as error:
+        raise visitor_error(f"The {role} image is too large for this app: {error}", "Image too large") from error
     except PIL.Image.DecompressionBombError as error:
         raise visitor_error(f"The {role} image is too large to open safely ({error}). Downscale it first.",
                             "Image too large") from error
@@ -118,10 +121,12 @@ def metrics_table(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Ten
 class FusionApp:
     """The pipeline plus the app's limits; ``fuse`` is the /fuse endpoint."""
 
-    def __init__(self, pipeline: FusionFMPipeline, max_side: int = 2048, keep_results_seconds: float = 3600) -> None:
+    def __init__(self, pipeline: FusionFMPipeline, max_side: int = 2048, keep_results_seconds: float = 3600,
+                 max_upload_pixels: int = 25_000_000) -> None:
         self.pipeline = pipeline
         self.pipeline.set_progress_bar_config(disable=True)
         self.max_side = max_side
+        self.max_upload_pixels = max_upload_pixels
         self.processor = FusionImageProcessor()
         self.results_dir = Path(tempfile.mkdtemp(prefix="fusionfm-app-"))
         self.keep_results_seconds = keep_results_seconds
@@ -148,7 +153,8 @@ class FusionApp:
                                   self.max_side)
         if not isinstance(resize_b_to_a, bool):
             raise visitor_error(f"resize_b_to_a must be true or false, got {resize_b_to_a!r}.", "Bad setting")
-        image_a, image_b = read_upload(path_a, spec.label_a), read_upload(path_b, spec.label_b)
+        image_a = read_upload(path_a, spec.label_a, self.max_upload_pixels)
+        image_b = read_upload(path_b, spec.label_b, self.max_upload_pixels)
         notices = (self.processor.input_notices(image_a, spec.label_a)
                    + self.processor.input_notices(image_b, spec.label_b))
         downscaled = max(image_a.size) > self.max_side
@@ -257,8 +263,9 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
                 compare = gr.Radio([(label_a, "a"), (label_b, "b")], value="b", label="Compare the result with")
         timing = gr.Markdown(elem_id="timing")
         with gr.Row():
-            metrics = gr.Dataframe(headers=["metric", "FusionFM", "average of the inputs"],
-                                   label="Metrics (higher is better)", interactive=False)
+            metrics = gr.Dataframe(
+                headers=["metric", "FusionFM", "average of the inputs"], interactive=False,
+                label=f"Metrics (higher is better; computed on a copy at most {METRICS_MAX_SIDE} px on the long side)")
             download = gr.File(label="Fused image (PNG)", interactive=False)
         state = gr.State(None)
         gr.Examples(example_rows(), inputs=[task, image_a, image_b],
@@ -280,6 +287,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("FUSIONFM_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("FUSIONFM_PORT", "7860")))
     parser.add_argument("--max-side", type=int, default=int(os.environ.get("FUSIONFM_MAX_SIDE", "2048")))
+    parser.add_argument("--max-upload-pixels", type=int,
+                        default=int(os.environ.get("FUSIONFM_MAX_UPLOAD_PIXELS", "25000000")),
+                        help="uploads with more pixels are refused from their header, before decoding")
+    parser.add_argument("--max-upload-mb", type=float, default=float(os.environ.get("FUSIONFM_MAX_UPLOAD_MB", "50")),
+                        help="largest upload file in megabytes")
     parser.add_argument("--concurrency", type=int, default=int(os.environ.get("FUSIONFM_CONCURRENCY", "2")))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("FUSIONFM_THREADS", "0")),
                         help="torch threads (0: the CPU count divided by --concurrency, so that concurrent calls "
@@ -300,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: could not load the FusionFM model: {error}", file=sys.stderr)
         return 2
-    demo = build_demo(FusionApp(pipeline, args.max_side), args.concurrency)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo = build_demo(FusionApp(pipeline, args.max_side, max_upload_pixels=args.max_upload_pixels), args.concurrency)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                max_file_size=int(args.max_upload_mb * 1024 * 1024))
     return 0
 
 

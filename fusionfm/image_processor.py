@@ -329,11 +329,21 @@ def to_pil(image: torch.Tensor) -> PIL.Image.Image:
     return PIL.Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
 
-def load_image(path: str | Path) -> PIL.Image.Image:
+class ImageTooLargeError(ValueError):
+    """An image file has more pixels than the caller allows (found from its header, before decoding)."""
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> PIL.Image.Image:
     """Open an image file, applying EXIF orientation and keeping its mode (L, RGB, I;16, ...).
+
+    Args:
+        path: the file.
+        max_pixels: refuse images with more pixels than this, judged from the header before any decoding
+            (None: PIL's own decompression-bomb limit only).
 
     Raises:
         FileNotFoundError: the file does not exist.
+        ImageTooLargeError: more than ``max_pixels`` pixels.
         ValueError: the file is not an image PIL can decode (the message names the file).
     """
     path = Path(path)
@@ -341,10 +351,18 @@ def load_image(path: str | Path) -> PIL.Image.Image:
         raise FileNotFoundError(f"No image file at {path}.")
     try:
         with PIL.Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{path.name} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
+                    f"{max_pixels / 1e6:g} megapixels. Downscale it first."
+                )
             image.load()
             frames = getattr(image, "n_frames", 1)
             upright = PIL.ImageOps.exif_transpose(image)
             upright.info[FRAMES_INFO_KEY] = frames  # the copy forgets it; input_notices announces it
             return upright
+    except ImageTooLargeError:
+        raise
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"Could not read {path} as an image ({error}). Is the file complete and an image?") from error

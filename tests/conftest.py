@@ -86,12 +86,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(max_side: int = 2048) -> Iterator[str]:
+def serve_app(max_side: int = 2048, max_upload_pixels: int = 25_000_000,
+              max_file_size: int | None = None) -> Iterator[str]:
     """The app on the bundled model (or $FUSIONFM_MODEL), served in this process on a free port: yields its URL."""
     app = load_app_module()
-    demo = app.build_demo(app.FusionApp(FusionFMPipeline.from_pretrained(), max_side=max_side), concurrency=2)
+    fusion_app = app.FusionApp(FusionFMPipeline.from_pretrained(), max_side=max_side,
+                               max_upload_pixels=max_upload_pixels)
+    demo = app.build_demo(fusion_app, concurrency=2)
     port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                max_file_size=max_file_size)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -21,9 +21,12 @@ app_module = load_app_module()
 MAX_SIDE = 1200  # above every bundled example; the size-limit test uses a bigger image
 
 
+MAX_UPLOAD_PIXELS, MAX_FILE_SIZE = 3_000_000, 5 * 1024 * 1024  # small limits so the tests stay light
+
+
 @pytest.fixture(scope="module")
 def client():
-    with serve_app(max_side=MAX_SIDE) as url:
+    with serve_app(max_side=MAX_SIDE, max_upload_pixels=MAX_UPLOAD_PIXELS, max_file_size=MAX_FILE_SIZE) as url:
         yield Client(url, verbose=False)
 
 
@@ -140,6 +143,22 @@ def test_oversized_images_are_downscaled_with_a_notice(client, tmp_path):
     fused_path, _, _, timing, _ = _fuse(client, "MIF-SPECT", big_a, big_b)
     assert PIL.Image.open(fused_path).size == (MAX_SIDE, MAX_SIDE)
     assert f"above this app's limit of {MAX_SIDE}" in timing
+
+
+def test_uploads_beyond_the_pixel_budget_or_the_file_size_are_refused(client, tmp_path):
+    _, path_a, path_b = EXAMPLES[0]
+    # 4000 x 4000 of one colour: a tiny file that would decode to 48 MB; refused from its header.
+    flat = tmp_path / "flat.png"
+    PIL.Image.new("RGB", (4000, 4000), (90, 90, 90)).save(flat)
+    assert flat.stat().st_size < 200_000
+    message = _error(client, "IVF", path_a, flat)
+    assert "The Visible image is too large for this app" in message and "16.0 megapixels" in message
+    assert "limit of 3 megapixels" in message
+    noise = tmp_path / "noise.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 1600, 3), np.uint8)).save(noise)
+    assert noise.stat().st_size > MAX_FILE_SIZE
+    with pytest.raises(Exception, match="(?i)file.*(too large|size)"):
+        _fuse(client, "IVF", path_a, noise)
 
 
 def test_sixteen_bit_thermal_and_transparent_inputs_keep_working(client, tmp_path):

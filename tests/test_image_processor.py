@@ -6,11 +6,13 @@ import warnings
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFile
 import pytest
 import torch
 from conftest import DATA
 
 from fusionfm import FusionImageProcessor, FusionInputWarning, load_image
+from fusionfm.image_processor import ImageTooLargeError
 
 
 @pytest.fixture()
@@ -221,3 +223,17 @@ def test_wide_integer_arrays_are_announced():
 def test_empty_images_get_a_clear_error(empty):
     with pytest.raises(ValueError, match="is empty"):
         FusionImageProcessor().to_tensor_list(empty, "image_a")
+
+
+def test_load_image_refuses_too_many_pixels_from_the_header(tmp_path, monkeypatch):
+    path = tmp_path / "wide.png"
+    PIL.Image.new("L", (3000, 2000), 7).save(path)
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("decoded before the size check")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PIL.ImageFile.ImageFile, "load", no_decoding)
+        with pytest.raises(ImageTooLargeError, match=r"wide.png is 3000x2000 = 6.0 megapixels, above the limit of 5 "):
+            load_image(path, max_pixels=5_000_000)
+    assert load_image(path, max_pixels=6_000_000).size == (3000, 2000)
