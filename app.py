@@ -15,6 +15,7 @@ resize_b_to_a) and returns (fused PNG, before/after pair, metrics table, timing 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import shutil
@@ -130,6 +131,11 @@ class FusionApp:
         self.processor = FusionImageProcessor()
         self.results_dir = Path(tempfile.mkdtemp(prefix="fusionfm-app-"))
         self.keep_results_seconds = keep_results_seconds
+        atexit.register(self.close)  # results of a stopped app are nobody's
+
+    def close(self) -> None:
+        """Remove this app's result folder (also done at interpreter exit)."""
+        shutil.rmtree(self.results_dir, ignore_errors=True)
 
     def _result_folder(self) -> Path:
         """A fresh folder for one call's files; folders older than ``keep_results_seconds`` are removed."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -243,6 +245,35 @@ def test_pickled_weights_are_never_loaded(tmp_path):
     assert (tmp_path / "model/unet/diffusion_pytorch_model.bin").is_file()
     with pytest.raises(Exception, match="safetensors"):
         FusionFMPipeline.from_pretrained(tmp_path / "model")
+
+
+class _Trap:
+    """Unpickling this creates the file ``marker``: proof that a pickle ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.pt",
+                                  "unet/weights.pkl", "pytorch_model.bin"])
+def test_a_pickle_in_a_model_folder_never_runs(tmp_path, name):
+    """Beside the safetensors weights a pickle is ignored; without them the folder is refused, unread."""
+    make_pipeline().save_pretrained(tmp_path / "model")
+    marker = tmp_path / "pickle-ran"
+    (tmp_path / "model" / name).write_bytes(pickle.dumps(_Trap(str(marker))))
+    loaded = FusionFMPipeline.from_pretrained(tmp_path / "model")
+    assert loaded.unet.config.output_head == "weight" and not marker.exists()
+    (tmp_path / "model/unet/diffusion_pytorch_model.safetensors").unlink()
+    if name.startswith("unet/diffusion_pytorch_model"):
+        with pytest.raises(Exception, match="safetensors"):
+            FusionFMPipeline.from_pretrained(tmp_path / "model")
+    else:
+        with pytest.raises(Exception, match="(?i)no file named|safetensors|not found"):
+            FusionFMPipeline.from_pretrained(tmp_path / "model")
+    assert not marker.exists()
 
 
 BAD_INPUTS = [
