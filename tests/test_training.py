@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +168,61 @@ def test_clear_errors_for_bad_arguments(labels, tmp_path):
     assert result.returncode != 0 and "No labels.csv" in result.stderr and "Traceback" not in result.stderr
     result = _run(["--labels", "MIF", "--output_dir", str(tmp_path)])
     assert result.returncode == 2 and "TASK=DIR" in result.stderr
+
+
+def _two_process_launcher() -> list[str]:
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu",
+            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port())]
+
+
+def _start(arguments: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([*_two_process_launcher(), str(SCRIPT), *arguments], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> bool:
+    """SIGKILL the whole process group as soon as ``ready()``; False if the run ended first."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if ready():
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.005)
+    process.wait(timeout=60)
+    return False
+
+
+def test_a_two_process_run_killed_again_and_again_resumes_to_the_same_weights(labels, tmp_path):
+    """SIGKILL of all processes, three times (once in the middle of a checkpoint write, twice at random moments
+    after a checkpoint), then resume: the final weights equal an uninterrupted two-process run's, bit for bit."""
+    arguments = ["--mixed_precision", "no", "--eval_pairs", "0", "--checkpoints_total_limit", "2"]
+    reference = tmp_path / "reference"
+    result = _run(_arguments(labels, reference, *arguments), _two_process_launcher())
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    output_dir = tmp_path / "killed"
+    resume = [*_arguments(labels, output_dir, *arguments), "--resume_from_checkpoint", "latest"]
+    rng = random.Random(0)
+    kills = [lambda: any(output_dir.glob(".checkpoint-*.partial")),  # mid-write
+             lambda: (output_dir / "checkpoint-4").is_dir(), lambda: (output_dir / "checkpoint-6").is_dir()]
+    killed = 0
+    for ready in kills:
+        delay = rng.uniform(0, 0.5)
+        started = [None]
+
+        def ready_after_delay(ready=ready, delay=delay, started=started):
+            if started[0] is None and ready():
+                started[0] = time.monotonic()
+            return started[0] is not None and time.monotonic() - started[0] >= delay
+
+        killed += _kill_when(_start(resume), ready if killed == 0 else ready_after_delay)
+    assert killed >= 2  # a fast machine may finish before the last kill
+    result = _run(resume, _two_process_launcher())
+    assert result.returncode == 0, result.stderr[-3000:]
+    final, uninterrupted = _weights(output_dir), _weights(reference)
+    assert all(torch.equal(final[name], uninterrupted[name]) for name in uninterrupted)
+    assert not list(output_dir.glob(".checkpoint-*"))  # no staging or pruning leftovers
