@@ -3,6 +3,7 @@
 
     python -m fusionfm.pseudolabel --data ../shared/data --task IVF --split train --out labels/IVF
     python -m fusionfm.pseudolabel --data ../shared/data --task MEF --synthetic --split test --out labels/MEF
+    accelerate launch --num_processes 4 -m fusionfm.pseudolabel ...     (the pairs split between 4 processes)
 
 Writes, under ``--out``: one label PNG per pair (``<dataset>/<stem>.png``), for synthetic pairs also their
 sources and truth, ``labels.csv`` (every candidate's metrics and score, the chosen one, whether the refined
@@ -15,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .distributed import process_state
 from .labels.builder import LabelJob, build_labels, real_jobs, synthetic_jobs
 from .labels.refiner import RefinerConfig
 from .tasks import get_task
@@ -61,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{counts['labelled']} pairs labelled, {counts['already_done']} already done; labels and "
-          f"{args.out / 'labels.csv'} in {args.out}")
+    if process_state().is_main_process:
+        print(f"{counts['labelled']} pairs labelled, {counts['already_done']} already done; labels and "
+              f"{args.out / 'labels.csv'} in {args.out}")
     return 0
 
 

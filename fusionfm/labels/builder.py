@@ -11,7 +11,8 @@
 
 Resumable: a pair counts as done when its label file exists and its rows are in the CSV; a killed run
 leaves neither a half-written PNG (written to a temporary file, then renamed) nor counted partial rows.
-Deterministic: the same arguments give the same files.
+Deterministic: the same arguments give the same files, with one process or several
+(``accelerate launch -m fusionfm.pseudolabel ...`` splits the pairs between processes).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from ..atomic import save_png_atomic, write_csv_atomic
 from ..color import luminance
 from ..datasets import PairRecord, find_pairs, load_pair
+from ..distributed import process_state
 from ..evaluation.metrics import METRIC_NAMES
 from ..tasks import FusionTask, get_task
 from .priors import ExternalPriors, priors_for, run_prior
@@ -74,39 +76,63 @@ def synthetic_jobs(data_root: Path, task: str, split: str, seed: int, limit: int
 
 
 class LabelStore:
-    """The output folder: label files plus the CSV, with resume bookkeeping."""
+    """The output folder: label files plus the CSV, with resume bookkeeping.
 
-    def __init__(self, out_dir: Path) -> None:
+    One process (``shard=None``) appends to ``labels.csv`` itself. Under several processes each appends to its
+    own ``.labels-<shard>.csv``; :meth:`merge_shards` folds them into ``labels.csv`` (also what a killed
+    multi-process run left, when the next run opens the store).
+    """
+
+    def __init__(self, out_dir: Path, shard: int | None = None) -> None:
         self.out_dir = out_dir
         self.csv_path = out_dir / "labels.csv"
+        self.append_path = self.csv_path if shard is None else out_dir / f".labels-{shard}.csv"
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.finished = self._recover()
+        if shard is None:
+            self.merge_shards()
+        self.finished = self._recover(rewrite=shard is None)
+        if shard is not None:
+            write_csv_atomic(self.append_path, [CSV_COLUMNS])
 
     def label_path(self, job: LabelJob) -> Path:
         return self.out_dir / job.dataset / f"{job.stem}.png"
 
-    def _recover(self) -> set[tuple[str, str]]:
-        """Keep only complete pairs' rows (rewritten atomically); return their keys."""
-        if not self.csv_path.is_file():
-            with self.csv_path.open("w", newline="") as handle:
-                csv.writer(handle).writerow(CSV_COLUMNS)
-            return set()
-        with self.csv_path.open(newline="") as handle:
+    def _read(self, path: Path) -> list[list[str]]:
+        with path.open(newline="") as handle:
             reader = csv.reader(handle)
-            header = next(reader, None)
-            if header != CSV_COLUMNS:
-                raise ValueError(
-                    f"{self.csv_path} was not written by this tool (unexpected header); use another --out."
-                )
-            rows = [row for row in reader if len(row) == len(CSV_COLUMNS)]
+            if next(reader, None) != CSV_COLUMNS:
+                raise ValueError(f"{path} was not written by this tool (unexpected header); use another --out.")
+            return [row for row in reader if len(row) == len(CSV_COLUMNS)]  # a torn last row is dropped
+
+    def _recover(self, rewrite: bool) -> set[tuple[str, str]]:
+        """Keys of complete pairs (label file and rows); with ``rewrite``, drop the other rows (atomically)."""
+        if not self.csv_path.is_file():
+            write_csv_atomic(self.csv_path, [CSV_COLUMNS])
+            return set()
+        rows = self._read(self.csv_path)
         selected = {(row[1], row[3]) for row in rows if row[6] == "1"}
         finished = {key for key in selected if (self.out_dir / key[0] / f"{key[1]}.png").is_file()}
-        kept = [row for row in rows if (row[1], row[3]) in finished]
-        write_csv_atomic(self.csv_path, [CSV_COLUMNS, *kept])
+        if rewrite:
+            write_csv_atomic(self.csv_path, [CSV_COLUMNS, *[row for row in rows if (row[1], row[3]) in finished]])
         return finished
 
+    def merge_shards(self, order: list[tuple[str, str]] | None = None) -> None:
+        """Fold the per-process CSVs into ``labels.csv`` and delete them; with ``order`` (pair keys), sort the
+        pairs' rows by it, so that any number of processes writes the same file as one."""
+        shards = sorted(self.out_dir.glob(".labels-*.csv"))
+        rows = self._read(self.csv_path) if self.csv_path.is_file() else []
+        for shard in shards:
+            rows += self._read(shard)
+        if order is not None:
+            position = {key: index for index, key in enumerate(order)}
+            rows.sort(key=lambda row: position.get((row[1], row[3]), len(position)))  # stable: candidate order kept
+        if shards or order is not None:
+            write_csv_atomic(self.csv_path, [CSV_COLUMNS, *rows])
+        for shard in shards:
+            shard.unlink()
+
     def append(self, rows: list[dict]) -> None:
-        with self.csv_path.open("a", newline="") as handle:
+        with self.append_path.open("a", newline="") as handle:
             csv.DictWriter(handle, CSV_COLUMNS).writerows(rows)
             handle.flush()
             os.fsync(handle.fileno())
@@ -212,11 +238,29 @@ def build_labels(
     progress: bool = True, regions: bool = False,
 ) -> dict[str, int]:
     """Label every job not finished yet (with ``regions``, the region-level merge joins the candidates);
-    returns counts of done and skipped pairs."""
+    returns counts of done and skipped pairs.
+
+    Under ``accelerate launch`` the pairs are split between the processes (the main process trains the refiner
+    first); the files and CSV rows are the same as one process writes.
+    """
     config = config or RefinerConfig()
-    store = LabelStore(out_dir)
+    state = process_state()
+    several = state.num_processes > 1
+    if state.is_main_process:
+        store = LabelStore(out_dir)  # recovers what a killed run left, shards included
+        todo = [job for job in jobs if job.key not in store.finished]
+        if refine and todo:
+            prepare_refiner(jobs, store, config)  # trains and saves it once
+    state.wait_for_everyone()
+    if several:
+        store = LabelStore(out_dir, shard=state.process_index)
     todo = [job for job in jobs if job.key not in store.finished]
     refiner = prepare_refiner(jobs, store, config) if refine and todo else None
-    for job in tqdm(todo, desc="pseudo-labels", unit="pair", disable=not progress):
-        label_pair(job, store, refiner, config, regions)
+    with state.split_between_processes(todo) as mine:
+        for job in tqdm(mine, desc="pseudo-labels", unit="pair", disable=not progress or not state.is_main_process):
+            label_pair(job, store, refiner, config, regions)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        LabelStore(out_dir).merge_shards(order=[job.key for job in jobs])
+    state.wait_for_everyone()
     return {"labelled": len(todo), "already_done": len(jobs) - len(todo)}
