@@ -4,6 +4,7 @@
     python -m fusionfm.evaluate --model DIR_OR_HUB_ID --data ../shared/data --task IVF --dataset VIFB \
         --split test --out results/IVF-VIFB
     python -m fusionfm.evaluate --fused some/method/outputs --data ../shared/data --task MFF --out DIR
+    accelerate launch --num_processes 4 -m fusionfm.evaluate ...     (the pairs split between 4 processes)
 
 writes, per data set: ``fused/<stem>.png``, ``per_pair.csv``, ``ranking.csv`` and ``ranking.md``.
 """
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             rows = evaluate_dataset(group[: args.limit], out_dir, name, pipeline, args.fused, args.steps,
                                     not args.no_builtin_priors, not args.no_progress)
+            if rows is None:  # another process than the main one of an accelerate launch
+                continue
             ours = next(row for row in rows if row["method"] == name)
             print(f"{dataset}: {name} ranks {ours['position']} of {len(rows)} (mean rank {ours['mean_rank']:.2f} "
                   f"over {ours['pairs']} pairs); tables in {out_dir}")

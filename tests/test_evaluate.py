@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA, make_pipeline
+from conftest import DATA, REPO_ROOT, free_port, make_pipeline
 
 from fusionfm.evaluate import main
 from fusionfm.evaluation.metrics import to_gray_255
@@ -110,3 +116,51 @@ def test_quality_score_is_one_for_the_plain_average_and_lower_for_a_blank():
     average = ((gray_a + gray_b) / 2).round() / 255
     assert float(quality_score(average, y_a, y_b)[0]) == pytest.approx(1.0)
     assert float(quality_score(torch.full_like(y_a, 0.5), y_a, y_b)[0]) < 0.5
+
+
+def _accelerate(processes: int) -> list[str]:
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu", "--num_processes",
+            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port())]
+
+
+def _without_seconds(path) -> list[dict]:
+    return [{key: value for key, value in row.items() if key != "seconds"} for row in _read(path)]
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_tables_as_one_and_resume_after_a_kill(tmp_path):
+    root = tmp_path / "data"
+    vifb = DATA / "IVF" / "VIFB"
+    stems = sorted(p.stem for p in (vifb / "test" / "ir").iterdir())[:6]
+    for stem in stems:
+        for folder in ("test/ir", "test/vi"):
+            source = next((vifb / folder).glob(f"{stem}.*"))
+            (root / "IVF" / "Mini" / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, root / "IVF" / "Mini" / folder / source.name)
+    model = tmp_path / "model"
+    make_pipeline().save_pretrained(model)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    arguments = ["-m", "fusionfm.evaluate", "--model", str(model), "--data", str(root), "--task", "IVF",
+                 "--no-progress", "--no-builtin-priors"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, *arguments, "--out", str(one)], env=env, check=True, capture_output=True,
+                   timeout=600)
+    process = subprocess.Popen([*_accelerate(2), *arguments, "--out", str(two)], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((two / ".pairs").glob("*.json"))) < 2:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in (two / ".pairs").glob("*.json")}
+    assert 2 <= len(done) < 6, "the run should have been killed part way"
+    result = subprocess.run([*_accelerate(2), *arguments, "--out", str(two)], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Mini: FusionFM ranks 1 of 1" in result.stdout and result.stdout.count("ranks") == 1  # main only
+    assert _without_seconds(two / "per_pair.csv") == _without_seconds(one / "per_pair.csv")
+    assert (two / "ranking.csv").read_bytes() == (one / "ranking.csv").read_bytes()
+    assert sorted(p.name for p in (two / "fused").iterdir()) == sorted(f"{stem}.png" for stem in stems)
+    assert not (two / ".pairs").exists()

@@ -4,11 +4,14 @@
 (every method's nine metrics per pair, and the model's seconds per pair), ``ranking.csv`` and ``ranking.md``
 (each method's mean metrics over the pairs every method has, its rank per metric and its mean rank; 1 is
 best). The methods are the model (or a folder of fused images), every method under the data set's
-``priors/`` folder and the built-in priors that suit the task. ``python -m fusionfm.evaluate`` is its CLI.
+``priors/`` folder and the built-in priors that suit the task. ``python -m fusionfm.evaluate`` is its CLI
+(also under ``accelerate launch``, the pairs split between processes; a killed run resumes).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import save_png_atomic, write_csv_atomic, write_text_atomic
 from ..datasets import PairRecord, load_pair
+from ..distributed import process_state
 from ..image_processor import FusionImageProcessor
 from ..labels.priors import ExternalPriors, priors_for, run_prior
 from .metrics import fusion_metrics, to_gray_255
@@ -81,44 +85,74 @@ def ranked_metrics(fused: torch.Tensor, gray_a: torch.Tensor, gray_b: torch.Tens
     return {name: float(values[name][0]) for name in RANKED_METRICS}
 
 
+def _pair_results(pair: PairRecord, out_dir: Path, method_name: str, pipeline, fused_dir: Path | None,
+                  num_inference_steps: int, builtin: list[str], external: ExternalPriors,
+                  processor: FusionImageProcessor) -> list[dict]:
+    """Every method's nine metrics on one pair (rows of ``per_pair.csv``); writes the model's fused image."""
+    image_a, image_b = load_pair(pair, processor)
+    gray_a, gray_b = to_gray_255(image_a), to_gray_255(image_b)
+    size = tuple(image_a.shape[-2:])
+    seconds = None
+    if pipeline is not None:
+        started = time.perf_counter()
+        fused = pipeline(image_a, image_b, task=pair.task, num_inference_steps=num_inference_steps,
+                         output_type="pt", show_progress_bar=False).images[0]
+        seconds = time.perf_counter() - started
+        save_png_atomic(fused, out_dir / "fused" / f"{pair.stem}.png")
+        ours = fused[None]
+    else:
+        matches = sorted(fused_dir.glob(f"{pair.stem}.*"))
+        ours = processor.resize(processor.load(matches[0])[None], size) if matches else None
+    results = {method_name: ours}
+    results |= {method: external.load(method, pair.stem, size) for method in external.paths(pair.stem)
+                if method != method_name}
+    results |= {f"builtin:{name}": run_prior(name, image_a, image_b, pair.task) for name in builtin}
+    return [{"dataset": pair.dataset, "stem": pair.stem, "method": method, **ranked_metrics(fused, gray_a, gray_b),
+             "seconds": f"{seconds:.4f}" if method == method_name and seconds is not None else ""}
+            for method, fused in results.items() if fused is not None]
+
+
 def evaluate_dataset(pairs: list[PairRecord], out_dir: Path, method_name: str, pipeline=None,
                      fused_dir: Path | None = None, num_inference_steps: int = 1, builtin_priors: bool = True,
-                     progress: bool = True) -> list[dict]:
-    """Evaluate one data set's pairs; writes the folder described in the module docstring; returns the ranking."""
+                     progress: bool = True) -> list[dict] | None:
+    """Evaluate one data set's pairs; writes the folder described in the module docstring; returns the ranking
+    (on the main process; None on the others).
+
+    Under ``accelerate launch`` the pairs are split between the processes. Each pair's rows are kept in
+    ``out_dir/.pairs/<stem>.json`` until the tables are written, so a killed run resumes where it stopped.
+    """
     task = pairs[0].task
     external = ExternalPriors(pairs[0].dataset_dir)
     builtin = [prior.name for prior in priors_for(task)] if builtin_priors else []
     processor = FusionImageProcessor()
+    state = process_state()
+    cache = out_dir / ".pairs"
+    # What the cached rows were computed for; rows of another evaluation in the same folder are not reused.
+    signature = {"method": method_name, "model": str(getattr(pipeline, "name_or_path", None)),
+                 "fused_dir": str(fused_dir), "steps": num_inference_steps, "builtin": builtin}
+
+    def cached(pair: PairRecord) -> list[dict] | None:
+        try:
+            record = json.loads((cache / f"{pair.stem}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return record["rows"] if record.get("signature") == signature else None
+
+    todo = [pair for pair in pairs if cached(pair) is None]
+    with state.split_between_processes(todo) as mine:
+        for pair in tqdm(mine, desc=f"{pair_label(pairs[0])}", unit="pair",
+                         disable=not progress or not state.is_main_process):
+            rows = _pair_results(pair, out_dir, method_name, pipeline, fused_dir, num_inference_steps, builtin,
+                                 external, processor)
+            write_text_atomic(cache / f"{pair.stem}.json", json.dumps({"signature": signature, "rows": rows}))
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+    per_pair = [row for pair in pairs for row in cached(pair) or []]
     scores: dict[str, dict[str, dict[str, float]]] = {method_name: {}}
-    scores |= {method: {} for method in external.methods if method != method_name}
-    scores |= {f"builtin:{name}": {} for name in builtin}
-    per_pair = []
-    for pair in tqdm(pairs, desc=f"{pair_label(pairs[0])}", unit="pair", disable=not progress):
-        image_a, image_b = load_pair(pair, processor)
-        gray_a, gray_b = to_gray_255(image_a), to_gray_255(image_b)
-        size = tuple(image_a.shape[-2:])
-        seconds = None
-        if pipeline is not None:
-            started = time.perf_counter()
-            fused = pipeline(image_a, image_b, task=pair.task, num_inference_steps=num_inference_steps,
-                             output_type="pt", show_progress_bar=False).images[0]
-            seconds = time.perf_counter() - started
-            save_png_atomic(fused, out_dir / "fused" / f"{pair.stem}.png")
-            ours = fused[None]
-        else:
-            matches = sorted(fused_dir.glob(f"{pair.stem}.*"))
-            ours = processor.resize(processor.load(matches[0])[None], size) if matches else None
-        results = {method_name: ours}
-        results |= {method: external.load(method, pair.stem, size) for method in external.paths(pair.stem)
-                    if method != method_name}
-        results |= {f"builtin:{name}": run_prior(name, image_a, image_b, pair.task) for name in builtin}
-        for method, fused in results.items():
-            if fused is None:
-                continue
-            row = ranked_metrics(fused, gray_a, gray_b)
-            scores[method][pair.stem] = row
-            per_pair.append({"dataset": pair.dataset, "stem": pair.stem, "method": method, **row,
-                             "seconds": f"{seconds:.4f}" if method == method_name and seconds is not None else ""})
+    for row in per_pair:
+        scores.setdefault(row["method"], {})[row["stem"]] = {metric: row[metric] for metric in RANKED_METRICS}
     if not scores[method_name]:
         raise ValueError(f"{fused_dir} holds no fused image named after a pair of {pairs[0].dataset} "
                          f"(expected files like {pairs[0].stem}.png).")
@@ -135,6 +169,8 @@ def evaluate_dataset(pairs: list[PairRecord], out_dir: Path, method_name: str, p
         markdown += "\nNot ranked (outputs for only some of these pairs): " + ", ".join(
             f"{method} ({count} of {len(ours)})" for method, count in sorted(partial.items())) + ".\n"
     write_text_atomic(out_dir / "ranking.md", markdown)
+    shutil.rmtree(cache, ignore_errors=True)
+    state.wait_for_everyone()
     return rows
 
 
