@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -193,3 +196,15 @@ def test_twenty_concurrent_calls_return_their_own_results(client):
         results = list(pool.map(lambda row: _fuse(client, *row)[0], calls))
     for row, fused_path in zip(calls, results, strict=True):
         assert np.array_equal(_luminance(fused_path), expected[row[1]])
+
+
+def test_memory_stays_flat_over_many_mixed_calls():
+    """The small version of benchmarks/app_memory.py: two rounds of every example pair at its size, downscaled
+    with two steps, and upscaled 2x; resident size after the second round within 10 % of after the first."""
+    rounds = 2 * 3 * len(EXAMPLES)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "app_memory.py"), "--calls",
+                             str(rounds), "--warmup", str(rounds // 2)], capture_output=True, text=True, timeout=1200,
+                            cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    growth = float(re.search(r"growth after the first \d+ calls: ([+-][\d.]+) %", result.stdout).group(1))
+    assert growth <= 10.0, result.stdout
