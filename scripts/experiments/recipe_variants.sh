@@ -20,9 +20,9 @@ for variant in "$@"; do
   JOINT=(); base=$variant
   if [[ $variant == joint_* ]]; then JOINT=(--joint); base=${variant#joint_}; fi
   case "$base" in
-    weight) EXTRA=() ;;
+    weight) EXTRA=(--unet_preset weight) ;;
     pyramid) EXTRA=(--unet_config scripts/experiments/configs/pyramid_head.json) ;;
-    weight_endpoint) EXTRA=(--endpoint_loss_weight 1) ;;
+    weight_endpoint) EXTRA=(--unet_preset weight --endpoint_loss_weight 1) ;;
     pyramid_endpoint) EXTRA=(--unet_config scripts/experiments/configs/pyramid_head.json --endpoint_loss_weight 1) ;;
     pyramid_smooth) EXTRA=(--unet_config scripts/experiments/configs/pyramid_smooth.json) ;;
     pyramid_smooth_endpoint) EXTRA=(--unet_config scripts/experiments/configs/pyramid_smooth.json --endpoint_loss_weight 1) ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled default model (fusionfm/default_model/): pseudo-labels for the four tasks from the training splits,
-# then the continual recipe (EWC + replay, IVF -> MIF -> MFF -> MEF) on CPU, then copy the pipeline into fusionfm/default_model/.
+# then joint training of the four tasks on CPU, then copy the pipeline into fusionfm/default_model/.
 # Usage: scripts/reproduce/train_default_model.sh [WORK_DIR]     (WORK_DIR holds labels and the run; default ./work)
 # Every step resumes where a killed run stopped: re-run the same command.
 set -euo pipefail
@@ -15,20 +15,20 @@ python -m fusionfm.pseudolabel --data "$DATA" --task MIF --split train --out "$W
 python -m fusionfm.pseudolabel --data "$DATA" --task MEF --synthetic --split train --out "$WORK/labels/MEF-train" --no-progress
 python -m fusionfm.pseudolabel --data "$DATA" --task MFF --synthetic --split train --out "$WORK/labels/MFF-train" --no-progress
 
-# 2. Training: 4 tasks x 1000 steps of 8 random 128x128 crops, bf16 autocast; about 13 minutes on 1 thread.
-#    Task order IVF -> MIF -> MFF -> MEF and an edge term in the loss (--gradient_loss_weight 1): chosen among
-#    six recipe variants for Qabf on real MEF pairs without losing IVF (model_card.md, "Recipe variants").
-#    One thread, as the bundled model was trained: other thread counts round differently (a close, not an
-#    identical, model). (3000 steps per task with a cosine schedule scored lower than 600: the small IVF and
-#    MIF training sets overfit. The U-Net preset's weight head comes from the same measurements; model_card.md.)
+# 2. Training: all four tasks at once (--joint), 4 x 3000 steps of 8 random 128x128 crops, bf16 autocast, cosine
+#    LR from 1e-3 to 0; the pyramid output head (the default preset), the edge term and the endpoint objectives
+#    (intensity, gradient, structure on the one-step endpoint; per-task table in fusionfm.training.losses, MEF row
+#    0). About 2 hours on one thread while another run used the second core (0.63 s per step). Chosen on the
+#    validation split, with the quality-versus-time curve, in docs/quality.md. One thread, as the bundled model
+#    was trained: other thread counts round differently (a close, not an identical, model).
 OMP_NUM_THREADS=1 python training/train.py --data_root "$DATA" \
   --labels "IVF=$WORK/labels/IVF-train" "MIF=$WORK/labels/MIF-train" "MEF=$WORK/labels/MEF-train" \
            "MFF=$WORK/labels/MFF-train" \
-  --tasks IVF MIF MFF MEF --unet_preset default --steps_per_task 1000 --train_batch_size 8 --resolution 128 \
-  --learning_rate 1e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 100 --mixed_precision bf16 \
-  --gradient_loss_weight 1 --ewc_lambda 2000 --ewc_fisher_batches 4 --replay_per_task 64 --replay_share 0.25 \
-  --eval_pairs 8 --eval_resolution 256 --checkpointing_steps 500 --checkpoints_total_limit 2 \
-  --resume_from_checkpoint latest --no_progress --seed 0 --output_dir "$WORK/run"
+  --tasks IVF MIF MFF MEF --joint --unet_preset default --steps_per_task 3000 --train_batch_size 8 \
+  --resolution 128 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 100 --mixed_precision bf16 \
+  --gradient_loss_weight 1 --endpoint_loss_weight 1 --ewc_lambda 2000 --ewc_fisher_batches 4 \
+  --replay_per_task 64 --replay_share 0.25 --eval_resolution 256 --checkpointing_steps 1000 \
+  --resume_from_checkpoint latest --no_progress --no_save_each_task --seed 0 --output_dir "$WORK/run"
 
 # 3. The bundled copy: the pipeline files plus the run's evidence.
 BUNDLED=fusionfm/default_model
