@@ -49,6 +49,9 @@ HIGH_BIT_DEPTH_RULES = ("minmax", "full_range")
 
 TRANSPARENT_MODES = ("RGBA", "LA", "PA")
 
+EXIF_ORIENTATION = 0x0112
+"""EXIF tag of the orientation a viewer applies (1: as stored)."""
+
 FRAMES_INFO_KEY = "fusionfm_frames"
 """Key in ``image.info`` where :func:`load_image` keeps the frame count of an animated or multi-page file."""
 
@@ -160,6 +163,9 @@ class FusionImageProcessor(ConfigMixin):
     def _from_pil(self, image: PIL.Image.Image, name: str) -> torch.Tensor:
         for notice in self.input_notices(image, name):
             warnings.warn(notice, FusionInputWarning, stacklevel=6)
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            # As viewers show it (load_image has done this already for files it opens).
+            image = PIL.ImageOps.exif_transpose(image)
         mode = image.mode
         if mode in HIGH_BIT_DEPTH_MODES:
             return self._from_numpy(np.asarray(image), name, announce=False)[0]

@@ -237,3 +237,17 @@ def test_load_image_refuses_too_many_pixels_from_the_header(tmp_path, monkeypatc
         with pytest.raises(ImageTooLargeError, match=r"wide.png is 3000x2000 = 6.0 megapixels, above the limit of 5 "):
             load_image(path, max_pixels=5_000_000)
     assert load_image(path, max_pixels=6_000_000).size == (3000, 2000)
+
+
+def test_an_exif_rotated_image_is_read_as_viewers_show_it(tmp_path):
+    stored = np.zeros((20, 40), np.uint8)
+    stored[:, :10] = 255  # a bright left band, as stored
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    path = tmp_path / "rotated.jpg"
+    PIL.Image.fromarray(stored).save(path, exif=exif, quality=100)
+    processor = FusionImageProcessor()
+    for image in (PIL.Image.open(path), load_image(path)):  # a PIL image straight from a file, and our loader
+        (tensor,) = processor.to_tensor_list(image)
+        assert tensor.shape == (1, 40, 20)  # upright: 40 high, 20 wide
+        assert tensor[0, :10].mean() > 0.9 and tensor[0, -10:].mean() < 0.1  # the band is now at the top
