@@ -107,9 +107,11 @@ class FusionImageProcessor(ConfigMixin):
         if image.mode in TRANSPARENT_MODES or (image.mode == "P" and "transparency" in image.info):
             notices.append(f"The {name} image has transparency; it is composited on black (transparent pixels "
                            "count as no signal).")
-        if image.mode in HIGH_BIT_DEPTH_MODES:
-            rule = ("scaled by its own min-max range" if self.high_bit_depth == "minmax"
-                    else "divided by 65535")
+        rule = "scaled by its own min-max range" if self.high_bit_depth == "minmax" else "divided by 65535"
+        if image.mode == "F":
+            notices.append(f"The {name} image is F (32-bit float); it is read as it is if within [0, 1], else "
+                           f"{rule}.")
+        elif image.mode in HIGH_BIT_DEPTH_MODES:
             notices.append(f"The {name} image is {image.mode} (more than 8 bits); it is {rule}.")
         if image.mode == "CMYK":
             notices.append(f"The {name} image is CMYK; it is converted to RGB.")
@@ -167,6 +169,12 @@ class FusionImageProcessor(ConfigMixin):
             # As viewers show it (load_image has done this already for files it opens).
             image = PIL.ImageOps.exif_transpose(image)
         mode = image.mode
+        if mode == "F":  # 32-bit float pixels: as they are when in [0, 1], else by the high-bit-depth rule
+            array = np.asarray(image, dtype=np.float64)
+            if not np.isfinite(array).all():
+                raise ValueError(f"{name} contains NaN or infinite values.")
+            if array.size and (array.min() < 0 or array.max() > 1):
+                return self._finish(self._deep_to_unit(torch.from_numpy(array)[None]), name)
         if mode in HIGH_BIT_DEPTH_MODES:
             return self._from_numpy(np.asarray(image), name, announce=False)[0]
         if mode in ("P", "PA", "LA"):
@@ -244,7 +252,11 @@ class FusionImageProcessor(ConfigMixin):
             return tensor.clamp(0.0, 1.0)
         if tensor.is_complex():
             raise TypeError(f"{name} has complex dtype {tensor.dtype}; pass real-valued pixels.")
-        # Integer data deeper than 8 bits (uint16, int32 from PIL mode I, ...).
+        return self._deep_to_unit(tensor)
+
+    def _deep_to_unit(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Data deeper than 8 bits (uint16, int32 from PIL mode I, float from mode F, ...) to [0, 1] by the
+        ``high_bit_depth`` rule."""
         tensor = tensor.to(torch.float64)
         if self.high_bit_depth == "full_range":
             return (tensor / 65535.0).clamp(0.0, 1.0).float()
@@ -370,5 +382,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> PIL.Image.Ima
             return upright
     except ImageTooLargeError:
         raise
+    except PIL.Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"{path.name} is too large to open safely ({error}). Downscale it first.") from error
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"Could not read {path} as an image ({error}). Is the file complete and an image?") from error

@@ -251,3 +251,24 @@ def test_an_exif_rotated_image_is_read_as_viewers_show_it(tmp_path):
         (tensor,) = processor.to_tensor_list(image)
         assert tensor.shape == (1, 40, 20)  # upright: 40 high, 20 wide
         assert tensor[0, :10].mean() > 0.9 and tensor[0, -10:].mean() < 0.1  # the band is now at the top
+
+
+def test_float_images_beyond_the_unit_range_follow_the_high_bit_depth_rule(tmp_path):
+    values = np.array([[0.0, 100.0], [200.0, 400.0]], np.float32)
+    path = tmp_path / "float.tif"
+    PIL.Image.fromarray(values).save(path)
+    notice = r"F \(32-bit float\); it is read as it is if within \[0, 1\], else scaled by its own min-max"
+    with pytest.warns(FusionInputWarning, match=notice):
+        (tensor,) = FusionImageProcessor().to_tensor_list(load_image(path))
+    torch.testing.assert_close(tensor[0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]))
+    in_range = PIL.Image.fromarray(values / 800)
+    with pytest.warns(FusionInputWarning):
+        (tensor,) = FusionImageProcessor().to_tensor_list(in_range)
+    torch.testing.assert_close(tensor[0], torch.from_numpy(values / 800))
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    PIL.Image.new("L", (14000, 14000)).save(path)  # 196 megapixels, a small file
+    with pytest.raises(ImageTooLargeError, match="bomb.png is too large to open safely"):
+        load_image(path)
