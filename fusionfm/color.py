@@ -38,17 +38,26 @@ def chroma(image: torch.Tensor) -> torch.Tensor:
     return rgb_to_ycbcr(image)[..., 1:, :, :]
 
 
-def saturation_weighted_chroma(chroma_a: torch.Tensor, chroma_b: torch.Tensor) -> torch.Tensor:
-    """Per-pixel, per-channel blend of two Cb/Cr maps weighted by their distance from neutral.
+def saturation_weighted_chroma(*chromas: torch.Tensor) -> torch.Tensor:
+    """Per-pixel, per-channel blend of Cb/Cr maps weighted by their distance from neutral.
 
-    The rule of the MEF literature: C = (C_a |C_a - 0.5| + C_b |C_b - 0.5|) / (|C_a - 0.5| + |C_b - 0.5|),
-    neutral where both are neutral. Shapes (B, 2, H, W) -> (B, 2, H, W).
+    The rule of the MEF literature: C = sum_i C_i |C_i - 0.5| / sum_i |C_i - 0.5|, neutral where all are
+    neutral; for any number of sources, in any order. Shapes (B, 2, H, W) each -> (B, 2, H, W).
     """
-    weight_a = (chroma_a - 0.5).abs()
-    weight_b = (chroma_b - 0.5).abs()
-    total = weight_a + weight_b
-    blended = (chroma_a * weight_a + chroma_b * weight_b) / total.clamp_min(1e-12)
+    stacked = torch.stack(chromas)
+    weights = (stacked - 0.5).abs()
+    total = weights.sum(dim=0)
+    blended = (stacked * weights).sum(dim=0) / total.clamp_min(1e-12)
     return torch.where(total > 1e-12, blended, torch.full_like(blended, 0.5))
+
+
+def recombine_frames(fused_y: torch.Tensor, frames: list[torch.Tensor]) -> torch.Tensor:
+    """Colour for a fusion of several frames (exposure brackets, focus stacks): the saturation-weighted chroma
+    of all frames on ``fused_y`` (B, 1, H, W); frames (B, C, H, W) of that size. Gray when every frame is."""
+    if all(is_gray(frame) for frame in frames):
+        return fused_y
+    fused_chroma = saturation_weighted_chroma(*(chroma(frame) for frame in frames))
+    return ycbcr_to_rgb(torch.cat([fused_y, fused_chroma], dim=-3)).clamp(0.0, 1.0)
 
 
 def recombine(
@@ -69,9 +78,7 @@ def recombine(
             return fused_y
         fused_chroma = chroma(image_b)
     elif policy == ColorPolicy.SATURATION_WEIGHTED:
-        if is_gray(image_a) and is_gray(image_b):
-            return fused_y
-        fused_chroma = saturation_weighted_chroma(chroma(image_a), chroma(image_b))
+        return recombine_frames(fused_y, [image_a, image_b])
     else:
         raise ValueError(f"Unknown colour policy {policy!r}.")
     return ycbcr_to_rgb(torch.cat([fused_y, fused_chroma], dim=-3)).clamp(0.0, 1.0)

@@ -14,10 +14,11 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .color import luminance, recombine
+from .color import luminance, recombine, recombine_frames
 from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
 from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
 from .scheduler import FlowMatchFusionScheduler
+from .stacks import MAX_FRAMES, blend_stack
 from .tasks import FusionTask, get_task
 from .unet import FusionUNet
 
@@ -197,7 +198,8 @@ class FusionFMPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
         if image_a is None or image_b is None:
-            raise ValueError("Both image_a and image_b are required.")
+            raise ValueError("Both image_a and image_b are required (or, for MEF and MFF, a list of frames as "
+                             "image_a).")
         if isinstance(image_a, (list, tuple)) != isinstance(image_b, (list, tuple)):
             raise ValueError("Pass image_a and image_b both as single images or both as lists of the same length.")
 
@@ -242,7 +244,7 @@ class FusionFMPipeline(DiffusionPipeline):
     def __call__(
         self,
         image_a: PipelineImageInput,
-        image_b: PipelineImageInput,
+        image_b: PipelineImageInput | None = None,
         task: str | FusionTask | Sequence[str | FusionTask] = "IVF",
         num_inference_steps: int | None = None,
         processing_resolution: int | None = None,
@@ -260,7 +262,9 @@ class FusionFMPipeline(DiffusionPipeline):
         Args:
             image_a, image_b: the two sources (see :mod:`fusionfm.image_processor` for accepted types);
                 for IVF a is infrared and b visible, for MIF a is MRI and b CT/PET/SPECT, for MEF a is
-                under- and b over-exposed, for MFF a is near- and b far-focused.
+                under- and b over-exposed, for MFF a is near- and b far-focused. For MEF and MFF, ``image_a``
+                may instead be a list of 2 to 64 frames of one scene (an exposure bracket or focus stack, any
+                order) with ``image_b`` None: the result is one fused image (:mod:`fusionfm.stacks`; one step).
             task: a task name (``"IVF"``, ``"MIF-PET"``, ``"MEF"``, ...) or one per pair.
             num_inference_steps: Euler steps (default: the pipeline config, 1).
             processing_resolution: long edge in pixels to fuse at; None uses the config default and 0
@@ -280,6 +284,13 @@ class FusionFMPipeline(DiffusionPipeline):
             num_inference_steps = self.config.default_num_inference_steps
         if processing_resolution is None:
             processing_resolution = self.config.default_processing_resolution
+        if image_b is None and isinstance(image_a, (list, tuple)) and len(image_a) > 2:
+            fused = self._fuse_frames(image_a, task, num_inference_steps, processing_resolution,
+                                      match_input_resolution, resize_b_to_a, batch_size, compute_dtype, output_type)
+            images = self.image_processor.postprocess([fused], output_type)
+            return FusionFMPipelineOutput(images=images) if return_dict else (images,)
+        if image_b is None and isinstance(image_a, (list, tuple)):
+            image_a, image_b = self._ordered_pair(image_a, task)
         images_a, images_b, tasks = self.check_inputs(
             image_a, image_b, task, num_inference_steps, processing_resolution, resize_b_to_a, batch_size,
             output_type,
@@ -305,6 +316,97 @@ class FusionFMPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return FusionFMPipelineOutput(images=images)
+
+    # ------------------------------------------------------------------ stacks of frames
+    def _check_frames(self, frames: Sequence, task, resize_to_first: bool) -> tuple[list[torch.Tensor], FusionTask]:
+        """Validate a stack call: a MEF or MFF task, 2 to MAX_FRAMES frames of one size; canonical tensors."""
+        if isinstance(task, (list, tuple)):
+            raise ValueError("A stack of frames is one fusion: pass one task, 'MEF' or 'MFF'.")
+        spec = get_task(task)
+        if spec.family not in ("MEF", "MFF"):
+            raise ValueError(f"{spec.name} fuses exactly two images: pass image_a and image_b. Stacks of more "
+                             "than two frames are for MEF (exposure brackets) and MFF (focus stacks).")
+        if not 2 <= len(frames) <= MAX_FRAMES:
+            raise ValueError(f"A stack needs 2 to {MAX_FRAMES} frames, got {len(frames)}.")
+        tensors = [self.image_processor.to_tensor_list(frame, f"frame {index}")[0] for index, frame in
+                   enumerate(frames)]
+        size = tuple(tensors[0].shape[-2:])
+        for index, tensor in enumerate(tensors[1:], start=1):
+            if tuple(tensor.shape[-2:]) == size:
+                continue
+            if not resize_to_first:
+                raise SizeMismatchError(
+                    f"frame 0 is {size[0]}x{size[1]} but frame {index} is {tensor.shape[-2]}x{tensor.shape[-1]} "
+                    "(HxW). A stack needs frames of one size: resize them, or pass resize_b_to_a=True to resize "
+                    "every frame to the first.", size, tuple(tensor.shape[-2:]), index)
+            tensors[index] = self.image_processor.resize(tensor[None], size)[0]
+        return tensors, spec
+
+    def _ordered_pair(self, frames: Sequence, task) -> tuple:
+        """Two frames as (a, b): for MEF the darker first (a is the under-exposed source), else as given."""
+        tensors, spec = self._check_frames(frames, task, resize_to_first=True)
+        if spec.family == "MEF" and luminance(tensors[1][None]).mean() < luminance(tensors[0][None]).mean():
+            return frames[1], frames[0]
+        return frames[0], frames[1]
+
+    def _fuse_frames(self, frames: Sequence, task, num_inference_steps: int, processing_resolution: int | None,
+                     match_input_resolution: bool, resize_to_first: bool, batch_size: int,
+                     compute_dtype, output_type: str) -> torch.Tensor:
+        """Fuse three or more frames: (C, H, W) in [0, 1].
+
+        Each frame is scored against the stack's mean by the network (for MEF in the slot its exposure suits:
+        a darker frame as the under-exposed source, a brighter one as the over-exposed), and the frames'
+        pyramids are blended by a softmax of the scores (:func:`fusionfm.stacks.blend_stack`).
+        """
+        if num_inference_steps != 1:
+            raise ValueError(f"Stacks of more than two frames are fused in one step; got num_inference_steps="
+                             f"{num_inference_steps!r}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        tensors, spec = self._check_frames(frames, task, resize_to_first)
+        size = self.image_processor.processing_size(tuple(tensors[0].shape[-2:]), processing_resolution)
+        if size[0] * size[1] > self.config.max_processing_pixels:
+            raise ValueError(f"Fusing at {size[0]}x{size[1]} pixels is above this pipeline's cap of "
+                             f"{self.config.max_processing_pixels / 1e6:g} megapixels; pass a smaller "
+                             "processing_resolution, or raise the cap.")
+        dtype = self._resolve_compute_dtype(compute_dtype)
+        device = self._execution_device
+        luma = torch.cat([self.image_processor.resize(luminance(t[None]), size) for t in tensors]).to(device)
+        multiple, margin = self.unet.size_multiple, self.image_processor.config.border_margin
+        padded, box = self.image_processor.pad_to_multiple(luma, multiple, margin)
+        reference = padded.mean(dim=0, keepdim=True).expand_as(padded)
+        brighter = torch.zeros(len(tensors), 1, 1, 1, dtype=torch.bool, device=device)
+        if spec.family == "MEF":
+            brighter = (luma.mean(dim=(1, 2, 3)) > luma.mean()).view(-1, 1, 1, 1)
+        image_a = torch.where(brighter, reference, padded)
+        image_b = torch.where(brighter, padded, reference)
+        weights_dtype = self.unet.dtype
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != weights_dtype and dtype != torch.float32)
+        logits, gains = [], []
+        with self._call_lock, torch.no_grad():
+            for start in range(0, len(tensors), batch_size):
+                chunk = slice(start, start + batch_size)
+                count = image_a[chunk].shape[0]
+                x0 = self.scheduler.source_point(image_a[chunk], image_b[chunk], None)
+                with autocast:
+                    chunk_logits, chunk_gains = self.unet.source_maps(
+                        x0.to(weights_dtype), image_a[chunk].to(weights_dtype), image_b[chunk].to(weights_dtype),
+                        torch.zeros(count, device=device),
+                        torch.full((count,), spec.class_id, dtype=torch.long, device=device))
+                logits.append(chunk_logits.float())
+                gains.append(chunk_gains.float())
+        # The logit is the a-slot's weight: a frame in the b slot scores with its negative.
+        logits = torch.where(brighter, -1.0, 1.0) * torch.cat(logits)
+        fused_y = blend_stack(padded.float(), logits, torch.cat(gains))
+        fused_y = self.image_processor.crop(fused_y, box).clamp(0.0, 1.0).cpu()
+        originals = [t[None] for t in tensors]
+        if match_input_resolution:
+            fused_y = self.image_processor.resize(fused_y, tuple(tensors[0].shape[-2:]))
+        else:
+            originals = [self.image_processor.resize(t, size) for t in originals]
+        return recombine_frames(fused_y, originals)[0]
 
     # ------------------------------------------------------------------ steps of a call
     def _prepare_pair(

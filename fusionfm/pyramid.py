@@ -56,7 +56,7 @@ def collapse(pyramid: list[torch.Tensor]) -> torch.Tensor:
     return image
 
 
-def _fit(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def fit_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Maps (B, C, h, w) at ``size``: as they are, averaged down, or bilinearly upsampled."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
@@ -86,9 +86,9 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, weights: torch.
     fused = []
     for level, bands in enumerate(pyramid):
         size = tuple(bands.shape[-2:])
-        weight = _fit(weights[:, level : level + 1], size)
+        weight = fit_maps(weights[:, level : level + 1], size)
         band = bands[:, 1:2] + weight * (bands[:, 0:1] - bands[:, 1:2])
         if level < levels - 1:
-            band = band * _fit(gains[:, level : level + 1], size)
+            band = band * fit_maps(gains[:, level : level + 1], size)
         fused.append(band)
     return collapse(fused)

@@ -7,14 +7,14 @@ a quarter of the pixels. On 2 CPU cores at 640x480 in bf16 that takes the defaul
 a lossless rearrangement). It also gives the network named inputs, so callers never concatenate
 channels or scale time themselves.
 
-Output heads. ``"velocity"``: the U-Net's output is the velocity. ``"weight"`` (the presets): the U-Net
+Output heads. ``"velocity"``: the U-Net's output is the velocity. ``"weight"`` (the first shipped model): the U-Net
 outputs a per-pixel weight logit w; the predicted fused image is x1_hat = sigmoid(w) a + (1 - sigmoid(w)) b,
 and the velocity is the one that reaches it, (x1_hat - x_t) / (1 - t). ``"gated"`` adds a free residual r
 to x1_hat; measured, that residual learned a bias and noise (8 grey levels on MRI backgrounds) that cost
 more than it gave, so the presets leave it out. Fusion is mostly a per-pixel choice between the sources,
 and a U-Net whose last layer follows a GroupNorm reproduces source pixels only approximately: with the
 ``"velocity"`` head the first default model stayed below plain averaging on every task (model_card.md).
-``"pyramid"`` (the ``"pyramid"`` preset, not yet the shipped default) predicts such a weight per Laplacian
+``"pyramid"`` (the default preset) predicts such a weight per Laplacian
 level and a bounded contrast gain per detail level; x1_hat is the collapsed blended pyramid
 (:func:`fusionfm.pyramid.blend_pyramids`): band-wise fusion as the Laplacian-pyramid and guided-filter priors do
 it, which one convex weight per pixel cannot express.
@@ -45,20 +45,21 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few thousand parameters, milliseconds per call.
     "tiny": dict(patch_size=1, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
                  mid_block_attention=False, output_head="weight"),
-    # The shipped model: 2.42 M parameters, widths 16-32-64-128 at 1/2, 1/4, 1/8 and 1/16 of the image,
-    # purely convolutional. Self-attention in the mid block (1/16 scale) would cost about 20 % more time
-    # (142 -> 173 ms per 640x480 pair, measured interleaved on 2 cores); at 1/8 scale about 400 ms.
-    "default": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1,
-                    norm_num_groups=8, mid_block_attention=False, output_head="weight"),
-    # The candidate next default: band-wise weights and gains (output_head "pyramid"). Without smooth weight maps
-    # it beat the default head on the validation split at equal steps and left no checkerboard; with them (as
-    # here) IVF and MIF scored lower in the runs so far (docs/quality.md), to be settled before it ships.
-    "pyramid": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
+    # The shipped model: widths 16-32-64-128 at 1/2, 1/4, 1/8 and 1/16 of the image, purely convolutional, and
+    # band-wise output (a weight map per level of a 4-level Laplacian pyramid, a gain in [1/2, 2] per detail
+    # level). Against the per-pixel weight head ("weight") it scored higher on the validation split at equal
+    # steps and leaves no 2-pixel checkerboard; smooth weight maps cost IVF and MIF there (docs/quality.md).
+    # Self-attention in the mid block (1/16 scale) would cost about 20 % more time.
+    "default": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
                     mid_block_attention=False, output_head="pyramid", pyramid_levels=4, max_gain=2.0,
-                    smooth_weights=True),
+                    smooth_weights=False),
+    # The first shipped model's architecture: one convex source weight per pixel (kept to compare speed and
+    # quality with, and for models saved with it).
+    "weight": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1,
+                   norm_num_groups=8, mid_block_attention=False, output_head="weight"),
     # Twice the width and mid-block attention, for GPUs or when speed matters less.
-    "large": dict(patch_size=2, block_out_channels=(32, 64, 128, 256), layers_per_block=2,
-                  norm_num_groups=8, mid_block_attention=True, output_head="weight"),
+    "large": dict(patch_size=2, block_out_channels=(32, 64, 128, 256), layers_per_block=2, norm_num_groups=8,
+                  mid_block_attention=True, output_head="pyramid", pyramid_levels=4, max_gain=2.0),
 }
 
 
@@ -100,7 +101,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         mid_block_attention: bool = False,
         num_tasks: int = NUM_TASK_CLASSES,
         time_scale: float = 1000.0,
-        output_head: str = "weight",
+        output_head: str = "pyramid",
         min_remaining_time: float = 0.05,
         pyramid_levels: int = 4,
         max_gain: float = 2.0,
@@ -131,6 +132,49 @@ class FusionUNet(ModelMixin, ConfigMixin):
         """Heights and widths must be multiples of this (pad with the image processor)."""
         return self.config.patch_size * 2 ** (len(self.config.block_out_channels) - 1)
 
+    def _raw_output(self, x_t: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, t: torch.Tensor,
+                    task_ids: torch.Tensor) -> torch.Tensor:
+        """The U-Net's output maps at the image (or, with smooth weights, the patch) resolution."""
+        patch = self.config.patch_size
+        inputs = torch.cat([x_t, image_a, image_b], dim=1)
+        if patch > 1:
+            inputs = F.pixel_unshuffle(inputs, patch)
+        timesteps = t.to(dtype=torch.float32) * self.config.time_scale
+        output = self.unet(inputs, timesteps, class_labels=task_ids.long()).sample
+        if patch > 1 and self.config.smooth_weights and self.config.output_head != "pyramid":
+            output = F.interpolate(output.float(), scale_factor=patch, mode="bilinear", align_corners=False)
+        elif patch > 1 and not self.config.smooth_weights:
+            output = F.pixel_shuffle(output, patch)
+        if self.config.output_head == "velocity":
+            return output
+        # The blending runs in float32, outside autocast (under bf16 a, b and x_t would lose about a grey level,
+        # and the pyramid's blur would run as a bf16 convolution), on contiguous maps (the U-Net's channels-last
+        # output makes every channel slice strided, which slows the element-wise maths several times).
+        return output.float().contiguous()
+
+    def source_maps(self, x_t: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, t: torch.Tensor,
+                    task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight and weight-head maps behind the fused estimate, for fusing more than two sources.
+
+        Returns:
+            logits (B, L, h, w): source-a weight logits, one map per pyramid level (L = 1 for the weight head);
+            gains (B, L - 1, h, w): the detail levels' contrast gains (none for the weight head).
+
+        Raises:
+            ValueError: for the velocity and gated heads, which have no such maps.
+        """
+        if self.config.output_head not in ("weight", "pyramid"):
+            raise ValueError(f"A model with the {self.config.output_head!r} output head fuses pairs only.")
+        output = self._raw_output(x_t, image_a, image_b, t, task_ids)
+        if self.config.output_head == "weight":
+            return output[:, :1], output[:, :0]
+        return self._pyramid_maps(output)
+
+    def _pyramid_maps(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pyramid head's output split into weight logits and gains bounded to [1 / max_gain, max_gain]."""
+        levels = self.config.pyramid_levels
+        return output[:, :levels], torch.exp(math.log(self.config.max_gain) * torch.tanh(output[:, levels:]))
+
     def forward(
         self,
         x_t: torch.Tensor,
@@ -150,26 +194,12 @@ class FusionUNet(ModelMixin, ConfigMixin):
         Returns:
             (B, 1, H, W) velocity. H and W must be multiples of :attr:`size_multiple`.
         """
-        patch = self.config.patch_size
-        inputs = torch.cat([x_t, image_a, image_b], dim=1)
-        if patch > 1:
-            inputs = F.pixel_unshuffle(inputs, patch)
-        timesteps = t.to(dtype=torch.float32) * self.config.time_scale
-        output = self.unet(inputs, timesteps, class_labels=task_ids.long()).sample
-        if patch > 1 and self.config.smooth_weights and self.config.output_head != "pyramid":
-            output = F.interpolate(output.float(), scale_factor=patch, mode="bilinear", align_corners=False)
-        elif patch > 1 and not self.config.smooth_weights:
-            output = F.pixel_shuffle(output, patch)
+        output = self._raw_output(x_t, image_a, image_b, t, task_ids)
         if self.config.output_head == "velocity":
             return output
-        # The blending runs in float32, outside autocast (under bf16 a, b and x_t would lose about a grey level,
-        # and the pyramid's blur would run as a bf16 convolution), on contiguous maps (the U-Net's channels-last
-        # output makes every channel slice strided, which slows the element-wise maths several times).
-        output = output.float().contiguous()
         if self.config.output_head == "pyramid":
-            levels = self.config.pyramid_levels
-            weights = torch.sigmoid(output[:, :levels])
-            gains = torch.exp(math.log(self.config.max_gain) * torch.tanh(output[:, levels:]))
+            logits, gains = self._pyramid_maps(output)
+            weights = torch.sigmoid(logits)
             with torch.autocast(device_type=output.device.type, enabled=False):
                 fused = blend_pyramids(image_a.float(), image_b.float(), weights, gains)
         else:
@@ -184,7 +214,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
 def build_unet(preset: str = "default", **overrides: Any) -> FusionUNet:
     """A freshly initialised :class:`FusionUNet` from a named preset, with config overrides.
 
-    Presets: ``"tiny"`` (tests), ``"default"`` (the shipped model), ``"large"``.
+    Presets: ``"tiny"`` (tests), ``"default"`` (the shipped model), ``"weight"`` (the first shipped model's
+    per-pixel weight head), ``"large"``.
     """
     if preset not in UNET_PRESETS:
         raise ValueError(f"Unknown U-Net preset {preset!r}. Known presets: {', '.join(UNET_PRESETS)}.")

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from conftest import make_pipeline
 
-from fusionfm import FusionFMPipeline, get_task
+from fusionfm import FusionFMPipeline, build_unet, get_task
 from fusionfm.color import chroma, luminance
+from fusionfm.pipeline_fusionfm import SizeMismatchError
 
 FP32 = dict(compute_dtype="fp32")
 
@@ -364,3 +365,44 @@ def test_the_caps_can_be_raised(tiny_pipe, real_pair, tmp_path):
     assert (loaded.config.max_num_inference_steps, loaded.config.max_processing_pixels) == (500, 64 * 48)
     with pytest.raises(ValueError, match="max_processing_pixels must be a positive integer"):
         FusionFMPipeline.from_pretrained(tmp_path / "pipe", max_processing_pixels=0)
+
+
+@pytest.fixture(scope="module")
+def exposure_bracket():
+    """The first three frames of a real Waterloo exposure sequence, darkest first, downscaled for speed."""
+    from conftest import DATA
+
+    paths = sorted((DATA / "MEF" / "Waterloo" / "sequences" / "Balloons").glob("*.png"))[:3]
+    return [PIL.Image.open(path).convert("RGB").reduce(4) for path in paths]
+
+
+def test_a_stack_of_frames_fuses_in_any_order(tiny_pipe, exposure_bracket):
+    pyramid_pipe = make_pipeline()
+    pyramid_pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    for pipe in (tiny_pipe, pyramid_pipe):  # the weight head and the pyramid head
+        fused = pipe(exposure_bracket, task="MEF", output_type="pt", **FP32).images[0]
+        assert fused.shape == (3, *exposure_bracket[0].size[::-1])
+        reordered = pipe(exposure_bracket[::-1], task="MEF", output_type="pt", **FP32).images[0]
+        torch.testing.assert_close(reordered, fused, atol=1e-5, rtol=0)  # float rounding only
+        frames = torch.stack([_to_tensor(f) for f in exposure_bracket])
+        assert (fused - frames.mean(dim=0)).abs().mean() > 1e-3  # not the plain mean
+
+
+def test_two_frames_through_the_stack_call_equal_the_pair_call(tiny_pipe, exposure_bracket):
+    under, _, over = exposure_bracket
+    pair = tiny_pipe(under, over, task="MEF", output_type="pt", **FP32).images
+    for frames in ([under, over], [over, under]):  # MEF orders two frames darker first
+        torch.testing.assert_close(tiny_pipe(frames, task="MEF", output_type="pt", **FP32).images, pair)
+
+
+def test_stack_calls_that_cannot_work_are_refused(tiny_pipe, exposure_bracket):
+    with pytest.raises(ValueError, match="IVF fuses exactly two images"):
+        tiny_pipe(exposure_bracket, task="IVF")
+    with pytest.raises(ValueError, match="A stack needs 2 to 64 frames, got 65"):
+        tiny_pipe((exposure_bracket * 22)[:65], task="MEF")
+    with pytest.raises(SizeMismatchError, match="frame 0 is 85x128 but frame 2 is 43x64"):
+        tiny_pipe([*exposure_bracket[:2], exposure_bracket[2].reduce(2)], task="MFF")
+    resized = tiny_pipe([*exposure_bracket[:2], exposure_bracket[2].reduce(2)], task="MFF", resize_b_to_a=True)
+    assert resized.images[0].size == exposure_bracket[0].size
+    with pytest.raises(ValueError, match="fused in one step"):
+        tiny_pipe(exposure_bracket, task="MEF", num_inference_steps=2)

@@ -63,15 +63,15 @@ def test_the_pyramid_head_maps_its_outputs_to_weights_and_bounded_gains(sources)
 
 
 def test_smooth_weights_leave_no_checkerboard(sources):
-    """With smooth weights, one weight per 2x2 patch is upsampled bilinearly: random output layers cannot put a
-    2-pixel pattern into the weights, and so none into a fusion of two flat sources."""
+    """With smooth weights (weight head), one weight per 2x2 patch is upsampled bilinearly: random output layers
+    cannot put a 2-pixel pattern into the weights, and so none into a fusion of two flat sources."""
     from fusionfm.evaluation.artifacts import nyquist_energy
 
     torch.manual_seed(0)
     a, b = torch.zeros(1, 1, 64, 64), torch.ones(1, 1, 64, 64)
     energies = {}
     for smooth in (False, True):
-        unet = build_unet("default", smooth_weights=smooth)
+        unet = build_unet("weight", smooth_weights=smooth)
         torch.nn.init.normal_(unet.unet.conv_out.weight, std=1.0)  # a strongly varying weight map
         velocity = unet((a + b) / 2, a, b, torch.zeros(1), torch.zeros(1, dtype=torch.long))
         energies[smooth] = nyquist_energy(((a + b) / 2 + velocity) * 255)

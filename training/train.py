@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--no_flip", action="store_true", help="no random left-right flips")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--unet_preset", default="default", help="tiny, default or large")
+    model.add_argument("--unet_preset", default="default",
+                       help="tiny, default, weight or large (fusionfm.unet.UNET_PRESETS)")
     model.add_argument("--unet_config", type=Path, default=None, help="JSON file of FusionUNet config overrides")
     model.add_argument("--coupling", choices=COUPLINGS, default="mean")
     model.add_argument("--time_sampling", choices=TIME_SAMPLINGS, default="uniform")

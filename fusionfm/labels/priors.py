@@ -97,22 +97,28 @@ def guided_filter_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.
 
 
 def exposure_fusion(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
-    """Mertens-style exposure fusion: contrast x saturation x well-exposedness weights, blended in a
-    Laplacian pyramid. Weights are computed from the colour images; the luminance is blended."""
+    """Mertens-style exposure fusion of a pair: :func:`exposure_fusion_frames` of the two."""
+    return exposure_fusion_frames([image_a, image_b])
+
+
+def exposure_fusion_frames(frames: list[torch.Tensor]) -> torch.Tensor:
+    """Mertens-style exposure fusion of any number of frames (1, C, H, W): contrast x saturation x
+    well-exposedness weights, normalised over the frames and blended in a Laplacian pyramid. Weights are
+    computed from the colour images; the luminance is blended. Returns (1, 1, H, W)."""
     weights = []
-    for image in (image_a, image_b):
+    for image in frames:
         y = luminance(image)
         contrast = laplacian(y, 3, border_type="replicate").abs()
         saturation = image.std(dim=1, keepdim=True, correction=0) if image.shape[1] == 3 else torch.ones_like(y)
         well_exposed = torch.exp(-((image - 0.5) ** 2) / (2 * 0.2**2)).prod(dim=1, keepdim=True)
         weights.append(contrast * saturation * well_exposed + 1e-12)
-    total = weights[0] + weights[1]
-    weight_a = weights[0] / total
-    y_a, y_b = luminance(image_a), luminance(image_b)
-    levels = pyramid_levels(*y_a.shape[-2:])
-    pyramid_a, pyramid_b = laplacian_pyramid(y_a, levels), laplacian_pyramid(y_b, levels)
-    pyramid_w = gaussian_pyramid(weight_a, levels)
-    fused = [w * la + (1 - w) * lb for w, la, lb in zip(pyramid_w, pyramid_a, pyramid_b, strict=True)]
+    total = torch.stack(weights).sum(dim=0)
+    levels = pyramid_levels(*frames[0].shape[-2:])
+    fused = None
+    for image, weight in zip(frames, weights, strict=True):
+        pyramid = laplacian_pyramid(luminance(image), levels)
+        contribution = [w * band for w, band in zip(gaussian_pyramid(weight / total, levels), pyramid, strict=True)]
+        fused = contribution if fused is None else [f + c for f, c in zip(fused, contribution, strict=True)]
     return collapse(fused).clamp(0, 1)
 
 

@@ -1,0 +1,43 @@
+"""Fusion of more than two frames (exposure brackets, focus stacks) with the pair network.
+
+The network scores each frame against the stack's mean (one call per frame, the frames as a batch); the scores
+become per-pixel, per-pyramid-level weights by a softmax over the frames, and the fused image is the collapsed
+blend of the frames' Laplacian pyramids (:func:`blend_stack`). Every step treats the frames alike, so the order of
+the frames changes the result only by float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .pyramid import collapse, fit_maps, laplacian_pyramid
+
+MAX_FRAMES = 64
+"""Frames one call may fuse (memory grows with the frame count; see the pipeline's pixel cap)."""
+
+
+def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+    """Band-wise softmax blend of N frames.
+
+    Args:
+        frames: (N, 1, H, W) luminances.
+        logits: (N, L, h, w) each frame's weight logits per Laplacian level (any resolution; fitted per level).
+            L = 1 blends the frames per pixel.
+        gains: (N, L - 1, h, w) detail gains; the blend uses their mean over the frames.
+
+    Returns:
+        (1, 1, H, W): per level k, sum_i softmax_i(logits_k) L_k(frame_i), detail levels times the mean gain.
+    """
+    levels = logits.shape[1]
+    if gains.shape[1] != levels - 1:
+        raise ValueError(f"{levels} logit maps need {levels - 1} gain maps, got {gains.shape[1]}.")
+    pyramid = laplacian_pyramid(frames, levels) if levels > 1 else [frames]
+    fused = []
+    for level, bands in enumerate(pyramid):
+        size = tuple(bands.shape[-2:])
+        weights = torch.softmax(fit_maps(logits[:, level : level + 1], size), dim=0)
+        band = (weights * bands).sum(dim=0, keepdim=True)
+        if level < levels - 1:
+            band = band * fit_maps(gains[:, level : level + 1], size).mean(dim=0, keepdim=True)
+        fused.append(band)
+    return collapse(fused) if levels > 1 else fused[0]
