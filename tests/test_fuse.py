@@ -1,0 +1,89 @@
+"""python -m fusionfm.fuse: folders of pairs and of frame stacks, bad files skipped, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import PIL.Image
+import pytest
+from conftest import DATA, REPO_ROOT, make_pipeline
+
+from fusionfm.fuse import find_jobs, main
+from fusionfm.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    make_pipeline().save_pretrained(folder)
+    return folder
+
+
+def _brackets(root, names=("Balloons", "Candle", "Cave")):
+    """Small copies of real Waterloo exposure sequences, one sub-folder each."""
+    for name in names:
+        for path in sorted((DATA / "MEF" / "Waterloo" / "sequences" / name).glob("*.png"))[:4]:
+            (root / name).mkdir(parents=True, exist_ok=True)
+            PIL.Image.open(path).reduce(4).save(root / name / path.name)
+    return root
+
+
+def test_pairs_by_file_name_and_by_modality_folders(model, tmp_path):
+    flat = tmp_path / "flat"
+    shutil.copytree(REPO_ROOT / "examples" / "IVF", flat)
+    assert [job.name for job in find_jobs(flat, get_task("IVF"))] == ["RoadScene_FLIR_08021", "TNO_07"]
+    assert main(["--task", "IVF", "--input", str(flat), "--out", str(tmp_path / "out"), "--model", str(model),
+                 "--no-progress"]) == 0
+    tno = PIL.Image.open(tmp_path / "out" / "TNO_07.png")
+    assert tno.size == PIL.Image.open(flat / "TNO_07_ir.png").size
+    nested = tmp_path / "nested"
+    for modality in ("ir", "vi"):
+        (nested / modality).mkdir(parents=True)
+        shutil.copy(flat / f"TNO_07_{modality}.png", nested / modality / "TNO_07.png")
+    assert [job.name for job in find_jobs(nested, get_task("IVF"))] == ["TNO_07"]
+
+
+def test_stacks_with_a_bad_file_skip_it_and_fuse_the_rest(model, tmp_path, capsys):
+    brackets = _brackets(tmp_path / "brackets")
+    (brackets / "Cave" / "00.png").write_bytes(b"")  # a broken frame
+    out = tmp_path / "out"
+    assert main(["--task", "MEF", "--input", str(brackets), "--out", str(out), "--model", str(model),
+                 "--no-progress"]) == 1
+    assert sorted(path.name for path in out.iterdir()) == ["Balloons.png", "Candle.png"]
+    captured = capsys.readouterr()
+    assert "2 fused, 0 already done, 1 failed" in captured.out
+    assert "failed: Cave: Could not read" in captured.err and "00.png" in captured.err
+    with pytest.raises(SystemExit):
+        main(["--task", "IVF"])
+    assert main(["--task", "IVF", "--input", str(brackets), "--out", str(out), "--model", str(model)]) == 2
+    assert "Nothing to fuse" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_without_redoing_finished_results(model, tmp_path):
+    brackets = _brackets(tmp_path / "brackets", names=("Balloons", "BelgiumHouse", "Cadik", "Candle", "Cave",
+                                                       "ChineseGarden", "Farmhouse", "House"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "fusionfm.fuse", "--task", "MEF", "--input", str(brackets), "--out", str(out),
+               "--model", str(model), "--no-progress", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("*.png"))) < 2:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {path.name: path.stat().st_mtime_ns for path in out.glob("*.png")}
+    assert 2 <= len(before) < 8, "the run should have been killed part way"
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{8 - len(before)} fused, {len(before)} already done, 0 failed" in result.stdout
+    assert {path.name for path in out.glob("*.png")} == {f"{name}.png" for name in
+                                                         ("Balloons", "BelgiumHouse", "Cadik", "Candle", "Cave",
+                                                          "ChineseGarden", "Farmhouse", "House")}
+    assert all(out.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in before.items())
+    assert not list(out.glob(".*.tmp"))
