@@ -32,7 +32,8 @@ import torch
 
 from fusionfm import FusionFMPipeline, FusionInputWarning, get_task, load_image
 from fusionfm.evaluation.baseline import average_255
-from fusionfm.evaluation.metrics import fusion_metrics, to_gray_255
+from fusionfm.evaluation.mef_ssim import mef_ssim
+from fusionfm.evaluation.metrics import average_gradient, entropy, fusion_metrics, spatial_frequency, to_gray_255
 from fusionfm.image_processor import FusionImageProcessor, ImageTooLargeError, to_pil
 from fusionfm.pipeline_fusionfm import SizeMismatchError
 
@@ -46,6 +47,8 @@ TASK_CHOICES = [("Infrared + visible (IVF)", "IVF"), ("MRI + CT (MIF)", "MIF-CT"
 SHOWN_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 METRICS_MAX_SIDE = 512  # metrics of larger results are computed on a copy downscaled to this long side
 MAX_STEPS = 8  # the steps slider's range; the model is trained for one step
+MAX_FRAMES = 16  # frames of one exposure bracket or focus stack
+STACK_TASKS = ("MEF", "MFF")
 
 
 class UploadedImage(gr.Image):
@@ -220,6 +223,90 @@ class FusionApp:
         trim_memory()
         return str(fused_path), (state["b"], state["fused"]), table, timing, str(fused_path), state
 
+    def fuse_frames(self, task: str, paths: list[str] | None, processing_resolution: float = 0,
+                    resize_to_first: bool = False):
+        """Fuse an exposure bracket or focus stack (2 to MAX_FRAMES files); the outputs of :meth:`fuse`, with
+        the darkest and brightest frames (MEF) or the first and last (MFF) as the two comparison inputs."""
+        started = time.perf_counter()
+        if task not in STACK_TASKS:
+            raise visitor_error(f"Several frames can be fused for multi-exposure (MEF) and multi-focus (MFF); "
+                                f"{task!r} takes two images: use the two image inputs.", "Pick MEF or MFF")
+        paths = [path for path in (paths or []) if path]
+        if not 2 <= len(paths) <= MAX_FRAMES:
+            raise visitor_error(f"Upload 2 to {MAX_FRAMES} frames of one scene; got {len(paths)}.", "Frames")
+        resolution = whole_number(processing_resolution, "The processing resolution (0 = input size)", 0,
+                                  self.max_side)
+        if not isinstance(resize_to_first, bool):
+            raise visitor_error(f"resize must be true or false, got {resize_to_first!r}.", "Bad setting")
+        images = [read_upload(path, f"frame {index + 1} ({Path(path).name})", self.max_upload_pixels)
+                  for index, path in enumerate(paths)]
+        total = sum(image.width * image.height for image in images)
+        if total > 4 * self.max_upload_pixels:
+            raise visitor_error(f"The frames hold {total / 1e6:.0f} megapixels together, above this app's limit of "
+                                f"{4 * self.max_upload_pixels / 1e6:.0f}. Upload fewer or smaller frames.",
+                                "Too many pixels")
+        sizes = {image.size for image in images}
+        if len(sizes) > 1 and not resize_to_first:
+            listed = ", ".join(f"{Path(path).name} {image.width}x{image.height}" for path, image in zip(paths, images,
+                                                                                                       strict=True))
+            raise visitor_error(f"The frames differ in size ({listed}). Tick 'Resize the frames to the first' to "
+                                "resize them.", "Different sizes")
+        notices = [notice for path, image in zip(paths, images, strict=True)
+                   for notice in self.processor.input_notices(image, Path(path).name)]
+        downscaled = max(images[0].size) > self.max_side
+        if downscaled:
+            resolution = min(resolution or self.max_side, self.max_side)
+            notices.append(f"The frames are {images[0].width}x{images[0].height}, above this app's limit of "
+                           f"{self.max_side} pixels per side: fused and returned at {self.max_side} on the long side.")
+        try:
+            tensors = [self.processor.to_tensor_list(image, Path(path).name)[0] for path, image in
+                       zip(paths, images, strict=True)]
+            fuse_started = time.perf_counter()
+            fused = self.pipeline(tensors, task=task, processing_resolution=resolution,
+                                  match_input_resolution=not downscaled, resize_b_to_a=resize_to_first,
+                                  output_type="pt").images[0]
+            fuse_seconds = time.perf_counter() - fuse_started
+        except (ValueError, TypeError) as error:
+            raise visitor_error(str(error), title="Cannot fuse these frames") from error
+        except Exception as error:  # never a stack trace for the visitor; the log keeps it
+            logger.exception("Fusion failed")
+            raise visitor_error(f"Fusion failed unexpectedly ({type(error).__name__}). Please try other frames "
+                                "or report the problem.", title="Fusion failed") from error
+        for notice in notices:
+            gr.Warning(notice)
+        size = tuple(fused.shape[-2:])
+        shown = [self.processor.resize(tensor[None], size)[0] for tensor in tensors]
+        brightness = [float(frame.mean()) for frame in shown]
+        order = sorted(range(len(shown)), key=brightness.__getitem__) if task == "MEF" else list(range(len(shown)))
+        folder = self._result_folder()
+        fused_path = folder / f"fused_{task}_{len(paths)}_frames.png"
+        to_pil(fused).save(fused_path)
+        paths_shown = {"a": folder / "first.png", "b": folder / "last.png"}
+        to_pil(shown[order[0]]).save(paths_shown["a"])
+        to_pil(shown[order[-1]]).save(paths_shown["b"])
+        table = stack_metrics_table(fused, shown, task)
+        timing = (f"Fused {len(paths)} frames at {size[1]}x{size[0]} in **{fuse_seconds:.2f} s**; "
+                  f"{time.perf_counter() - started:.2f} s with loading and metrics."
+                  + "".join(f"\n\nNote: {notice}" for notice in notices))
+        state = {"a": str(paths_shown["a"]), "b": str(paths_shown["b"]), "fused": str(fused_path)}
+        del fused, tensors, shown
+        trim_memory()
+        return str(fused_path), (state["b"], state["fused"]), table, timing, str(fused_path), state
+
+
+def stack_metrics_table(fused: torch.Tensor, frames: list[torch.Tensor], task: str) -> list[list]:
+    """Rows (metric, FusionFM, mean of the frames) for a stack, on copies at most METRICS_MAX_SIDE on the long
+    side: MEF-SSIM for exposure brackets, then the no-reference EN, SF and AG."""
+    size = FusionImageProcessor.processing_size(tuple(fused.shape[-2:]), METRICS_MAX_SIDE)
+    fused, *frames = (FusionImageProcessor.resize(image[None], size)[0] for image in (fused, *frames))
+    stack = torch.stack([frame.expand(fused.shape[0], -1, -1) for frame in frames])
+    mean = stack.mean(dim=0)
+    rows = [["MEF-SSIM", round(mef_ssim(fused, stack), 4), round(mef_ssim(mean, stack), 4)]] if task == "MEF" else []
+    for name, metric in (("EN", entropy), ("SF", spatial_frequency), ("AG", average_gradient)):
+        ours, average = (float(metric(to_gray_255(image[None]))[0]) for image in (fused, mean))
+        rows.append([name, round(ours, 4), round(average, 4)])
+    return rows
+
 
 def comparison(state: dict | None, side: str):
     """The slider's pair for the chosen input ("a" or "b") and the last result."""
@@ -269,6 +356,11 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
             resolution = SettingSlider(0, app.max_side, value=0, step=32,
                                    label="Processing resolution: long side in pixels (0 = input size)")
             resize = gr.Checkbox(False, label=f"Resize the {label_b} image to match the {label_a} image")
+        with gr.Accordion(f"Exposure bracket or focus stack (MEF, MFF): 2 to {MAX_FRAMES} frames", open=False):
+            frames = gr.File(label="Frames of one scene (any order)", file_count="multiple", type="filepath",
+                             elem_id="frames")
+            resize_frames = gr.Checkbox(False, label="Resize the frames to the first")
+            run_frames = gr.Button("Fuse the frames", elem_id="fuse-frames")
         run = gr.Button("Fuse", variant="primary", elem_id="fuse")
         with gr.Row():
             fused = gr.Image(label="Fused", type="filepath", format="png", interactive=False,
@@ -290,6 +382,9 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
         run.click(app.fuse, [task, image_a, image_b, steps, resolution, resize],
                   [fused, slider, metrics, timing, download, state], api_name="fuse", concurrency_limit=concurrency,
                   ).success(comparison, [state, compare], slider, api_name=False)
+        run_frames.click(app.fuse_frames, [task, frames, resolution, resize_frames],
+                         [fused, slider, metrics, timing, download, state], api_name="fuse_frames",
+                         concurrency_limit=concurrency).success(comparison, [state, compare], slider, api_name=False)
         compare.change(comparison, [state, compare], slider, api_name=False)
     demo.queue(max_size=64)
     return demo

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import REPO_ROOT, load_app_module, serve_app
+from conftest import DATA, REPO_ROOT, load_app_module, serve_app
 from gradio_client import Client, handle_file
 
 from fusionfm import get_task
@@ -207,3 +207,51 @@ def test_memory_stays_flat_over_many_mixed_calls():
     assert result.returncode == 0, result.stderr[-3000:]
     growth = float(re.search(r"growth after the first \d+ calls: ([+-][\d.]+) %", result.stdout).group(1))
     assert growth <= 10.0, result.stdout
+
+
+def _frames(tmp_path, count: int, size_of_last=None) -> list:
+    """``count`` frames of a real Waterloo exposure sequence (repeated if it is shorter), small copies."""
+    sources = sorted((DATA / "MEF" / "Waterloo" / "sequences" / "Memorial").glob("*.png"))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        image = PIL.Image.open(sources[index % len(sources)]).reduce(4)
+        if size_of_last and index == count - 1:
+            image = image.resize(size_of_last)
+        paths.append(tmp_path / f"frame_{index:02d}.png")
+        image.save(paths[-1])
+    return paths
+
+
+def _fuse_frames(client: Client, task: str, paths, resolution: int = 0, resize: bool = False):
+    return client.predict(task, [handle_file(str(path)) for path in paths], resolution, resize,
+                          api_name="/fuse_frames")
+
+
+def test_a_five_frame_bracket_is_fused_and_a_forty_frame_one_refused(client, tmp_path):
+    paths = _frames(tmp_path, 5)
+    fused_path, _, table, timing, _ = _fuse_frames(client, "MEF", paths)
+    fused = PIL.Image.open(fused_path)
+    assert fused.size == PIL.Image.open(paths[0]).size and fused.mode == "RGB"
+    assert "Fused 5 frames" in timing
+    rows = {row[0]: row[1:] for row in table["data"]}
+    assert rows["MEF-SSIM"][0] > rows["MEF-SSIM"][1]  # above the plain mean of the frames
+    message = _error_frames(client, "MEF", _frames(tmp_path / "many", 40))
+    assert "Upload 2 to 16 frames of one scene; got 40" in message
+
+
+def test_frames_of_mixed_sizes_are_refused_then_resized_on_request(client, tmp_path):
+    paths = _frames(tmp_path, 3, size_of_last=(64, 48))
+    message = _error_frames(client, "MFF", paths)
+    assert "The frames differ in size" in message and "frame_02.png 64x48" in message and "Resize" in message
+    fused_path, *_ = _fuse_frames(client, "MFF", paths, resize=True)
+    assert PIL.Image.open(fused_path).size == PIL.Image.open(paths[0]).size
+    assert "takes two images" in _error_frames(client, "IVF", paths)
+
+
+def _error_frames(client: Client, *args, **kwargs) -> str:
+    with pytest.raises(Exception) as caught:
+        _fuse_frames(client, *args, **kwargs)
+    message = str(caught.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message
