@@ -20,9 +20,17 @@ from .image_processor import FusionImageProcessor, OutputType, PipelineImageInpu
 from .scheduler import FlowMatchFusionScheduler
 from .stacks import MAX_FRAMES, blend_stack
 from .tasks import FusionTask, get_task
+from .tiling import feather_window, tile_boxes
 from .unet import FusionUNet
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+
+TILE_OVERLAP_DIVISOR = 4
+"""Tiles overlap by an eighth of their side (128 pixels for 1024-pixel tiles)."""
+
+MAX_UNTILED_PIXELS = 16_000_000
+"""Above this many processing pixels a call must be tiled (the network's memory grows with the pixels it sees:
+about 270 MB per megapixel in bf16, 380 MB in fp32)."""
 IMAGE_PROCESSOR_FOLDER = "image_processor"
 _DTYPE_NAMES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -53,6 +61,12 @@ class SizeMismatchError(ValueError):
     def __init__(self, message: str, size_a: tuple[int, int], size_b: tuple[int, int], index: int) -> None:
         super().__init__(message)
         self.size_a, self.size_b, self.index = size_a, size_b, index
+
+
+def check_tile_size(tile_size, name: str = "tile_size") -> None:
+    """0 (no tiling) or a whole number of pixels of at least 64."""
+    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or (tile_size != 0 and tile_size < 64):
+        raise ValueError(f"{name} must be 0 (no tiling) or a whole number of pixels >= 64, got {tile_size!r}.")
 
 
 @dataclass
@@ -90,10 +104,12 @@ class FusionFMPipeline(DiffusionPipeline):
             with steps: about 0.1-0.3 s per step at 640x480 on 2 CPU cores; one step is what the model is
             trained for).
         max_processing_pixels: calls whose processing size has more pixels than this are refused before any
-            work. Peak memory grows linearly with pixels: measured about 270 MB per megapixel in bf16 and
-            380 MB in fp32 (default preset, one pair), so the default of 16 megapixels needs about 4.4 / 6 GB.
-            Raise either cap at load, ``from_pretrained(..., max_processing_pixels=...)``, or with
-            ``pipe.register_to_config(...)``.
+            work (64 million: the image-size tensors of a call take about 40 bytes per pixel).
+        default_tile_size: images larger than this on a side are fused in overlapping tiles of this many pixels
+            (blended with feathered weights), so the network's memory stays that of one tile: measured about
+            270 MB per megapixel in bf16 and 380 MB in fp32, i.e. 0.3-0.4 GB for 1024-pixel tiles. 0 turns tiling
+            off; untiled calls are then limited to 16 megapixels. Raise a cap or change the tile size at load,
+            ``from_pretrained(..., max_processing_pixels=...)``, or with ``pipe.register_to_config(...)``.
     """
 
     model_cpu_offload_seq = "unet"
@@ -107,7 +123,8 @@ class FusionFMPipeline(DiffusionPipeline):
         default_processing_resolution: int | None = None,
         default_compute_dtype: str = "auto",
         max_num_inference_steps: int = 100,
-        max_processing_pixels: int = 16_000_000,
+        max_processing_pixels: int = 64_000_000,
+        default_tile_size: int = 1024,
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
@@ -118,12 +135,14 @@ class FusionFMPipeline(DiffusionPipeline):
                           ("max_processing_pixels", max_processing_pixels)):
             if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
                 raise ValueError(f"{name} must be a positive integer, got {cap!r}.")
+        check_tile_size(default_tile_size, "default_tile_size")
         self.register_to_config(
             default_num_inference_steps=default_num_inference_steps,
             default_processing_resolution=default_processing_resolution,
             default_compute_dtype=default_compute_dtype,
             max_num_inference_steps=max_num_inference_steps,
             max_processing_pixels=max_processing_pixels,
+            default_tile_size=default_tile_size,
         )
         self.image_processor = image_processor or FusionImageProcessor()
         # The scheduler's grid is per call state: one call at a time per pipeline object.
@@ -172,6 +191,7 @@ class FusionFMPipeline(DiffusionPipeline):
         resize_b_to_a: bool,
         batch_size: int,
         output_type: str,
+        tile_size: int = 0,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[FusionTask]]:
         """Validate every argument and canonicalise the images; raise with a clear message otherwise.
 
@@ -197,6 +217,7 @@ class FusionFMPipeline(DiffusionPipeline):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+        check_tile_size(tile_size)
         if image_a is None or image_b is None:
             raise ValueError("Both image_a and image_b are required (or, for MEF and MFF, a list of frames as "
                              "image_a).")
@@ -229,13 +250,20 @@ class FusionFMPipeline(DiffusionPipeline):
             images_b[index] = self.image_processor.resize(b[None], tuple(a.shape[-2:]))[0]
         for index, a in enumerate(images_a):
             height, width = self.image_processor.processing_size(tuple(a.shape[-2:]), processing_resolution)
+            where = f" (pair {index})" if len(images_a) > 1 else ""
             if height * width > self.config.max_processing_pixels:
-                where = f" (pair {index})" if len(images_a) > 1 else ""
                 raise ValueError(
                     f"Fusing at {height}x{width} pixels{where} is {height * width / 1e6:.1f} megapixels, above this "
-                    f"pipeline's cap of {self.config.max_processing_pixels / 1e6:g} (about 0.3-0.4 GB of memory per "
-                    "megapixel). Pass a smaller processing_resolution (e.g. 2048), or raise the cap: "
+                    f"pipeline's cap of {self.config.max_processing_pixels / 1e6:g}. Pass a smaller "
+                    "processing_resolution (e.g. 2048), or raise the cap: "
                     "pipe.register_to_config(max_processing_pixels=N)."
+                )
+            network_pixels = min(height, tile_size or height) * min(width, tile_size or width)
+            if network_pixels > MAX_UNTILED_PIXELS:
+                raise ValueError(
+                    f"Fusing {height}x{width} pixels{where} in one piece (tile_size={tile_size}) needs the network "
+                    f"on {network_pixels / 1e6:.1f} megapixels at once, above {MAX_UNTILED_PIXELS / 1e6:g} (about "
+                    "0.3-0.4 GB of memory per megapixel). Use tiles, e.g. tile_size=1024."
                 )
         return images_a, images_b, tasks
 
@@ -254,6 +282,7 @@ class FusionFMPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         compute_dtype: torch.dtype | str | None = None,
         output_type: OutputType = "pil",
+        tile_size: int | None = None,
         show_progress_bar: bool = True,
         return_dict: bool = True,
     ) -> FusionFMPipelineOutput | tuple:
@@ -277,6 +306,8 @@ class FusionFMPipeline(DiffusionPipeline):
             compute_dtype: ``"auto"``, ``"bf16"``, ``"fp32"``, ``"fp16"`` or a torch dtype; None uses the config's
                 ``default_compute_dtype`` (``"auto"``: bf16 where the device runs it natively, else fp32).
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
+            tile_size: fuse images larger than this on a side in overlapping tiles of this size (None: the
+                config's ``default_tile_size``, 1024; 0: in one piece), so memory is bounded by the tile.
             show_progress_bar: show a progress bar over batches.
             return_dict: return a :class:`FusionFMPipelineOutput` rather than a tuple.
         """
@@ -284,6 +315,8 @@ class FusionFMPipeline(DiffusionPipeline):
             num_inference_steps = self.config.default_num_inference_steps
         if processing_resolution is None:
             processing_resolution = self.config.default_processing_resolution
+        if tile_size is None:
+            tile_size = self.config.get("default_tile_size", 0)
         if image_b is None and isinstance(image_a, (list, tuple)) and len(image_a) > 2:
             fused = self._fuse_frames(image_a, task, num_inference_steps, processing_resolution,
                                       match_input_resolution, resize_b_to_a, batch_size, compute_dtype, output_type)
@@ -293,7 +326,7 @@ class FusionFMPipeline(DiffusionPipeline):
             image_a, image_b = self._ordered_pair(image_a, task)
         images_a, images_b, tasks = self.check_inputs(
             image_a, image_b, task, num_inference_steps, processing_resolution, resize_b_to_a, batch_size,
-            output_type,
+            output_type, tile_size,
         )
         dtype = self._resolve_compute_dtype(compute_dtype)
 
@@ -306,8 +339,8 @@ class FusionFMPipeline(DiffusionPipeline):
         with self._call_lock:
             fused_y: dict[int, torch.Tensor] = {}
             for indices in self.progress_bar(batches) if show_progress_bar else batches:
-                self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-                fused = self._fuse_luminance([pairs[i] for i in indices], generator, dtype)
+                fused = self._fuse_luminance([pairs[i] for i in indices], generator, dtype, num_inference_steps,
+                                             tile_size)
                 fused_y.update(zip(indices, fused, strict=True))
 
         results = [self._finish_pair(pairs[i], fused_y[i], match_input_resolution) for i in range(len(pairs))]
@@ -426,22 +459,43 @@ class FusionFMPipeline(DiffusionPipeline):
         return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
 
     def _fuse_luminance(
-        self, pairs: list[_PreparedPair], generator: torch.Generator | None, dtype: torch.dtype
+        self, pairs: list[_PreparedPair], generator: torch.Generator | None, dtype: torch.dtype,
+        num_inference_steps: int, tile_size: int,
     ) -> torch.Tensor:
-        """Integrate the flow for one batch of same-size pairs: (B, 1, h, w) fused Y in [0, 1]."""
+        """Fuse one batch of same-size pairs: (B, 1, h, w) fused Y in [0, 1]; in overlapping tiles of
+        ``tile_size`` pixels (0: never) when the pairs are larger, blended with feathered weights."""
+        y_a = torch.stack([p.y_a for p in pairs])
+        y_b = torch.stack([p.y_b for p in pairs])
+        task_ids = torch.tensor([p.task.class_id for p in pairs], dtype=torch.long)
+        height, width = y_a.shape[-2:]
+        if not tile_size or (height <= tile_size and width <= tile_size):
+            return self._integrate(y_a, y_b, task_ids, generator, dtype, num_inference_steps)
+        overlap = tile_size // TILE_OVERLAP_DIVISOR
+        fused = torch.zeros_like(y_a)
+        total = torch.zeros(1, 1, height, width)
+        for box in tile_boxes(height, width, tile_size, overlap):
+            top, left, bottom, right = box
+            tile = self._integrate(y_a[..., top:bottom, left:right], y_b[..., top:bottom, left:right], task_ids,
+                                   generator, dtype, num_inference_steps)
+            window = feather_window(box, height, width, overlap)
+            fused[..., top:bottom, left:right] += window * tile
+            total[..., top:bottom, left:right] += window
+        return fused / total
+
+    def _integrate(self, y_a: torch.Tensor, y_b: torch.Tensor, task_ids: torch.Tensor,
+                   generator: torch.Generator | None, dtype: torch.dtype, num_inference_steps: int) -> torch.Tensor:
+        """Integrate the flow from the coupling of (B, 1, h, w) sources: (B, 1, h, w) in [0, 1], on the CPU."""
         device = self._execution_device
         multiple, margin = self.unet.size_multiple, self.image_processor.config.border_margin
-        y_a, box = self.image_processor.pad_to_multiple(torch.stack([p.y_a for p in pairs]).to(device), multiple,
-                                                        margin)
-        y_b, _ = self.image_processor.pad_to_multiple(torch.stack([p.y_b for p in pairs]).to(device), multiple,
-                                                      margin)
-        task_ids = torch.tensor([p.task.class_id for p in pairs], device=device, dtype=torch.long)
-
+        y_a, box = self.image_processor.pad_to_multiple(y_a.to(device), multiple, margin)
+        y_b, _ = self.image_processor.pad_to_multiple(y_b.to(device), multiple, margin)
+        task_ids = task_ids.to(device)
         weights_dtype = self.unet.dtype
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != weights_dtype and dtype != torch.float32)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = self.scheduler.source_point(y_a, y_b, generator)
         for t in self.scheduler.timesteps:
-            t_batch = t.expand(len(pairs)).to(device)
+            t_batch = t.expand(len(task_ids)).to(device)
             with autocast:
                 velocity = self.unet(
                     x.to(weights_dtype), y_a.to(weights_dtype), y_b.to(weights_dtype), t_batch, task_ids

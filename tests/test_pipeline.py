@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_pipeline
+from conftest import REPO_ROOT, make_pipeline
 
 from fusionfm import FusionFMPipeline, build_unet, get_task
 from fusionfm.color import chroma, luminance
@@ -346,7 +350,7 @@ def test_too_many_steps_or_pixels_are_refused_before_any_work(tiny_pipe, real_pa
     monkeypatch.setattr(tiny_pipe, "_fuse_luminance", no_work)
     with pytest.raises(ValueError, match=r"num_inference_steps=1000000000 is above this pipeline's cap of 100"):
         tiny_pipe(ir, vi, task="IVF", num_inference_steps=10**9)
-    message = r"Fusing at \d+x20000 pixels is \d+\.\d megapixels, above this pipeline's cap of 16 \("
+    message = r"Fusing at \d+x20000 pixels is \d+\.\d megapixels, above this pipeline's cap of 64\. "
     with pytest.raises(ValueError, match=message):
         tiny_pipe(ir, vi, task="IVF", processing_resolution=20000)
 
@@ -406,3 +410,73 @@ def test_stack_calls_that_cannot_work_are_refused(tiny_pipe, exposure_bracket):
     assert resized.images[0].size == exposure_bracket[0].size
     with pytest.raises(ValueError, match="fused in one step"):
         tiny_pipe(exposure_bracket, task="MEF", num_inference_steps=2)
+
+
+def test_tile_boxes_cover_the_image_with_the_overlap():
+    from fusionfm.tiling import feather_window, tile_boxes
+
+    boxes = tile_boxes(300, 500, 128, 32)
+    covered = torch.zeros(300, 500)
+    weight = torch.zeros(300, 500)
+    for box in boxes:
+        top, left, bottom, right = box
+        assert bottom - top == 128 and right - left == 128
+        covered[top:bottom, left:right] += 1
+        weight[top:bottom, left:right] += feather_window(box, 300, 500, 32)[0, 0]
+    assert covered.min() >= 1 and weight.min() > 0
+    assert tile_boxes(100, 90, 128, 32) == [(0, 0, 100, 90)]
+    with pytest.raises(ValueError, match="tile overlap must be in"):
+        tile_boxes(300, 500, 128, 128)
+
+
+def test_tiled_fusion_matches_the_untiled_one_without_seams(real_pair):
+    """The pyramid head on a real 291x446 pair in 128-pixel tiles (32 overlap) against one piece."""
+    torch.manual_seed(0)
+    pipe = make_pipeline()
+    pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    ir, vi = real_pair("IVF")
+    whole = pipe(ir, vi, task="IVF", tile_size=0, output_type="pt", **FP32).images[0]
+    assert torch.equal(pipe(ir, vi, task="IVF", tile_size=512, output_type="pt", **FP32).images[0], whole)
+    tiled = pipe(ir, vi, task="IVF", tile_size=128, output_type="pt", **FP32).images[0]
+    difference = (tiled - whole).abs() * 255
+    assert difference.mean() < 1.0 and difference.flatten().quantile(0.99) < 6.0
+    # No step at the tile borders: the columns where tiles start change no more than other columns do.
+    steps = (luminance(tiled[None]) - luminance(whole[None]))[0, 0].diff(dim=1).abs().mean(dim=0) * 255
+    borders = [left for left in (96, 192, 288) if left < steps.shape[0]]
+    assert steps[borders].max() < 4 * steps.mean() + 0.5
+
+
+def test_untiled_calls_above_sixteen_megapixels_are_refused(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF")
+    with pytest.raises(ValueError, match=r"in one piece \(tile_size=0\).*Use tiles, e.g. tile_size=1024"):
+        tiny_pipe(ir, vi, task="IVF", processing_resolution=8000, tile_size=0)
+    for bad in (-1, 10, 1.5, True):
+        with pytest.raises(ValueError, match="tile_size must be 0"):
+            tiny_pipe(ir, vi, task="IVF", tile_size=bad)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak memory from /proc (Linux)")
+def test_a_tiled_sixteen_megapixel_pair_fuses_in_bounded_memory(tmp_path):
+    """4096x4096 (a real pair upsampled), the default U-Net in 512-pixel tiles: peak resident memory of the
+    process stays under 2.5 GB; in one piece the network alone would need about 4.4 GB (bf16)."""
+    probe = f"""
+import sys, torch, PIL.Image
+sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+from conftest import DATA
+from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet
+torch.set_num_threads(1)
+pipe = FusionFMPipeline(unet=build_unet("default").eval(), scheduler=FlowMatchFusionScheduler())
+pipe.set_progress_bar_config(disable=True)
+ir, vi = (PIL.Image.open(DATA / "IVF/RoadScene/test" / m / "FLIR_00211.jpg").convert("L").resize((4096, 4096))
+          for m in ("ir", "vi"))
+out = pipe(ir, vi, task="IVF", tile_size=512, compute_dtype="bf16").images[0]
+# VmHWM, not ru_maxrss: the latter counts the forking parent's (pytest's) size too.
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1]
+print(out.size, int(peak) / 1024)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=1200,
+                            cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    size, peak_mb = result.stdout.split(")")[0] + ")", float(result.stdout.split(")")[1])
+    assert size == "(4096, 4096)" and peak_mb < 2500, result.stdout
