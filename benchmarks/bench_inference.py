@@ -4,13 +4,16 @@
     python benchmarks/bench_inference.py --model path/or/hub-id --repeats 11
 
 Times the whole call (PIL in, PIL out: colour conversion, padding, network, colour back). Speed
-does not depend on the weights, so a freshly initialised preset measures the shipped architecture.
+does not depend on the weights, so a freshly initialised preset measures the shipped architecture. Beside the
+milliseconds: the time of a 2048^3 matrix product in the same precision, measured in the same run, and the
+ratio (machines differ; the ratio says how well the network uses this one).
 Prints a Markdown table; machines are shared, so quote medians over several repeats.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -55,6 +58,29 @@ def median_ms(pipe: FusionFMPipeline, pair, steps: int, dtype: str, repeats: int
     return statistics.median(times) * 1000
 
 
+def matmul_ms(dtype: torch.dtype, repeats: int, size: int = 2048) -> float:
+    """Median ms of one size^3 matrix product in ``dtype``: the machine's yardstick, timed in the same run."""
+    left, right = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    times = []
+    for index in range(repeats + 2):
+        start = time.perf_counter()
+        torch.mm(left, right)
+        if index >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="pipeline folder or Hub id (default: a fresh U-Net of --preset)")
@@ -80,10 +106,17 @@ def main() -> None:
     print(f"model: {args.model or 'preset ' + args.preset}, {head} head; {parameters / 1e6:.2f} M parameters; "
           f"{gflops_per_step(pipe):.1f} GFLOPs per step at 640x480; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} runs after {args.warmup} warm-up runs\n")
-    print("| steps | " + " | ".join(f"{dtype} ms/pair" for dtype in args.dtypes) + " |")
+    yardstick = {name: matmul_ms({"fp32": torch.float32, "bf16": torch.bfloat16}[name], args.repeats)
+                 for name in args.dtypes if name in ("fp32", "bf16")}
+    print(f"CPU: {cpu_name()}; a 2048^3 matrix product, median of {args.repeats}: "
+          + ", ".join(f"{name} {ms:.1f} ms" for name, ms in yardstick.items()) + "\n")
+    print("| steps | " + " | ".join(f"{dtype} ms/pair (x matmul)" for dtype in args.dtypes) + " |")
     print("|---:|" + "---:|" * len(args.dtypes))
     for steps in args.steps:
-        cells = [f"{median_ms(pipe, pair, steps, dtype, args.repeats, args.warmup):.0f}" for dtype in args.dtypes]
+        cells = []
+        for dtype in args.dtypes:
+            ms = median_ms(pipe, pair, steps, dtype, args.repeats, args.warmup)
+            cells.append(f"{ms:.0f} ({ms / yardstick[dtype]:.1f}x)" if dtype in yardstick else f"{ms:.0f}")
         print(f"| {steps} | " + " | ".join(cells) + " |", flush=True)
 
 
