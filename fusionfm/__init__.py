@@ -1,5 +1,6 @@
 """FusionFM: one-step flow-matching image fusion (infrared + visible, medical, multi-exposure, multi-focus)."""
 
+from .alignment import MisregistrationWarning
 from .image_processor import FusionImageProcessor, FusionInputWarning, load_image
 from .pipeline_fusionfm import FusionFMPipeline, FusionFMPipelineOutput
 from .scheduler import FlowMatchFusionScheduler
@@ -18,6 +19,7 @@ __all__ = [
     "FusionInputWarning",
     "FusionTask",
     "FusionUNet",
+    "MisregistrationWarning",
     "build_unet",
     "get_task",
     "load_image",

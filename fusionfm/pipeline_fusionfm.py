@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from .alignment import MisregistrationWarning, align_frames, misregistration, misregistration_threshold
 from .color import luminance, recombine, recombine_frames
 from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
 from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
@@ -283,6 +285,7 @@ class FusionFMPipeline(DiffusionPipeline):
         compute_dtype: torch.dtype | str | None = None,
         output_type: OutputType = "pil",
         tile_size: int | None = None,
+        align: bool = False,
         show_progress_bar: bool = True,
         return_dict: bool = True,
     ) -> FusionFMPipelineOutput | tuple:
@@ -308,6 +311,9 @@ class FusionFMPipeline(DiffusionPipeline):
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             tile_size: fuse images larger than this on a side in overlapping tiles of this size (None: the
                 config's ``default_tile_size``, 1024; 0: in one piece), so memory is bounded by the tile.
+            align: MEF and MFF: register every frame (or image_b) to the middle frame (to image_a) with a
+                similarity transform from feature matches first (:mod:`fusionfm.alignment`). Without it, a stack
+                whose frames do not line up is fused as it is, with a :class:`MisregistrationWarning`.
             show_progress_bar: show a progress bar over batches.
             return_dict: return a :class:`FusionFMPipelineOutput` rather than a tuple.
         """
@@ -317,6 +323,10 @@ class FusionFMPipeline(DiffusionPipeline):
             processing_resolution = self.config.default_processing_resolution
         if tile_size is None:
             tile_size = self.config.get("default_tile_size", 0)
+        if align:
+            image_a, image_b = self._aligned(image_a, image_b, task, resize_b_to_a)
+        elif image_b is None and isinstance(image_a, (list, tuple)) and len(image_a) >= 2:
+            self._warn_if_misregistered(image_a, task, resize_b_to_a)
         if image_b is None and isinstance(image_a, (list, tuple)) and len(image_a) > 2:
             fused = self._fuse_frames(image_a, task, num_inference_steps, processing_resolution,
                                       match_input_resolution, resize_b_to_a, batch_size, compute_dtype, output_type)
@@ -374,6 +384,30 @@ class FusionFMPipeline(DiffusionPipeline):
                     "every frame to the first.", size, tuple(tensor.shape[-2:]), index)
             tensors[index] = self.image_processor.resize(tensor[None], size)[0]
         return tensors, spec
+
+    def _aligned(self, image_a, image_b, task, resize_to_first: bool) -> tuple[list[torch.Tensor], None]:
+        """The frames (or the pair) registered to the middle frame (to image_a), as a frame list."""
+        frames = [image_a, image_b] if image_b is not None else image_a
+        if not isinstance(frames, (list, tuple)) or isinstance(image_a, (list, tuple)) and image_b is not None:
+            raise ValueError("align=True fuses one pair or one stack: pass image_a and image_b as single images, or "
+                             "a list of frames as image_a.")
+        tensors, _ = self._check_frames(frames, task, resize_to_first)
+        if image_b is not None:  # a pair: align b to a (the middle of two frames is the second; swap)
+            (b, a), _ = align_frames([tensors[1], tensors[0]])
+            return [a, b], None
+        return align_frames(tensors)[0], None
+
+    def _warn_if_misregistered(self, frames: Sequence, task, resize_to_first: bool) -> None:
+        """Warn (MisregistrationWarning) when the frames of a stack do not line up."""
+        tensors, _ = self._check_frames(frames, task, resize_to_first)
+        height, width = tensors[0].shape[-2:]
+        moved = misregistration(tensors)
+        worst = max((m for m in moved if m == m), default=0.0)  # NaN (unmatched) frames are left out
+        if worst > misregistration_threshold(height, width):
+            frame = moved.index(worst)
+            warnings.warn(f"The frames do not line up: frame {frame} is displaced by up to {worst:.0f} pixels "
+                          "against the middle frame. Fused as they are they leave ghosts; pass align=True to "
+                          "register them first.", MisregistrationWarning, stacklevel=3)
 
     def _ordered_pair(self, frames: Sequence, task) -> tuple:
         """Two frames as (a, b): for MEF the darker first (a is the under-exposed source), else as given."""

@@ -1,0 +1,117 @@
+"""Registration of the frames of a stack to its middle frame (focus stacks whose magnification drifts, handheld
+brackets), and a check that tells when frames are misregistered.
+
+Similarity transforms (scale, rotation, shift) from ORB feature matches with RANSAC (scikit-image), found on
+copies at most :data:`MATCH_SIDE` pixels on the long side and applied at full size. Exposure brackets match too:
+ORB compares intensity order, not intensities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skimage.feature import ORB, match_descriptors
+from skimage.measure import ransac
+from skimage.transform import SimilarityTransform, warp
+
+from .color import luminance
+from .image_processor import FusionImageProcessor
+
+MATCH_SIDE = 768
+"""Long side (pixels) of the copies features are matched on for alignment."""
+
+CHECK_SIDE = 384
+"""Long side (pixels) of the copies the misregistration check matches on (fast, about 0.1 s per frame)."""
+
+MISREGISTRATION_SHARE = 0.005
+"""Frames whose corners move by more than this share of the long side (and 2 pixels) against the middle frame
+count as misregistered: above what the check at :data:`CHECK_SIDE` resolves on registered stacks."""
+
+
+class MisregistrationWarning(UserWarning):
+    """The frames of a stack do not line up; fusing them as they are leaves ghosts (pass ``align=True``)."""
+
+
+def misregistration_threshold(height: int, width: int) -> float:
+    """Corner displacement (pixels) above which frames of this size count as misregistered."""
+    return max(2.0, MISREGISTRATION_SHARE * max(height, width))
+
+
+def _gray(frame: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    return FusionImageProcessor.resize(luminance(frame[None]), size)[0, 0].double().numpy()
+
+
+def estimate_similarity(reference: np.ndarray, moving: np.ndarray) -> SimilarityTransform | None:
+    """The similarity transform taking ``reference`` coordinates (x, y) to ``moving`` ones, from ORB matches
+    and RANSAC; None when too few features match (flat or unrelated images). Gray (H, W) arrays in [0, 1]."""
+    keypoints, descriptors = [], []
+    for image in (reference, moving):
+        orb = ORB(n_keypoints=800, fast_threshold=0.05)
+        try:
+            orb.detect_and_extract(image)
+        except RuntimeError:  # no features at all
+            return None
+        keypoints.append(orb.keypoints[:, ::-1])  # (row, col) -> (x, y)
+        descriptors.append(orb.descriptors)
+    matches = match_descriptors(descriptors[0], descriptors[1], cross_check=True, max_ratio=0.8)
+    if len(matches) < 8:
+        return None
+    model, inliers = ransac((keypoints[0][matches[:, 0]], keypoints[1][matches[:, 1]]), SimilarityTransform,
+                            min_samples=3, residual_threshold=1.5, max_trials=2000, rng=0)
+    if model is None or inliers is None or inliers.sum() < 8:
+        return None
+    return model
+
+
+def frame_transforms(frames: list[torch.Tensor], match_side: int = MATCH_SIDE) -> list[SimilarityTransform | None]:
+    """For each (C, H, W) frame, the transform from the middle frame's full-size pixel coordinates to its own
+    (identity for the middle frame, None where matching failed), matched at ``match_side`` pixels."""
+    height, width = frames[0].shape[-2:]
+    size = FusionImageProcessor.processing_size((height, width), min(match_side, max(height, width)))
+    scale = width / size[1]
+    to_small, to_full = SimilarityTransform(scale=1 / scale), SimilarityTransform(scale=scale)
+    middle = len(frames) // 2
+    reference = _gray(frames[middle], size)
+    transforms: list[SimilarityTransform | None] = []
+    for index, frame in enumerate(frames):
+        if index == middle:
+            transforms.append(SimilarityTransform())
+            continue
+        small = estimate_similarity(reference, _gray(frame, size))
+        transforms.append(None if small is None else SimilarityTransform(
+            matrix=to_full.params @ small.params @ to_small.params))
+    return transforms
+
+
+def corner_displacement(transform: SimilarityTransform, height: int, width: int) -> float:
+    """Largest distance (pixels) a corner of a height x width frame moves under ``transform``."""
+    corners = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], dtype=np.float64)
+    return float(np.linalg.norm(transform(corners) - corners, axis=1).max())
+
+
+def misregistration(frames: list[torch.Tensor], match_side: int = CHECK_SIDE) -> list[float]:
+    """Per frame, how far (pixels at full size) its corners sit from the middle frame's; NaN where frames
+    could not be matched."""
+    height, width = frames[0].shape[-2:]
+    return [float("nan") if transform is None else corner_displacement(transform, height, width)
+            for transform in frame_transforms(frames, match_side)]
+
+
+def align_frames(frames: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]]:
+    """Warp every (C, H, W) frame onto the middle one (bilinear, edges repeated); frames that cannot be matched
+    stay as they are. Returns the frames and each one's corner displacement before alignment (pixels)."""
+    height, width = frames[0].shape[-2:]
+    aligned, moved = [], []
+    for frame, transform in zip(frames, frame_transforms(frames), strict=True):
+        if transform is None:
+            aligned.append(frame)
+            moved.append(float("nan"))
+            continue
+        moved.append(corner_displacement(transform, height, width))
+        if moved[-1] < 0.05:
+            aligned.append(frame)
+            continue
+        channels = [warp(channel.double().numpy(), transform, order=1, mode="edge", preserve_range=True)
+                    for channel in frame]
+        aligned.append(torch.from_numpy(np.stack(channels)).float().clamp(0.0, 1.0))
+    return aligned, moved
