@@ -312,8 +312,8 @@ class FusionFMPipeline(DiffusionPipeline):
             tile_size: fuse images larger than this on a side in overlapping tiles of this size (None: the
                 config's ``default_tile_size``, 1024; 0: in one piece), so memory is bounded by the tile.
             align: MEF and MFF: register every frame (or image_b) to the middle frame (to image_a) with a
-                similarity transform from feature matches first (:mod:`fusionfm.alignment`). Without it, a stack
-                whose frames do not line up is fused as it is, with a :class:`MisregistrationWarning`.
+                similarity transform from feature matches first (:mod:`fusionfm.alignment`). Without it, a focus
+                stack whose frames do not line up is fused as it is, with a :class:`MisregistrationWarning`.
             show_progress_bar: show a progress bar over batches.
             return_dict: return a :class:`FusionFMPipelineOutput` rather than a tuple.
         """
@@ -398,8 +398,11 @@ class FusionFMPipeline(DiffusionPipeline):
         return align_frames(tensors)[0], None
 
     def _warn_if_misregistered(self, frames: Sequence, task, resize_to_first: bool) -> None:
-        """Warn (MisregistrationWarning) when the frames of a stack do not line up."""
-        tensors, _ = self._check_frames(frames, task, resize_to_first)
+        """Warn (MisregistrationWarning) when the frames of a focus stack do not line up (exposure brackets are
+        not checked: see :data:`fusionfm.alignment.MISREGISTRATION_SHARE`)."""
+        tensors, spec = self._check_frames(frames, task, resize_to_first)
+        if spec.family != "MFF":
+            return
         height, width = tensors[0].shape[-2:]
         moved = misregistration(tensors)
         worst = max((m for m in moved if m == m), default=0.0)  # NaN (unmatched) frames are left out

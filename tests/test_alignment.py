@@ -26,7 +26,7 @@ def test_the_stack_is_misregistered_and_alignment_fixes_it(pcb_frames):
     frames = [processor.to_tensor_list(frame)[0] for frame in pcb_frames]
     limit = misregistration_threshold(768, 1024)
     before = misregistration(frames)
-    assert before[1] == 0 and min(before[0], before[2]) > 2 * limit  # 13 and 17 px, against 5 px allowed
+    assert before[1] == 0 and min(before[0], before[2]) > limit  # 13 and 16 px, against 10.2 px allowed
     aligned, moved = align_frames(frames)
     assert moved[0] == pytest.approx(before[0], abs=3) and moved[1] == 0
     after = misregistration(aligned)
@@ -47,9 +47,11 @@ def test_the_pipeline_warns_about_misregistered_frames_and_aligns_on_request(pcb
         pipe(pcb_frames[0], pcb_frames[2], task="IVF", align=True)
 
 
-def test_a_registered_bracket_raises_no_warning():
-    frames = [PIL.Image.open(path).convert("RGB")
-              for path in sorted((DATA / "MEF" / "Waterloo" / "sequences" / "Balloons").glob("*.png"))[:5]]
+@pytest.mark.parametrize("stack", ["triple-1", "triple-4"])
+def test_a_registered_focus_stack_raises_no_warning(stack):
+    frames = [PIL.Image.open(path) for path in sorted((DATA / "MFF" / "LytroTriple" / stack).glob("*.*"))
+              if path.suffix.lower() in (".png", ".jpg", ".tif", ".bmp")]
+    assert len(frames) == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error", MisregistrationWarning)
-        make_pipeline()(frames, task="MEF")
+        make_pipeline()(frames, task="MFF")
