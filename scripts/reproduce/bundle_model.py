@@ -1,0 +1,42 @@
+"""Copy a training run's pipeline into the package as the bundled default model (fusionfm/default_model/).
+
+    python scripts/reproduce/bundle_model.py RUN_DIR
+
+Loads the run's pipeline and saves it again, so that model_index.json and image_processor/ carry every current
+setting (caps, tile size, border margin), then adds the run's continual.csv and training_summary.json. Written
+to a staging folder and swapped in whole. Weights are safetensors; the size is printed (the budget is 20 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from fusionfm import FusionFMPipeline
+from fusionfm.atomic import staged_folder
+from fusionfm.hub import BUNDLED_MODEL_DIR
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    args = parser.parse_args()
+    # fp32 at load: the weights stay in their saved (contiguous) layout; the shipped default stays "auto".
+    pipeline = FusionFMPipeline.from_pretrained(args.run, default_compute_dtype="fp32")
+    pipeline.register_to_config(default_compute_dtype="auto")
+    with staged_folder(BUNDLED_MODEL_DIR) as staging:
+        pipeline.save_pretrained(staging)
+        index = json.loads((staging / "model_index.json").read_text())
+        index.pop("_name_or_path", None)  # the run's local path means nothing to users
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        for name in ("continual.csv", "training_summary.json"):
+            if (args.run / name).is_file():
+                shutil.copy(args.run / name, staging / name)
+    size = sum(path.stat().st_size for path in BUNDLED_MODEL_DIR.rglob("*") if path.is_file())
+    print(f"{BUNDLED_MODEL_DIR}: {size / 1e6:.1f} MB from {args.run}")
+
+
+if __name__ == "__main__":
+    main()
