@@ -23,7 +23,7 @@ import PIL.Image
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet, load_image
+from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet, get_task, load_image
 
 MSRS_PAIR = Path(__file__).resolve().parents[2] / "shared/data/IVF/MSRS/test/{}/00537D.png"
 
@@ -81,6 +81,45 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def breakdown_ms(pipe: FusionFMPipeline, pair, dtype: str, repeats: int) -> dict[str, float]:
+    """Median ms of each stage of one one-step call, timed separately: canonicalise the inputs, luminance, pad,
+    the network, crop, colour back, output conversion."""
+    from fusionfm.color import luminance, recombine
+
+    processor = pipe.image_processor
+    compute = pipe._resolve_compute_dtype(dtype)
+    autocast = torch.autocast("cpu", dtype=compute, enabled=compute not in (pipe.unet.dtype, torch.float32))
+    policy = get_task("IVF").color_policy
+    stages: dict[str, list[float]] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        stages.setdefault(name, []).append((now - clock[0]) * 1000)
+        clock[0] = now
+
+    for _ in range(repeats + 1):
+        clock[0] = time.perf_counter()
+        a, b = (processor.to_tensor_list(image)[0][None] for image in pair)
+        lap("canonicalise inputs")
+        y_a, y_b = luminance(a), luminance(b)
+        lap("luminance")
+        padded_a, box = processor.pad_to_multiple(y_a, pipe.unet.size_multiple, processor.config.border_margin)
+        padded_b, _ = processor.pad_to_multiple(y_b, pipe.unet.size_multiple, processor.config.border_margin)
+        lap("pad (mirrored margin)")
+        with torch.no_grad(), autocast:
+            x0 = (padded_a + padded_b) / 2
+            fused = x0 + pipe.unet(x0, padded_a, padded_b, torch.zeros(1), torch.zeros(1, dtype=torch.long)).float()
+        lap("network (U-Net and pyramid blend)")
+        fused = processor.crop(fused, box).clamp(0, 1)
+        lap("crop")
+        colour = recombine(fused, a, b, policy)
+        lap("colour back")
+        processor.postprocess([colour[0]], "pil")
+        lap("output conversion (to PIL)")
+    return {name: statistics.median(times[1:]) for name, times in stages.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="pipeline folder or Hub id (default: a fresh U-Net of --preset)")
@@ -90,6 +129,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--breakdown", action="store_true", help="also time each stage of a one-step call")
     args = parser.parse_args()
 
     if args.model:
@@ -118,6 +158,11 @@ def main() -> None:
             ms = median_ms(pipe, pair, steps, dtype, args.repeats, args.warmup)
             cells.append(f"{ms:.0f} ({ms / yardstick[dtype]:.1f}x)" if dtype in yardstick else f"{ms:.0f}")
         print(f"| {steps} | " + " | ".join(cells) + " |", flush=True)
+    if args.breakdown:
+        for dtype in args.dtypes:
+            stages = breakdown_ms(pipe, pair, dtype, args.repeats)
+            print(f"\n{dtype}, one step, stage by stage (median ms): " + "; ".join(
+                f"{name} {ms:.1f}" for name, ms in stages.items()) + f"; sum {sum(stages.values()):.1f}")
 
 
 if __name__ == "__main__":
