@@ -437,10 +437,10 @@ class FusionFMPipeline(DiffusionPipeline):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         tensors, spec = self._check_frames(frames, task, resize_to_first)
         size = self.image_processor.processing_size(tuple(tensors[0].shape[-2:]), processing_resolution)
-        if size[0] * size[1] > self.config.max_processing_pixels:
-            raise ValueError(f"Fusing at {size[0]}x{size[1]} pixels is above this pipeline's cap of "
-                             f"{self.config.max_processing_pixels / 1e6:g} megapixels; pass a smaller "
-                             "processing_resolution, or raise the cap.")
+        if size[0] * size[1] > min(self.config.max_processing_pixels, MAX_UNTILED_PIXELS):
+            raise ValueError(f"Fusing a stack at {size[0]}x{size[1]} pixels is above "
+                             f"{MAX_UNTILED_PIXELS / 1e6:g} megapixels, the most a stack is fused at (stacks are not "
+                             "tiled yet); pass a smaller processing_resolution, e.g. 4096.")
         dtype = self._resolve_compute_dtype(compute_dtype)
         device = self._execution_device
         luma = torch.cat([self.image_processor.resize(luminance(t[None]), size) for t in tensors]).to(device)

@@ -480,3 +480,8 @@ print(out.size, int(peak) / 1024)
     assert result.returncode == 0, result.stderr[-2000:]
     size, peak_mb = result.stdout.split(")")[0] + ")", float(result.stdout.split(")")[1])
     assert size == "(4096, 4096)" and peak_mb < 2500, result.stdout
+
+
+def test_a_stack_too_large_to_fuse_in_one_piece_is_refused(tiny_pipe, exposure_bracket):
+    with pytest.raises(ValueError, match="stacks are not tiled yet.*processing_resolution"):
+        tiny_pipe(exposure_bracket, task="MEF", processing_resolution=6000)
