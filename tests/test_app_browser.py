@@ -42,3 +42,25 @@ def test_fuse_a_pair_in_the_browser(tmp_path):
         browser.close()
     image = PIL.Image.open(screenshot)
     assert image.width == 1280 and image.height > 800
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Chromium: apt-get install -y chromium")
+def test_an_error_stays_readable_on_the_page(tmp_path):
+    """Error toasts used to vanish after about 18 s and leave red "Error" pills; the message must stay."""
+    example = REPO_ROOT / "examples"
+    mri = sorted((example / "MIF-PET").glob("*_mri.png"))[0]
+    under = sorted((example / "MEF").glob("*_under.*"))[0]  # another size than the MRI image
+    with serve_app() as url, playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(url)
+        page.get_by_role("radio", name="Multi-exposure (MEF)").check()
+        page.locator("#image-a input[type=file]").set_input_files(str(under))
+        page.locator("#image-b input[type=file]").set_input_files(str(mri))
+        playwright.expect(page.locator("#image-b img")).to_have_count(1, timeout=20_000)
+        page.locator("#fuse").click()
+        message = page.get_by_text("The two images differ in size")
+        playwright.expect(message.first).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(25_000)  # past the old toast's lifetime
+        playwright.expect(message.first).to_be_visible()
+        browser.close()
