@@ -61,9 +61,12 @@ def test_fuses_an_example_of_every_task_into_something_new(bundled, task):
     assert fused.shape[-2:] == image_a.shape[-2:]
     fused_y, a_y, b_y = ((luminance(x).double() * 255).round() for x in (fused, image_a, image_b))
     average_y = ((a_y + b_y) / 2).round()
-    # Not a copy of either input nor of their mean (mean absolute difference in grey levels).
+    # Not a copy of either input nor of their mean, where fusion has a choice: the mean absolute difference in
+    # grey levels over the pixels where the inputs differ by more than 10 (18-100 % of these images; the rest is
+    # mostly black background in the medical pairs, where every method agrees).
+    choice = (a_y - b_y).abs() > 10
     for other in (a_y, b_y, average_y):
-        assert (fused_y - other).abs().mean() > 1.0
+        assert (fused_y - other).abs()[choice].mean() > 2.0
 
 
 # Every example pair the app offers (two per task variant): real pairs of every task.

@@ -28,9 +28,10 @@ def main() -> None:
     pipeline.register_to_config(default_compute_dtype="auto")
     with staged_folder(BUNDLED_MODEL_DIR) as staging:
         pipeline.save_pretrained(staging)
-        index = json.loads((staging / "model_index.json").read_text())
-        index.pop("_name_or_path", None)  # the run's local path means nothing to users
-        (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        for config_file in staging.rglob("*.json"):  # the run's local path means nothing to users
+            config = json.loads(config_file.read_text())
+            if config.pop("_name_or_path", None) is not None:
+                config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name in ("continual.csv", "training_summary.json"):
             if (args.run / name).is_file():
                 shutil.copy(args.run / name, staging / name)
