@@ -53,7 +53,9 @@ def estimate_similarity(reference: np.ndarray, moving: np.ndarray, keypoints_per
         orb = ORB(n_keypoints=keypoints_per_image, fast_threshold=0.05)
         try:
             orb.detect_and_extract(image)
-        except RuntimeError:  # no features at all
+        except (RuntimeError, ValueError):  # no features at all (flat or tiny images)
+            return None
+        if len(orb.keypoints) < 8:  # too few features to match (flat, dark or tiny images)
             return None
         keypoints.append(orb.keypoints[:, ::-1])  # (row, col) -> (x, y)
         descriptors.append(orb.descriptors)

@@ -55,3 +55,10 @@ def test_a_registered_focus_stack_raises_no_warning(stack):
     with warnings.catch_warnings():
         warnings.simplefilter("error", MisregistrationWarning)
         make_pipeline()(frames, task="MFF")
+
+
+def test_frames_without_features_are_left_as_they_are():
+    flat = [torch.full((3, 48, 64), value) for value in (0.2, 0.5, 0.8)]
+    assert all(m != m for i, m in enumerate(misregistration(flat)) if i != 1)  # NaN: could not be matched
+    aligned, moved = align_frames(flat)
+    assert all(torch.equal(a, f) for a, f in zip(aligned, flat, strict=True))

@@ -69,8 +69,9 @@ def test_fuse_every_example_pair(client, row):
     assert fused.format == "PNG" and fused.size == source.size
     assert fused.mode == _expected_mode(task, path_a, path_b)
     y, y_a, y_b = _luminance(fused_path), _luminance(path_a), _luminance(path_b)
+    choice = np.abs(y_a - y_b) > 10  # where fusion has a choice (the medical pairs are mostly black background)
     for other in (y_a, y_b, (y_a + y_b) / 2):
-        assert np.abs(y - other).mean() > 1.0  # not a copy of an input or of their mean
+        assert np.abs(y - other)[choice].mean() > 2.0  # not a copy of an input or of their mean
     assert PIL.Image.open(slider_input).size == fused.size and _luminance(slider_fused).shape == y.shape
     assert [row[0] for row in table["data"]] == ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"]
     assert all(np.isfinite(row[1]) and np.isfinite(row[2]) for row in table["data"])
