@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import ctypes
 import logging
 import os
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
@@ -91,6 +93,23 @@ class TaskSelector(gr.Radio):
 def visitor_error(message: str, title: str = "Error") -> gr.Error:
     """A message for the visitor that stays on the page until closed (no stack trace in the page or the log)."""
     return gr.Error(message, title=title, duration=None, print_exception=False)
+
+
+@contextlib.contextmanager
+def failures_explained(what: str, size_mismatch: str | None = None) -> Iterator[None]:
+    """Turn every failure of a fusion of ``what`` ("images", "frames") into a message for the visitor: the
+    library's ValueError/TypeError as it is (``size_mismatch`` instead for different sizes), anything else as an
+    unexpected failure whose stack trace goes to the log only."""
+    try:
+        yield
+    except SizeMismatchError as error:
+        raise visitor_error(size_mismatch or str(error), title="Different sizes") from error
+    except (ValueError, TypeError) as error:
+        raise visitor_error(str(error), title=f"Cannot fuse these {what}") from error
+    except Exception as error:
+        logger.exception("Fusion failed")
+        raise visitor_error(f"Fusion failed unexpectedly ({type(error).__name__}). Please try other {what} or "
+                            "report the problem.", title="Fusion failed") from error
 
 
 def whole_number(value, name: str, low: int, high: int) -> int:
@@ -184,7 +203,12 @@ class FusionApp:
         if image_a.size != image_b.size and resize_b_to_a:
             notices.append(f"The {spec.label_b} image was resized from {image_b.width}x{image_b.height} to "
                            f"{image_a.width}x{image_a.height}.")
-        try:
+        size_mismatch = (
+            f"The two images differ in size: {spec.label_a} is {image_a.width}x{image_a.height}, "
+            f"{spec.label_b} is {image_b.width}x{image_b.height}. Fusion needs registered images of one size. "
+            f"Tick 'Resize the {spec.label_b} image to match' under Advanced settings to resize it."
+        )
+        with failures_explained("images", size_mismatch):
             tensor_a = self.processor.to_tensor_list(image_a, spec.label_a)[0]
             tensor_b = self.processor.to_tensor_list(image_b, spec.label_b)[0]
             fuse_started = time.perf_counter()
@@ -192,19 +216,6 @@ class FusionApp:
                                   processing_resolution=resolution, match_input_resolution=not downscaled,
                                   resize_b_to_a=resize_b_to_a, output_type="pt").images[0]
             fuse_seconds = time.perf_counter() - fuse_started
-        except SizeMismatchError as error:
-            raise visitor_error(
-                f"The two images differ in size: {spec.label_a} is {image_a.width}x{image_a.height}, "
-                f"{spec.label_b} is {image_b.width}x{image_b.height}. Fusion needs registered images of one size. "
-                f"Tick 'Resize the {spec.label_b} image to match' under Advanced settings to resize it.",
-                title="Different sizes",
-            ) from error
-        except (ValueError, TypeError) as error:
-            raise visitor_error(str(error), title="Cannot fuse these images") from error
-        except Exception as error:  # never a stack trace for the visitor; the log keeps it
-            logger.exception("Fusion failed")
-            raise visitor_error(f"Fusion failed unexpectedly ({type(error).__name__}). Please try another pair "
-                                "or report the problem.", title="Fusion failed") from error
 
         for notice in notices:  # a toast in the page; API clients read them in the timing text
             gr.Warning(notice)
@@ -261,7 +272,7 @@ class FusionApp:
             resolution = min(resolution or self.max_side, self.max_side)
             notices.append(f"The frames are {images[0].width}x{images[0].height}, above this app's limit of "
                            f"{self.max_side} pixels per side: fused and returned at {self.max_side} on the long side.")
-        try:
+        with failures_explained("frames"):
             tensors = [self.processor.to_tensor_list(image, Path(path).name)[0] for path, image in
                        zip(paths, images, strict=True)]
             fuse_started = time.perf_counter()
@@ -269,12 +280,6 @@ class FusionApp:
                                   match_input_resolution=not downscaled, resize_b_to_a=resize_to_first,
                                   output_type="pt").images[0]
             fuse_seconds = time.perf_counter() - fuse_started
-        except (ValueError, TypeError) as error:
-            raise visitor_error(str(error), title="Cannot fuse these frames") from error
-        except Exception as error:  # never a stack trace for the visitor; the log keeps it
-            logger.exception("Fusion failed")
-            raise visitor_error(f"Fusion failed unexpectedly ({type(error).__name__}). Please try other frames "
-                                "or report the problem.", title="Fusion failed") from error
         for notice in notices:
             gr.Warning(notice)
         size = tuple(fused.shape[-2:])

@@ -86,9 +86,10 @@ def test_more_steps_and_a_processing_resolution(client):
     assert "(4 steps)" in timing
 
 
-def _error(client: Client, *args, **kwargs) -> str:
+def _error(client: Client, *args, endpoint=None, **kwargs) -> str:
+    """The message a call of ``endpoint`` (default: /fuse) fails with; never a stack trace."""
     with pytest.raises(Exception) as caught:
-        _fuse(client, *args, **kwargs)
+        (endpoint or _fuse)(client, *args, **kwargs)
     message = str(caught.value)
     assert "Traceback" not in message and 'File "' not in message
     return message
@@ -237,22 +238,15 @@ def test_a_five_frame_bracket_is_fused_and_a_forty_frame_one_refused(client, tmp
     assert "Fused 5 frames" in timing
     rows = {row[0]: row[1:] for row in table["data"]}
     assert rows["MEF-SSIM"][0] > rows["MEF-SSIM"][1]  # above the plain mean of the frames
-    message = _error_frames(client, "MEF", _frames(tmp_path / "many", 40))
+    message = _error(client, "MEF", _frames(tmp_path / "many", 40), endpoint=_fuse_frames)
     assert "Upload 2 to 16 frames of one scene; got 40" in message
 
 
 def test_frames_of_mixed_sizes_are_refused_then_resized_on_request(client, tmp_path):
     paths = _frames(tmp_path, 3, size_of_last=(64, 48))
-    message = _error_frames(client, "MFF", paths)
+    message = _error(client, "MFF", paths, endpoint=_fuse_frames)
     assert "The frames differ in size" in message and "frame_02.png 64x48" in message and "Resize" in message
     fused_path, *_ = _fuse_frames(client, "MFF", paths, resize=True)
     assert PIL.Image.open(fused_path).size == PIL.Image.open(paths[0]).size
-    assert "takes two images" in _error_frames(client, "IVF", paths)
+    assert "takes two images" in _error(client, "IVF", paths, endpoint=_fuse_frames)
 
-
-def _error_frames(client: Client, *args, **kwargs) -> str:
-    with pytest.raises(Exception) as caught:
-        _fuse_frames(client, *args, **kwargs)
-    message = str(caught.value)
-    assert "Traceback" not in message and 'File "' not in message
-    return message
