@@ -323,17 +323,20 @@ class FusionFMPipeline(DiffusionPipeline):
             processing_resolution = self.config.default_processing_resolution
         if tile_size is None:
             tile_size = self.config.get("default_tile_size", 0)
-        if align:
-            image_a, image_b = self._aligned(image_a, image_b, task, resize_b_to_a)
-        elif image_b is None and isinstance(image_a, (list, tuple)) and len(image_a) >= 2:
-            self._warn_if_misregistered(image_a, task, resize_b_to_a)
-        if image_b is None and isinstance(image_a, (list, tuple)) and len(image_a) > 2:
-            fused = self._fuse_frames(image_a, task, num_inference_steps, processing_resolution,
-                                      match_input_resolution, resize_b_to_a, batch_size, compute_dtype, output_type)
-            images = self.image_processor.postprocess([fused], output_type)
-            return FusionFMPipelineOutput(images=images) if return_dict else (images,)
-        if image_b is None and isinstance(image_a, (list, tuple)):
-            image_a, image_b = self._ordered_pair(image_a, task)
+        if image_b is None and isinstance(image_a, (list, tuple)):  # a stack of frames, canonicalised once
+            frames, spec = self._check_frames(image_a, task, resize_b_to_a)
+            if align:
+                frames = align_frames(frames)[0]
+            else:
+                self._warn_if_misregistered(frames, spec)
+            if len(frames) > 2:
+                fused = self._fuse_frames(frames, spec, num_inference_steps, processing_resolution,
+                                          match_input_resolution, batch_size, compute_dtype, output_type)
+                images = self.image_processor.postprocess([fused], output_type)
+                return FusionFMPipelineOutput(images=images) if return_dict else (images,)
+            image_a, image_b = self._ordered_pair(frames, spec)
+        elif align:
+            image_a, image_b = self._aligned_pair(image_a, image_b, task, resize_b_to_a)
         images_a, images_b, tasks = self.check_inputs(
             image_a, image_b, task, num_inference_steps, processing_resolution, resize_b_to_a, batch_size,
             output_type, tile_size,
@@ -385,26 +388,22 @@ class FusionFMPipeline(DiffusionPipeline):
             tensors[index] = self.image_processor.resize(tensor[None], size)[0]
         return tensors, spec
 
-    def _aligned(self, image_a, image_b, task, resize_to_first: bool) -> tuple[list[torch.Tensor], None]:
-        """The frames (or the pair) registered to the middle frame (to image_a), as a frame list."""
-        frames = [image_a, image_b] if image_b is not None else image_a
-        if not isinstance(frames, (list, tuple)) or isinstance(image_a, (list, tuple)) and image_b is not None:
+    def _aligned_pair(self, image_a, image_b, task, resize_to_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_b registered to image_a (MEF and MFF pairs)."""
+        if isinstance(image_a, (list, tuple)) or isinstance(image_b, (list, tuple)):
             raise ValueError("align=True fuses one pair or one stack: pass image_a and image_b as single images, or "
                              "a list of frames as image_a.")
-        tensors, _ = self._check_frames(frames, task, resize_to_first)
-        if image_b is not None:  # a pair: align b to a (the middle of two frames is the second; swap)
-            (b, a), _ = align_frames([tensors[1], tensors[0]])
-            return [a, b], None
-        return align_frames(tensors)[0], None
+        (a, b), _ = self._check_frames([image_a, image_b], task, resize_to_first)
+        (b, a), _ = align_frames([b, a])  # the reference is the middle frame: of two, the second
+        return a, b
 
-    def _warn_if_misregistered(self, frames: Sequence, task, resize_to_first: bool) -> None:
+    def _warn_if_misregistered(self, frames: list[torch.Tensor], spec: FusionTask) -> None:
         """Warn (MisregistrationWarning) when the frames of a focus stack do not line up (exposure brackets are
         not checked: see :data:`fusionfm.alignment.MISREGISTRATION_SHARE`)."""
-        tensors, spec = self._check_frames(frames, task, resize_to_first)
         if spec.family != "MFF":
             return
-        height, width = tensors[0].shape[-2:]
-        moved = misregistration(tensors)
+        height, width = frames[0].shape[-2:]
+        moved = misregistration(frames)
         worst = max((m for m in moved if m == m), default=0.0)  # NaN (unmatched) frames are left out
         if worst > misregistration_threshold(height, width):
             frame = moved.index(worst)
@@ -412,17 +411,17 @@ class FusionFMPipeline(DiffusionPipeline):
                           "against the middle frame. Fused as they are they leave ghosts; pass align=True to "
                           "register them first.", MisregistrationWarning, stacklevel=3)
 
-    def _ordered_pair(self, frames: Sequence, task) -> tuple:
+    @staticmethod
+    def _ordered_pair(frames: list[torch.Tensor], spec: FusionTask) -> tuple[torch.Tensor, torch.Tensor]:
         """Two frames as (a, b): for MEF the darker first (a is the under-exposed source), else as given."""
-        tensors, spec = self._check_frames(frames, task, resize_to_first=True)
-        if spec.family == "MEF" and luminance(tensors[1][None]).mean() < luminance(tensors[0][None]).mean():
+        if spec.family == "MEF" and luminance(frames[1][None]).mean() < luminance(frames[0][None]).mean():
             return frames[1], frames[0]
         return frames[0], frames[1]
 
-    def _fuse_frames(self, frames: Sequence, task, num_inference_steps: int, processing_resolution: int | None,
-                     match_input_resolution: bool, resize_to_first: bool, batch_size: int,
+    def _fuse_frames(self, tensors: list[torch.Tensor], spec: FusionTask, num_inference_steps: int,
+                     processing_resolution: int | None, match_input_resolution: bool, batch_size: int,
                      compute_dtype, output_type: str) -> torch.Tensor:
-        """Fuse three or more frames: (C, H, W) in [0, 1].
+        """Fuse three or more canonical frames (C, H, W) of one size (:meth:`_check_frames`): (C, H, W) in [0, 1].
 
         Each frame is scored against the stack's mean by the network (for MEF in the slot its exposure suits:
         a darker frame as the under-exposed source, a brighter one as the over-exposed), and the frames'
@@ -435,7 +434,6 @@ class FusionFMPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        tensors, spec = self._check_frames(frames, task, resize_to_first)
         size = self.image_processor.processing_size(tuple(tensors[0].shape[-2:]), processing_resolution)
         if size[0] * size[1] > min(self.config.max_processing_pixels, MAX_UNTILED_PIXELS):
             raise ValueError(f"Fusing a stack at {size[0]}x{size[1]} pixels is above "
