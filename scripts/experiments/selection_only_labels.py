@@ -2,9 +2,11 @@
 
 Every label the Fusion Refiner changed (``refined`` = 1 in labels.csv) is replaced by the output of the prior
 that stage 1 selected, recomputed from the sources; every other label and the synthetic sources are copied.
-The result trains with ``training/train.py --labels TASK=OUT`` like the original.
+With ``--prior NAME`` every label is replaced by that built-in prior's output instead (one label style for the
+whole task: the "consistent labels" experiment of issue 14). The result trains with
+``training/train.py --labels TASK=OUT`` like the original.
 
-Usage: python scripts/experiments/selection_only_labels.py LABELS_DIR OUT_DIR [--data ../shared/data]
+Usage: python scripts/experiments/selection_only_labels.py LABELS_DIR OUT_DIR [--data ../shared/data] [--prior NAME]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("labels_dir", type=Path)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--prior", choices=sorted(PRIORS), help="relabel every pair with this built-in prior")
     args = parser.parse_args()
 
     with (args.labels_dir / "labels.csv").open(newline="") as handle:
@@ -37,11 +40,12 @@ def main() -> None:
         target = args.out_dir / pair.dataset / f"{pair.stem}.png"
         if target.is_file():
             continue
-        if row["refined"] == "1":
-            if row["candidate"] not in PRIORS:
-                raise SystemExit(f"{pair.dataset}/{pair.stem}: selected {row['candidate']!r} is not a built-in prior.")
+        prior = args.prior or (row["candidate"] if row["refined"] == "1" else None)
+        if prior is not None:
+            if prior not in PRIORS:
+                raise SystemExit(f"{pair.dataset}/{pair.stem}: selected {prior!r} is not a built-in prior.")
             image_a, image_b = processor.load(pair.path_a), processor.load(pair.path_b)
-            save_png_atomic(run_prior(row["candidate"], image_a[None], image_b[None], pair.task)[0], target)
+            save_png_atomic(run_prior(prior, image_a[None], image_b[None], pair.task)[0], target)
             recomputed += 1
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +53,8 @@ def main() -> None:
     for sources in args.labels_dir.glob("*/sources"):
         shutil.copytree(sources, args.out_dir / sources.parent.name / "sources", dirs_exist_ok=True)
     shutil.copyfile(args.labels_dir / "labels.csv", args.out_dir / "labels.csv")
-    print(f"{len(pairs)} labels in {args.out_dir}; {recomputed} refined ones replaced by their stage-1 selection.")
+    replaced = f"replaced by {args.prior}" if args.prior else "refined ones replaced by their stage-1 selection"
+    print(f"{len(pairs)} labels in {args.out_dir}; {recomputed} {replaced}.")
 
 
 if __name__ == "__main__":
