@@ -2,6 +2,7 @@
 
     python benchmarks/bench_inference.py                      # default preset, random weights
     python benchmarks/bench_inference.py --model path/or/hub-id --repeats 11
+    python benchmarks/bench_inference.py --steps 1 --dtypes bf16 --compile   # also torch.compile against eager
 
 Times the whole call (PIL in, PIL out: colour conversion, padding, network, colour back). Speed
 does not depend on the weights, so a freshly initialised preset measures the shipped architecture. Beside the
@@ -120,6 +121,25 @@ def breakdown_ms(pipe: FusionFMPipeline, pair, dtype: str, repeats: int) -> dict
     return {name: statistics.median(times[1:]) for name, times in stages.items()}
 
 
+def compiled_vs_eager(pipe: FusionFMPipeline, pair, dtype: str, repeats: int, cache_dir: str | None) -> str:
+    """Compile for ``dtype`` (first call timed: compilation, or loading it from the cache), then one-step ms of
+    the compiled and the eager U-Net, interleaved so that both see the same machine load."""
+    start = time.perf_counter()
+    pipe.compile_unet(dtype, cache_dir=cache_dir)
+    first = time.perf_counter() - start
+    compiled_ms, eager_ms = [], []
+    for _ in range(repeats):
+        compiled_ms.append(median_ms(pipe, pair, 1, dtype, 1, 1))
+        compiled_dtype = pipe.compiled_dtype
+        pipe.disable_compile()
+        eager_ms.append(median_ms(pipe, pair, 1, dtype, 1, 1))
+        pipe.compile_unet(dtype, cache_dir=cache_dir, warm_up_size=None)  # the compiled code is reused
+        assert pipe.compiled_dtype == compiled_dtype
+    compiled, eager = statistics.median(compiled_ms), statistics.median(eager_ms)
+    return (f"{dtype}, compiled: first compilation {first:.0f} s; one step {compiled:.0f} ms compiled against "
+            f"{eager:.0f} ms eager ({eager / compiled:.2f}x), interleaved, median of {repeats}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="pipeline folder or Hub id (default: a fresh U-Net of --preset)")
@@ -130,6 +150,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--breakdown", action="store_true", help="also time each stage of a one-step call")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile: first call and one step compiled against eager")
+    parser.add_argument("--compile_cache", default=None, help="inductor cache folder (default ~/.cache/fusionfm)")
     args = parser.parse_args()
 
     if args.model:
@@ -163,6 +186,9 @@ def main() -> None:
             stages = breakdown_ms(pipe, pair, dtype, args.repeats)
             print(f"\n{dtype}, one step, stage by stage (median ms): " + "; ".join(
                 f"{name} {ms:.1f}" for name, ms in stages.items()) + f"; sum {sum(stages.values()):.1f}")
+    if args.compile:
+        for dtype in args.dtypes:
+            print("\n" + compiled_vs_eager(pipe, pair, dtype, args.repeats, args.compile_cache), flush=True)
 
 
 if __name__ == "__main__":

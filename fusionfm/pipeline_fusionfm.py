@@ -17,6 +17,7 @@ from diffusers.utils import BaseOutput
 
 from .alignment import MisregistrationWarning, align_frames, misregistration, misregistration_threshold
 from .color import luminance, recombine, recombine_frames
+from .compilation import CompiledUNet, compile_unet
 from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
 from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
 from .scheduler import FlowMatchFusionScheduler
@@ -149,6 +150,7 @@ class FusionFMPipeline(DiffusionPipeline):
         self.image_processor = image_processor or FusionImageProcessor()
         # The scheduler's grid is per call state: one call at a time per pipeline object.
         self._call_lock = threading.Lock()
+        self._compiled_unet: CompiledUNet | None = None
 
     @classmethod
     def from_pretrained(
@@ -181,6 +183,34 @@ class FusionFMPipeline(DiffusionPipeline):
         """diffusers' ``save_pretrained`` (safetensors), plus the image processor's config."""
         super().save_pretrained(save_directory, **kwargs)
         self.image_processor.save_config(os.path.join(save_directory, IMAGE_PROCESSOR_FOLDER))
+
+    def compile_unet(self, compute_dtype: torch.dtype | str | None = None, cache_dir: str | os.PathLike | None = None,
+                     warm_up_size: tuple[int, int] | None = (480, 640)) -> None:
+        """Serve calls in ``compute_dtype`` (default: the pipeline's) with the U-Net compiled by ``torch.compile``.
+
+        Compiles at once on a ``warm_up_size`` (height, width) input, then swaps the compiled network in; calls
+        made meanwhile from other threads run eager (the app compiles this way in the background). The first
+        compilation takes minutes on a small CPU, later processes load it from ``cache_dir`` (default
+        ``~/.cache/fusionfm/inductor``; :mod:`fusionfm.compilation`). ``warm_up_size=None`` compiles at the first
+        call instead. Results equal the eager ones within the precision's rounding. :meth:`disable_compile` undoes it.
+        """
+        dtype = self._resolve_compute_dtype(compute_dtype)
+        module = compile_unet(self.unet, cache_dir)
+        if warm_up_size is not None:
+            multiple, margin = self.unet.size_multiple, self.image_processor.config.border_margin
+            zeros, _ = self.image_processor.pad_to_multiple(torch.zeros(1, 1, *warm_up_size), multiple, margin)
+            self._run_unet(module, dtype, zeros, zeros, zeros, torch.zeros(1), torch.zeros(1, dtype=torch.long))
+        self._compiled_unet = CompiledUNet(module, dtype)
+
+    def disable_compile(self) -> None:
+        """Run the U-Net eager again (after :meth:`compile_unet`)."""
+        self._compiled_unet = None
+
+    @property
+    def compiled_dtype(self) -> torch.dtype | None:
+        """The precision whose calls run the compiled U-Net, or None (all eager)."""
+        compiled = self._compiled_unet
+        return compiled.dtype if compiled is not None else None
 
     # ------------------------------------------------------------------ validation
     def check_inputs(
@@ -525,18 +555,22 @@ class FusionFMPipeline(DiffusionPipeline):
         y_a, box = self.image_processor.pad_to_multiple(y_a.to(device), multiple, margin)
         y_b, _ = self.image_processor.pad_to_multiple(y_b.to(device), multiple, margin)
         task_ids = task_ids.to(device)
-        weights_dtype = self.unet.dtype
-        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != weights_dtype and dtype != torch.float32)
+        compiled = self._compiled_unet
+        unet = compiled.module if compiled is not None and compiled.dtype == dtype else self.unet
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = self.scheduler.source_point(y_a, y_b, generator)
         for t in self.scheduler.timesteps:
-            t_batch = t.expand(len(task_ids)).to(device)
-            with autocast:
-                velocity = self.unet(
-                    x.to(weights_dtype), y_a.to(weights_dtype), y_b.to(weights_dtype), t_batch, task_ids
-                )
+            velocity = self._run_unet(unet, dtype, x, y_a, y_b, t.expand(len(task_ids)).to(device), task_ids)
             x = self.scheduler.step(velocity.float(), t, x).prev_sample
         return self.image_processor.crop(x, box).clamp(0.0, 1.0).cpu()
+
+    def _run_unet(self, unet: torch.nn.Module, dtype: torch.dtype, x: torch.Tensor, y_a: torch.Tensor,
+                  y_b: torch.Tensor, t: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """One velocity evaluation in ``dtype`` (autocast when the weights are in another precision)."""
+        weights_dtype = self.unet.dtype
+        enabled = dtype != weights_dtype and dtype != torch.float32
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
+            return unet(x.to(weights_dtype), y_a.to(weights_dtype), y_b.to(weights_dtype), t, task_ids)
 
     def _finish_pair(self, pair: _PreparedPair, fused_y: torch.Tensor, match_input_resolution: bool) -> torch.Tensor:
         """Resize the fused luminance and put colour back: (C, H, W) in [0, 1]."""

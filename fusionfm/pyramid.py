@@ -61,6 +61,10 @@ def fit_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     if maps.shape[-2] >= size[0] and maps.shape[-1] >= size[1]:
+        factor = maps.shape[-2] // size[0]
+        if maps.shape[-2] == factor * size[0] and maps.shape[-1] == factor * size[1]:
+            # The same means as adaptive pooling; unlike it, compiles with dynamic shapes (torch.compile).
+            return F.avg_pool2d(maps, factor)
         return F.adaptive_avg_pool2d(maps, size)
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 

@@ -69,6 +69,21 @@ def tiny_pipe() -> FusionFMPipeline:
     return make_pipeline()
 
 
+def make_pyramid_pipeline() -> FusionFMPipeline:
+    """A small pipeline with the shipped model's kind of output head (pyramid), deterministically initialised."""
+    torch.manual_seed(0)
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3).eval()
+    pipe = FusionFMPipeline(unet=unet, scheduler=FlowMatchFusionScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> Path:
+    """One inductor cache for the session: the tests that compile the same small U-Net compile it once."""
+    return tmp_path_factory.mktemp("inductor")
+
+
 def load_app_module():
     """app.py as a module (it is a script at the top level, not part of the package)."""
     if "fusionfm_app" not in sys.modules:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import DATA, REPO_ROOT, load_app_module, serve_app
+from conftest import DATA, REPO_ROOT, load_app_module, make_pyramid_pipeline, serve_app
 from gradio_client import Client, handle_file
 
 from fusionfm import get_task
@@ -250,3 +251,23 @@ def test_frames_of_mixed_sizes_are_refused_then_resized_on_request(client, tmp_p
     assert PIL.Image.open(fused_path).size == PIL.Image.open(paths[0]).size
     assert "takes two images" in _error(client, "IVF", paths, endpoint=_fuse_frames)
 
+
+
+@pytest.mark.slow
+def test_background_compilation_serves_eager_until_ready(real_pair, compile_cache, monkeypatch):
+    monkeypatch.setenv("FUSIONFM_COMPILE_CACHE", str(compile_cache))
+    app = load_app_module()
+    pipe = make_pyramid_pipeline()
+    compile_now, go = pipe.compile_unet, threading.Event()
+    monkeypatch.setattr(pipe, "compile_unet", lambda: go.wait(60) and compile_now())  # compiles when told to
+    pair = [image.resize((640, 480)) for image in real_pair("MEF")]
+    eager = pipe(*pair, task="MEF", compute_dtype="bf16", output_type="np").images[0]
+    thread = app.compile_in_background(pipe)
+    during = pipe(*pair, task="MEF", compute_dtype="bf16", output_type="np").images[0]  # does not wait
+    assert thread.is_alive() and pipe.compiled_dtype is None
+    np.testing.assert_array_equal(during, eager)
+    go.set()
+    thread.join(timeout=900)
+    assert not thread.is_alive() and pipe.compiled_dtype is not None
+    after = pipe(*pair, task="MEF", compute_dtype="bf16", output_type="np").images[0]
+    assert np.abs(after - eager).mean() <= 2e-3
