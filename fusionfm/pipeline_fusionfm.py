@@ -15,7 +15,13 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .alignment import MisregistrationWarning, align_frames, misregistration, misregistration_threshold
+from .alignment import (
+    MisregistrationWarning,
+    align_frames,
+    bracket_misregistration,
+    misregistration,
+    misregistration_threshold,
+)
 from .color import luminance, recombine, recombine_frames
 from .compilation import CompiledUNet, compile_unet
 from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
@@ -428,18 +434,26 @@ class FusionFMPipeline(DiffusionPipeline):
         return a, b
 
     def _warn_if_misregistered(self, frames: list[torch.Tensor], spec: FusionTask) -> None:
-        """Warn (MisregistrationWarning) when the frames of a focus stack do not line up (exposure brackets are
-        not checked: see :data:`fusionfm.alignment.MISREGISTRATION_SHARE`)."""
-        if spec.family != "MFF":
+        """Warn (MisregistrationWarning) when the frames of a stack do not line up: focus stacks against the
+        middle frame, exposure brackets between neighbouring exposures (see
+        :data:`fusionfm.alignment.MISREGISTRATION_SHARE`)."""
+        threshold = misregistration_threshold(*frames[0].shape[-2:])
+        if spec.family == "MFF":
+            moved = misregistration(frames)
+            pairs = [(len(frames) // 2, index, displacement) for index, displacement in enumerate(moved)]
+        else:
+            pairs = bracket_misregistration(frames)
+        pairs = [pair for pair in pairs if pair[2] == pair[2]]  # NaN: the frames could not be matched
+        if not pairs:
             return
-        height, width = frames[0].shape[-2:]
-        moved = misregistration(frames)
-        worst = max((m for m in moved if m == m), default=0.0)  # NaN (unmatched) frames are left out
-        if worst > misregistration_threshold(height, width):
-            frame = moved.index(worst)
-            warnings.warn(f"The frames do not line up: frame {frame} is displaced by up to {worst:.0f} pixels "
-                          "against the middle frame. Fused as they are they leave ghosts; pass align=True to "
-                          "register them first.", MisregistrationWarning, stacklevel=3)
+        reference, frame, worst = max(pairs, key=lambda pair: pair[2])
+        if worst > threshold:
+            where = (f"frame {frame} is displaced by up to {worst:.0f} pixels against the middle frame"
+                     if spec.family == "MFF" else
+                     f"frames {min(reference, frame)} and {max(reference, frame)} (neighbouring exposures) are "
+                     f"displaced by up to {worst:.0f} pixels against each other")
+            warnings.warn(f"The frames do not line up: {where}. Fused as they are they leave ghosts; pass "
+                          "align=True to register them first.", MisregistrationWarning, stacklevel=3)
 
     @staticmethod
     def _ordered_pair(frames: list[torch.Tensor], spec: FusionTask) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,16 +1,19 @@
-"""fusionfm.alignment on a real unregistered focus stack (FocusStackPCB: the magnification drifts 2-3.5 %)."""
+"""fusionfm.alignment on a real unregistered focus stack (FocusStackPCB: the magnification drifts 2-3.5 %) and on
+real exposure brackets (Waterloo), registered and with one frame moved."""
 
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
 from conftest import DATA, make_pipeline
+from skimage.transform import SimilarityTransform, warp
 
 from fusionfm import FusionImageProcessor, MisregistrationWarning
-from fusionfm.alignment import align_frames, misregistration, misregistration_threshold
+from fusionfm.alignment import align_frames, bracket_misregistration, misregistration, misregistration_threshold
 
 PCB = DATA / "MFF" / "FocusStackPCB"
 
@@ -62,3 +65,30 @@ def test_frames_without_features_are_left_as_they_are():
     assert all(m != m for i, m in enumerate(misregistration(flat)) if i != 1)  # NaN: could not be matched
     aligned, moved = align_frames(flat)
     assert all(torch.equal(a, f) for a, f in zip(aligned, flat, strict=True))
+
+
+def _bracket(name: str) -> list[PIL.Image.Image]:
+    return [PIL.Image.open(path) for path in sorted((DATA / "MEF" / "Waterloo" / "sequences" / name).glob("*.png"))]
+
+
+@pytest.mark.parametrize("sequence", ["House", "Office", "Candle"])
+def test_a_misregistered_exposure_bracket_is_detected_and_a_registered_one_is_not(sequence):
+    frames = _bracket(sequence)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MisregistrationWarning)
+        make_pipeline()(frames, task="MEF", processing_resolution=128)  # the check runs on the full frames
+    moved = len(frames) // 2 + 1
+    shift = SimilarityTransform(scale=1.02, translation=(4, 4))  # corners move by about 18 px
+    frames[moved] = PIL.Image.fromarray((warp(np.asarray(frames[moved]), shift, order=1, mode="edge") * 255
+                                         ).round().astype(np.uint8))
+    with pytest.warns(MisregistrationWarning, match=rf"frames .*{moved}.* displaced by up to 1[6-9] pixels"):
+        make_pipeline()(frames, task="MEF", processing_resolution=128)
+
+
+def test_bracket_check_compares_neighbouring_exposures():
+    processor = FusionImageProcessor()
+    frames = [processor.to_tensor_list(frame)[0] for frame in _bracket("Office")]
+    found = bracket_misregistration(frames[::-1])  # given brightest first: still ordered by brightness
+    darkest, brightest = len(frames) - 1, 0
+    assert found[0][0] == darkest and found[-1][1] == brightest
+    assert all(moved < 3 for _, _, moved in found), found
