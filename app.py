@@ -444,19 +444,21 @@ _LIBC = None
 
 
 def keep_memory_flat() -> None:
-    """glibc only: at most two malloc arenas, blocks of 1 MB and more always mmapped (so freed at once), and
+    """glibc only: at most two malloc arenas, blocks of 8 MB and more always mmapped (so freed at once), and
     free heap pages handed back after every call (``trim``). Elsewhere (macOS, musl) nothing is changed.
 
     By default glibc raises its mmap threshold after large frees (up to 32 MB) and gives each worker thread an
     arena, so the full-size float images of every call stay in the heap: resident size doubled over 100 calls
-    (724 -> 1498 MB, benchmarks/app_memory.py); with two arenas and trimming it still rose in steps of 30-60 MB,
-    +12.8 % after the first 20 of 200 mixed calls; with the fixed 1 MB threshold as well, +5.4 %.
+    (724 -> 1498 MB, benchmarks/app_memory.py). With two arenas and trimming it still rose in steps of 30-60 MB
+    (+12.8 % after the first 20 of 200 mixed calls, twice); with the fixed 8 MB threshold as well, +4.7 %, flat
+    from call 40. A 1 MB threshold was as flat (+5.4 %) but made every 640x480 call about 1.6x slower (each
+    mmapped block is page-faulted afresh); 8 MB costs about 5-10 % of a call's time.
     """
     global _LIBC
     try:
         _LIBC = ctypes.CDLL("libc.so.6")
         _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
-        _LIBC.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks of 1 MB and more always mmapped, never kept
+        _LIBC.mallopt(-3, 8 << 20)  # M_MMAP_THRESHOLD: blocks of 8 MB and more always mmapped, never kept
     except (OSError, AttributeError):
         _LIBC = None
 
