@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    app.keep_memory_flat()  # the served app's malloc settings (and its trim after every call)
     torch.set_num_threads(args.threads)
     pipeline = FusionFMPipeline.from_pretrained(args.model)
     fusion_app = app.FusionApp(pipeline)
