@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fusionfm.tasks import get_task
@@ -102,3 +103,9 @@ def test_fusion_loss_adds_the_weighted_endpoint_terms_of_the_one_step_endpoint()
                    for term in ENDPOINT_TERMS)
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fusion_loss(exact, batch), torch.zeros(2), atol=1e-6, rtol=0)
+    # The per-term ablation: only the named terms count.
+    gradient_only = fusion_loss(exact, batch, endpoint_weight=2.0, use_terms=("gradient",))
+    weights = torch.tensor([ENDPOINT_LOSS_WEIGHTS[f]["gradient"] for f in ("IVF", "MEF")])
+    torch.testing.assert_close(gradient_only, 2.0 * weights * terms["gradient"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="Unknown endpoint terms"):
+        fusion_loss(exact, batch, endpoint_weight=2.0, use_terms=("sharpness",))

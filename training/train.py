@@ -42,7 +42,7 @@ from fusionfm.training.continual import ElasticWeightConsolidation, ReplayBuffer
 from fusionfm.training.datasets import LabelledPairs, parse_label_folders
 from fusionfm.training.export import save_final_pipeline, save_pipeline
 from fusionfm.training.logs import CsvLog, quality_markdown, write_quality_csv
-from fusionfm.training.losses import fusion_loss
+from fusionfm.training.losses import ENDPOINT_TERMS, fusion_loss
 from fusionfm.training.model_card import render_model_card
 from fusionfm.training.sampler import BatchSampler, step_generator
 
@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="weight of the image-gradient term of the loss (0: plain flow matching)")
     model.add_argument("--endpoint_loss_weight", type=float, default=0.0,
                        help="scale of the per-task endpoint objectives (fusionfm.training.losses; 0: off)")
+    model.add_argument("--endpoint_terms", nargs="+", choices=ENDPOINT_TERMS, default=list(ENDPOINT_TERMS),
+                       help="which endpoint objectives to use (default: all; fewer for the per-term ablation)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=8, help="per process")
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sampler = BatchSampler(datasets, replay, noise_scheduler, args.resolution, flip=not args.no_flip)
     loss_function = functools.partial(fusion_loss, gradient_weight=args.gradient_loss_weight,
-                                      endpoint_weight=args.endpoint_loss_weight)
+                                      endpoint_weight=args.endpoint_loss_weight,
+                                      use_terms=tuple(args.endpoint_terms))
     steps_per_stage = total_steps // stages
     progress = tqdm(range(total_steps), initial=state.step, desc="Training",
                     disable=args.no_progress or not main_process)

@@ -3,6 +3,8 @@ with the field's unsupervised fusion objectives on the one-step endpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from kornia.filters import spatial_gradient
 from kornia.metrics import ssim
@@ -97,9 +99,13 @@ def endpoint_weights(task_ids: torch.Tensor, scale: float = 1.0) -> dict[str, to
 
 
 def fusion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], gradient_weight: float = 0.0,
-                endpoint_weight: float = 0.0) -> torch.Tensor:
+                endpoint_weight: float = 0.0, use_terms: Sequence[str] = ENDPOINT_TERMS) -> torch.Tensor:
     """Per-sample loss (B,): :func:`flow_matching_loss` plus, with ``endpoint_weight`` > 0, the weighted
-    endpoint terms on x1_hat = x_t + (1 - t) v_theta, the point one Euler step from x_t lands on."""
+    endpoint terms on x1_hat = x_t + (1 - t) v_theta, the point one Euler step from x_t lands on (only those
+    named in ``use_terms``: the per-term ablation)."""
+    unknown = set(use_terms) - set(ENDPOINT_TERMS)
+    if unknown:
+        raise ValueError(f"Unknown endpoint terms {sorted(unknown)}; known: {', '.join(ENDPOINT_TERMS)}.")
     x0, x1, t = batch["x0"], batch["target"], batch["t"]
     x_t = FlowMatchFusionScheduler.interpolate(x0, x1, t)
     prediction = model(x_t, batch["image_a"], batch["image_b"], t, batch["task_id"]).float()
@@ -108,5 +114,5 @@ def fusion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], gradient
         endpoint = x_t + (1 - t.float()).view(-1, 1, 1, 1) * prediction
         terms = endpoint_terms(endpoint, batch["image_a"].float(), batch["image_b"].float(), batch["task_id"])
         weights = endpoint_weights(batch["task_id"], endpoint_weight)
-        loss = loss + sum(weights[term] * terms[term] for term in ENDPOINT_TERMS)
+        loss = loss + sum(weights[term] * terms[term] for term in use_terms)
     return loss
