@@ -43,6 +43,11 @@ def misregistration_threshold(height: int, width: int) -> float:
     return max(10.0, MISREGISTRATION_SHARE * max(height, width))
 
 
+def _match_size(height: int, width: int, match_side: int) -> tuple[int, int]:
+    """(h, w) of the copies features are matched on: at most ``match_side`` on the long side, never enlarged."""
+    return FusionImageProcessor.processing_size((height, width), min(match_side, max(height, width)))
+
+
 def _gray(frame: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return FusionImageProcessor.resize(luminance(frame[None]), size)[0, 0].double().numpy()
 
@@ -76,7 +81,7 @@ def frame_transforms(frames: list[torch.Tensor], match_side: int = MATCH_SIDE) -
     """For each (C, H, W) frame, the transform from the middle frame's full-size pixel coordinates to its own
     (identity for the middle frame, None where matching failed), matched at ``match_side`` pixels."""
     height, width = frames[0].shape[-2:]
-    size = FusionImageProcessor.processing_size((height, width), min(match_side, max(height, width)))
+    size = _match_size(height, width, match_side)
     scale = width / size[1]
     to_small, to_full = SimilarityTransform(scale=1 / scale), SimilarityTransform(scale=scale)
     middle = len(frames) // 2
@@ -112,9 +117,9 @@ def bracket_misregistration(frames: list[torch.Tensor], match_side: int = CHECK_
     of neighbouring exposures (frames ordered by mean brightness), matched on histogram-equalised copies; NaN
     where a pair could not be matched."""
     height, width = frames[0].shape[-2:]
-    size = FusionImageProcessor.processing_size((height, width), min(match_side, max(height, width)))
+    size = _match_size(height, width, match_side)
     order = sorted(range(len(frames)), key=lambda index: float(luminance(frames[index][None]).mean()))
-    grays = {index: equalize_hist(_gray(frames[index], size)) for index in order}
+    grays = [equalize_hist(_gray(frame, size)) for frame in frames]
     found = []
     for darker, brighter in zip(order[:-1], order[1:], strict=True):
         transform = estimate_similarity(grays[darker], grays[brighter], 300)
