@@ -89,7 +89,6 @@ def breakdown_ms(pipe: FusionFMPipeline, pair, dtype: str, repeats: int) -> dict
 
     processor = pipe.image_processor
     compute = pipe._resolve_compute_dtype(dtype)
-    autocast = torch.autocast("cpu", dtype=compute, enabled=compute not in (pipe.unet.dtype, torch.float32))
     policy = get_task("IVF").color_policy
     stages: dict[str, list[float]] = {}
     clock = [time.perf_counter()]
@@ -108,9 +107,9 @@ def breakdown_ms(pipe: FusionFMPipeline, pair, dtype: str, repeats: int) -> dict
         padded_a, box = processor.pad_to_multiple(y_a, pipe.unet.size_multiple, processor.config.border_margin)
         padded_b, _ = processor.pad_to_multiple(y_b, pipe.unet.size_multiple, processor.config.border_margin)
         lap("pad (mirrored margin)")
-        with torch.no_grad(), autocast:
-            x0 = (padded_a + padded_b) / 2
-            fused = x0 + pipe.unet(x0, padded_a, padded_b, torch.zeros(1), torch.zeros(1, dtype=torch.long)).float()
+        x0 = (padded_a + padded_b) / 2
+        fused = x0 + pipe._run_unet(pipe.unet, compute, x0, padded_a, padded_b, torch.zeros(1),
+                                    torch.zeros(1, dtype=torch.long)).float()
         lap("network (U-Net and pyramid blend)")
         fused = processor.crop(fused, box).clamp(0, 1)
         lap("crop")
@@ -130,11 +129,9 @@ def compiled_vs_eager(pipe: FusionFMPipeline, pair, dtype: str, repeats: int, ca
     compiled_ms, eager_ms = [], []
     for _ in range(repeats):
         compiled_ms.append(median_ms(pipe, pair, 1, dtype, 1, 1))
-        compiled_dtype = pipe.compiled_dtype
         pipe.disable_compile()
         eager_ms.append(median_ms(pipe, pair, 1, dtype, 1, 1))
         pipe.compile_unet(dtype, cache_dir=cache_dir, warm_up_size=None)  # the compiled code is reused
-        assert pipe.compiled_dtype == compiled_dtype
     compiled, eager = statistics.median(compiled_ms), statistics.median(eager_ms)
     return (f"{dtype}, compiled: first compilation {first:.0f} s; one step {compiled:.0f} ms compiled against "
             f"{eager:.0f} ms eager ({eager / compiled:.2f}x), interleaved, median of {repeats}")
