@@ -452,7 +452,8 @@ def keep_memory_flat() -> None:
     (724 -> 1498 MB, benchmarks/app_memory.py). With two arenas and trimming it still rose in steps of 30-60 MB
     (+12.8 % after the first 20 of 200 mixed calls, twice); with the fixed 8 MB threshold as well, +4.7 %, flat
     from call 40. A 1 MB threshold was as flat (+5.4 %) but made every 640x480 call about 1.6x slower (each
-    mmapped block is page-faulted afresh); 8 MB costs about 5-10 % of a call's time.
+    mmapped block is page-faulted afresh); 8 MB costs about 10-15 % of a call's time (quiet, interleaved: 150
+    -> 175 ms per 640x480 call).
     """
     global _LIBC
     try:
