@@ -511,7 +511,9 @@ class FusionFMPipeline(DiffusionPipeline):
                 gains.append(chunk_gains.float())
         # The logit is the a-slot's weight: a frame in the b slot scores with its negative.
         logits = torch.where(brighter, -1.0, 1.0) * torch.cat(logits)
-        fused_y = blend_stack(padded.float(), logits, torch.cat(gains))
+        activity_scales = self.unet.activity_scales_for(torch.tensor([spec.class_id], device=device))
+        fused_y = blend_stack(padded.float(), logits, torch.cat(gains),
+                              None if activity_scales is None else activity_scales[0].detach())
         fused_y = self.image_processor.crop(fused_y, box).clamp(0.0, 1.0).cpu()
         originals = [t[None] for t in tensors]
         if match_input_resolution:

@@ -69,20 +69,40 @@ def fit_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
-def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, weights: torch.Tensor,
-                   gains: torch.Tensor) -> torch.Tensor:
+ACTIVITY_EPSILON = 1e-3
+"""Keeps the normalised differences of :func:`activity_logit` finite where both sources are flat or black."""
+
+
+def activity_logit(band_a: torch.Tensor, band_b: torch.Tensor, base: bool) -> torch.Tensor:
+    """Which source is more active in one pyramid band, in [-1, 1] (+1: all a).
+
+    Detail bands compare coefficient magnitudes, (|a| - |b|) / (|a| + |b| + eps): the choice the max-abs
+    Laplacian and wavelet priors make, softened. The base band compares intensities, (a - b) / (a + b + eps):
+    towards the brighter source, as choose-max does for infrared and CT. Shapes as the bands (any).
+    """
+    if base:
+        return (band_a - band_b) / (band_a + band_b).abs().add(ACTIVITY_EPSILON)
+    magnitude_a, magnitude_b = band_a.abs(), band_b.abs()
+    return (magnitude_a - magnitude_b) / (magnitude_a + magnitude_b + ACTIVITY_EPSILON)
+
+
+def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
+                   activity_scales: torch.Tensor | None = None) -> torch.Tensor:
     """Band-wise fusion: per Laplacian level k, w_k a_k + (1 - w_k) b_k, detail levels times a gain g_k.
 
     Args:
         image_a, image_b: (B, 1, H, W) sources.
-        weights: (B, L, h, w) source-a weights in [0, 1], one map per level at any resolution (each level uses its
+        logits: (B, L, h, w) source-a weight logits, one map per level at any resolution (each level uses its
             map averaged down, or bilinearly upsampled, to its own size); L is the number of levels.
         gains: (B, L - 1, h, w) positive gains of the detail levels (1 leaves the contrast as it is).
+        activity_scales: optional (B, L); level k's weight is then sigmoid(logit_k + s_k :func:`activity_logit`),
+            so the logits are corrections to a max-abs (detail) and brighter-source (base) choice of strength s_k.
 
     Returns:
-        (B, 1, H, W) the collapsed fused pyramid. With every weight 1 (0) and every gain 1 it is a (b) itself.
+        (B, 1, H, W) the collapsed fused pyramid. With saturated logits (+inf: a, -inf: b), no activity scales
+        and every gain 1 it is that source itself.
     """
-    levels = weights.shape[1]
+    levels = logits.shape[1]
     if gains.shape[1] != levels - 1:
         raise ValueError(f"{levels} weight maps need {levels - 1} gain maps, got {gains.shape[1]}.")
     # Both sources in one pass: the blur is per channel, and one call on two channels costs little more than one.
@@ -90,8 +110,12 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, weights: torch.
     fused = []
     for level, bands in enumerate(pyramid):
         size = tuple(bands.shape[-2:])
-        weight = fit_maps(weights[:, level : level + 1], size)
-        band = bands[:, 1:2] + weight * (bands[:, 0:1] - bands[:, 1:2])
+        band_a, band_b = bands[:, 0:1], bands[:, 1:2]
+        logit = fit_maps(logits[:, level : level + 1], size)
+        if activity_scales is not None:
+            scale = activity_scales[:, level].view(-1, 1, 1, 1)
+            logit = logit + scale * activity_logit(band_a, band_b, base=level == levels - 1)
+        band = band_b + torch.sigmoid(logit) * (band_a - band_b)
         if level < levels - 1:
             band = band * fit_maps(gains[:, level : level + 1], size)
         fused.append(band)

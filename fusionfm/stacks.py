@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from .pyramid import collapse, fit_maps, laplacian_pyramid
+from .pyramid import activity_logit, collapse, fit_maps, laplacian_pyramid
 
 MAX_FRAMES = 64
 """Frames one call may fuse (memory grows with the frame count; see the pipeline's pixel cap)."""
 
 
-def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
+                activity_scales: torch.Tensor | None = None) -> torch.Tensor:
     """Band-wise softmax blend of N frames.
 
     Args:
@@ -24,6 +25,8 @@ def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor)
         logits: (N, L, h, w) each frame's weight logits per Laplacian level (any resolution; fitted per level).
             L = 1 blends the frames per pixel.
         gains: (N, L - 1, h, w) detail gains; the blend uses their mean over the frames.
+        activity_scales: optional (L,) strengths s_k of the network's activity prior: each frame's logit at level
+            k gains s_k :func:`fusionfm.pyramid.activity_logit` (frame against the stack's mean), as a pair's does.
 
     Returns:
         (1, 1, H, W): per level k, sum_i softmax_i(logits_k) L_k(frame_i), detail levels times the mean gain.
@@ -35,7 +38,12 @@ def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor)
     fused = []
     for level, bands in enumerate(pyramid):
         size = tuple(bands.shape[-2:])
-        weights = torch.softmax(fit_maps(logits[:, level : level + 1], size), dim=0)
+        level_logits = fit_maps(logits[:, level : level + 1], size)
+        if activity_scales is not None:
+            mean_band = bands.mean(dim=0, keepdim=True)  # the pyramid of the mean frame (the pyramid is linear)
+            level_logits = level_logits + activity_scales[level] * activity_logit(bands, mean_band,
+                                                                                  base=level == levels - 1)
+        weights = torch.softmax(level_logits, dim=0)
         band = (weights * bands).sum(dim=0, keepdim=True)
         if level < levels - 1:
             band = band * fit_maps(gains[:, level : level + 1], size).mean(dim=0, keepdim=True)

@@ -17,7 +17,10 @@ and a U-Net whose last layer follows a GroupNorm reproduces source pixels only a
 ``"pyramid"`` (the default preset) predicts such a weight per Laplacian
 level and a bounded contrast gain per detail level; x1_hat is the collapsed blended pyramid
 (:func:`fusionfm.pyramid.blend_pyramids`): band-wise fusion as the Laplacian-pyramid and guided-filter priors do
-it, which one convex weight per pixel cannot express.
+it, which one convex weight per pixel cannot express. With ``activity_scales`` each level's logit is a correction
+to an activity prior, a softened max-abs choice of the detail coefficients and a brighter-source choice of the base
+(:func:`fusionfm.pyramid.activity_logit`), of a learned strength per task and level: the network starts as a
+Laplacian-pyramid fusion and learns what to change, instead of learning the per-coefficient choice from scratch.
 """
 
 from __future__ import annotations
@@ -82,6 +85,10 @@ class FusionUNet(ModelMixin, ConfigMixin):
         min_remaining_time: the weight heads divide by max(1 - t, this), so times near 1 stay bounded.
         pyramid_levels: Laplacian levels of the ``"pyramid"`` head.
         max_gain: the pyramid head's detail gains lie in [1 / max_gain, max_gain].
+        activity_scales: (pyramid head) per task and level, the starting strength of the activity prior: the
+            level's weight logit is the network's plus this times :func:`fusionfm.pyramid.activity_logit` of the
+            sources' bands (a softened max-abs choice of details, a brighter-source choice of the base). The
+            strengths are trained with the network. None: the network's logits alone (models saved before it).
         smooth_weights: the weight heads output one map value per packed patch, upsampled bilinearly, instead of
             one per pixel through the pixel shuffle (whose per-pixel values in each 2x2 block can form a 2-pixel
             checkerboard in the fused image). The pyramid head takes these maps at the patch resolution and fits
@@ -106,10 +113,19 @@ class FusionUNet(ModelMixin, ConfigMixin):
         pyramid_levels: int = 4,
         max_gain: float = 2.0,
         smooth_weights: bool = False,
+        activity_scales: list[list[float]] | None = None,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
             raise ValueError(f"Unknown output_head {output_head!r}; choose one of {', '.join(OUTPUT_HEADS)}.")
+        if activity_scales is not None:
+            if output_head != "pyramid":
+                raise ValueError("activity_scales applies to the pyramid head only.")
+            if len(activity_scales) != num_tasks or any(len(row) != pyramid_levels for row in activity_scales):
+                raise ValueError(f"activity_scales needs one row of {pyramid_levels} strengths per task "
+                                 f"({num_tasks} rows).")
+            # Learned with the network; the config holds the starting values.
+            self.activity_scale = torch.nn.Parameter(torch.tensor(activity_scales, dtype=torch.float32))
         if smooth_weights and output_head == "velocity":
             raise ValueError("smooth_weights applies to the weight heads, not to output_head='velocity'.")
         levels = len(block_out_channels)
@@ -126,6 +142,10 @@ class FusionUNet(ModelMixin, ConfigMixin):
             attention_head_dim=8,
             num_class_embeds=num_tasks,
         )
+        if activity_scales is not None:
+            # Start as the activity prior itself (logits 0, gains 1): training learns corrections to it.
+            torch.nn.init.zeros_(self.unet.conv_out.weight)
+            torch.nn.init.zeros_(self.unet.conv_out.bias)
 
     @property
     def size_multiple(self) -> int:
@@ -158,6 +178,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
 
         Returns:
             logits (B, L, h, w): source-a weight logits, one map per pyramid level (L = 1 for the weight head);
+                the network's part only: add the activity prior of :meth:`activity_scales_for` per level;
             gains (B, L - 1, h, w): the detail levels' contrast gains (none for the weight head).
 
         Raises:
@@ -169,6 +190,12 @@ class FusionUNet(ModelMixin, ConfigMixin):
         if self.config.output_head == "weight":
             return output[:, :1], output[:, :0]
         return self._pyramid_maps(output)
+
+    def activity_scales_for(self, task_ids: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) float32 activity-prior strengths of each item's task (None without the prior)."""
+        if self.config.activity_scales is None:
+            return None
+        return self.activity_scale.float()[task_ids.long()]
 
     def _pyramid_maps(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pyramid head's output split into weight logits and gains bounded to [1 / max_gain, max_gain]."""
@@ -199,9 +226,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
             return output
         if self.config.output_head == "pyramid":
             logits, gains = self._pyramid_maps(output)
-            weights = torch.sigmoid(logits)
             with torch.autocast(device_type=output.device.type, enabled=False):
-                fused = blend_pyramids(image_a.float(), image_b.float(), weights, gains)
+                fused = blend_pyramids(image_a.float(), image_b.float(), logits, gains,
+                                       self.activity_scales_for(task_ids))
         else:
             weight = torch.sigmoid(output[:, :1])
             fused = weight * image_a.float() + (1 - weight) * image_b.float()

@@ -383,7 +383,10 @@ def exposure_bracket():
 def test_a_stack_of_frames_fuses_in_any_order(tiny_pipe, exposure_bracket):
     pyramid_pipe = make_pipeline()
     pyramid_pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
-    for pipe in (tiny_pipe, pyramid_pipe):  # the weight head and the pyramid head
+    activity_pipe = make_pipeline()
+    activity_pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4,
+                                    activity_scales=[[16.0, 16.0, 16.0, 2.0]] * 4).eval()
+    for pipe in (tiny_pipe, pyramid_pipe, activity_pipe):  # the weight head, the pyramid head, the activity prior
         fused = pipe(exposure_bracket, task="MEF", output_type="pt", **FP32).images[0]
         assert fused.shape == (3, *exposure_bracket[0].size[::-1])
         reordered = pipe(exposure_bracket[::-1], task="MEF", output_type="pt", **FP32).images[0]

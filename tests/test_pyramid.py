@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionfm import FusionImageProcessor, build_unet
+from fusionfm import FusionImageProcessor, FusionUNet, build_unet
 from fusionfm.color import luminance
-from fusionfm.pyramid import blend_pyramids, collapse, laplacian_pyramid, pyramid_levels
+from fusionfm.labels.priors import laplacian_pyramid_fusion
+from fusionfm.pyramid import activity_logit, blend_pyramids, collapse, laplacian_pyramid, pyramid_levels
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +27,15 @@ def test_collapse_inverts_the_laplacian_pyramid_at_odd_sizes(sources):
 
 def test_saturated_weights_and_unit_gains_reproduce_each_source(sources):
     a, b = sources
-    ones, unit_gains = torch.ones(1, 4, *a.shape[-2:]), torch.ones(1, 3, *a.shape[-2:])
-    torch.testing.assert_close(blend_pyramids(a, b, ones, unit_gains), a, atol=1e-5, rtol=0)
-    torch.testing.assert_close(blend_pyramids(a, b, 0 * ones, unit_gains), b, atol=1e-5, rtol=0)
+    saturated, unit_gains = torch.full((1, 4, *a.shape[-2:]), 50.0), torch.ones(1, 3, *a.shape[-2:])
+    torch.testing.assert_close(blend_pyramids(a, b, saturated, unit_gains), a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(blend_pyramids(a, b, -saturated, unit_gains), b, atol=1e-5, rtol=0)
 
 
 def test_band_wise_weights_take_each_band_from_its_source(sources):
     a, b = sources
-    weights = torch.zeros(1, 3, *a.shape[-2:])
-    weights[:, 0] = 1  # the finest band from a, the rest from b
+    weights = torch.full((1, 3, *a.shape[-2:]), -50.0)
+    weights[:, 0] = 50.0  # the finest band from a, the rest from b
     fused = blend_pyramids(a, b, weights, torch.ones(1, 2, *a.shape[-2:]))
     bands_a, bands_b = laplacian_pyramid(a, 3), laplacian_pyramid(b, 3)
     torch.testing.assert_close(fused, collapse([bands_a[0], bands_b[1], bands_b[2]]), atol=1e-6, rtol=0)
@@ -56,9 +57,9 @@ def test_the_pyramid_head_maps_its_outputs_to_weights_and_bounded_gains(sources)
         unet.unet.conv_out.bias.copy_(logits)
     x0 = (a + b) / 2
     velocity = unet(x0, a, b, torch.zeros(1), torch.zeros(1, dtype=torch.long))
-    weights = torch.sigmoid(logits[:3]).view(1, 3, 1, 1).expand(1, 3, 96, 112)
+    weight_logits = logits[:3].view(1, 3, 1, 1).expand(1, 3, 96, 112)
     gains = (2.0 ** torch.tanh(logits[3:])).view(1, 2, 1, 1).expand(1, 2, 96, 112)
-    expected = blend_pyramids(a, b, weights, gains)
+    expected = blend_pyramids(a, b, weight_logits, gains)
     torch.testing.assert_close(x0 + velocity, expected, atol=1e-5, rtol=0)  # one Euler step from t = 0 lands on it
 
 
@@ -76,3 +77,51 @@ def test_smooth_weights_leave_no_checkerboard(sources):
         velocity = unet((a + b) / 2, a, b, torch.zeros(1), torch.zeros(1, dtype=torch.long))
         energies[smooth] = nyquist_energy(((a + b) / 2 + velocity) * 255)
     assert energies[True] < 0.05 * energies[False]
+
+
+def test_activity_logit_by_hand():
+    a, b = torch.tensor([[0.2, -0.1]]), torch.tensor([[0.1, 0.3]])
+    expected = torch.tensor([[(0.2 - 0.1) / (0.3 + 1e-3), (0.1 - 0.3) / (0.4 + 1e-3)]])
+    torch.testing.assert_close(activity_logit(a, b, base=False), expected)
+    base_a, base_b = torch.tensor([[0.6, 0.0]]), torch.tensor([[0.2, 0.0]])
+    torch.testing.assert_close(activity_logit(base_a, base_b, base=True), torch.tensor([[0.4 / (0.8 + 1e-3), 0.0]]))
+
+
+def test_a_strong_activity_prior_is_the_max_abs_laplacian_prior(sources):
+    """Logits 0 and detail strengths far above 1: each detail coefficient from the source with the larger
+    magnitude, the base averaged (strength 0), which is the Laplacian-pyramid prior."""
+    a, b = sources
+    levels = pyramid_levels(*a.shape[-2:])
+    scales = torch.tensor([[1e4] * (levels - 1) + [0.0]])
+    fused = blend_pyramids(a, b, torch.zeros(1, levels, 1, 1), torch.ones(1, levels - 1, 1, 1), scales)
+    prior = laplacian_pyramid_fusion(a, b)
+    assert (fused.clamp(0, 1) - prior).abs().mean() < 1e-4
+    average = blend_pyramids(a, b, torch.zeros(1, levels, 1, 1), torch.ones(1, levels - 1, 1, 1))
+    assert (average - prior).abs().mean() > 0.01  # without the prior, logits 0 are the plain average
+
+
+def _activity_unet(levels: int = 3) -> torch.nn.Module:
+    scales = [[8.0] * (levels - 1) + [2.0], [16.0] * levels, [4.0] * levels, [1.0] * levels]
+    return build_unet("tiny", output_head="pyramid", pyramid_levels=levels, activity_scales=scales)
+
+
+def test_an_activity_prior_model_starts_as_the_prior_and_keeps_its_learned_strengths(sources, tmp_path):
+    a, b = (x[..., :96, :112] for x in sources)
+    unet = _activity_unet()
+    x0, task = (a + b) / 2, torch.tensor([1])  # MIF: strength 16 on every level
+    velocity = unet(x0, a, b, torch.zeros(1), task)
+    expected = blend_pyramids(a, b, torch.zeros(1, 3, 1, 1), torch.ones(1, 2, 1, 1), torch.full((1, 3), 16.0))
+    torch.testing.assert_close(x0 + velocity, expected, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        unet.activity_scale[1] = torch.tensor([3.0, 5.0, 7.0])  # as training would move them
+    unet.save_pretrained(tmp_path)
+    loaded = FusionUNet.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.activity_scales_for(task), torch.tensor([[3.0, 5.0, 7.0]]))
+    torch.testing.assert_close(loaded(x0, a, b, torch.zeros(1), task), unet(x0, a, b, torch.zeros(1), task))
+
+
+def test_activity_scales_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="pyramid head only"):
+        build_unet("tiny", activity_scales=[[1.0]] * 4)
+    with pytest.raises(ValueError, match="one row of 3 strengths per task"):
+        build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[1.0, 1.0]] * 4)
