@@ -109,3 +109,19 @@ def test_fusion_loss_adds_the_weighted_endpoint_terms_of_the_one_step_endpoint()
     torch.testing.assert_close(gradient_only, 2.0 * weights * terms["gradient"], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="Unknown endpoint terms"):
         fusion_loss(exact, batch, endpoint_weight=2.0, use_terms=("sharpness",))
+
+
+def test_the_label_weight_scales_the_pseudo_label_term_only():
+    generator = torch.Generator().manual_seed(1)
+    x0, x1, a, b = torch.rand(4, 1, 1, 16, 16, generator=generator)
+    batch = {"x0": x0, "target": x1, "t": torch.tensor([0.0]), "image_a": a, "image_b": b, "task_id": IVF}
+
+    def off_by_a_tenth(x_t, image_a, image_b, t, task):  # endpoint x1 + 0.1: label error 0.01
+        return x1 - x0 + 0.1
+
+    label_only = fusion_loss(off_by_a_tenth, batch, label_weight=3.0)
+    torch.testing.assert_close(label_only, torch.tensor([0.03]), atol=1e-6, rtol=0)
+    endpoint_only = fusion_loss(off_by_a_tenth, batch, endpoint_weight=1.0, label_weight=0.0)
+    terms = endpoint_terms(x1 + 0.1, a, b, IVF)
+    expected = sum(ENDPOINT_LOSS_WEIGHTS["IVF"][term] * terms[term] for term in ENDPOINT_TERMS)
+    torch.testing.assert_close(endpoint_only, expected, atol=1e-5, rtol=1e-5)

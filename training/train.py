@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="weight of the image-gradient term of the loss (0: plain flow matching)")
     model.add_argument("--endpoint_loss_weight", type=float, default=0.0,
                        help="scale of the per-task endpoint objectives (fusionfm.training.losses; 0: off)")
+    model.add_argument("--label_loss_weight", type=float, default=1.0,
+                       help="weight of the pseudo-label (flow matching and edge) terms; 0 trains on the endpoint "
+                            "objectives alone")
     model.add_argument("--endpoint_terms", nargs="+", choices=ENDPOINT_TERMS, default=list(ENDPOINT_TERMS),
                        help="which endpoint objectives to use (default: all; fewer for the per-term ablation)")
 
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = BatchSampler(datasets, replay, noise_scheduler, args.resolution, flip=not args.no_flip)
     loss_function = functools.partial(fusion_loss, gradient_weight=args.gradient_loss_weight,
                                       endpoint_weight=args.endpoint_loss_weight,
-                                      use_terms=tuple(args.endpoint_terms))
+                                      use_terms=tuple(args.endpoint_terms), label_weight=args.label_loss_weight)
     steps_per_stage = total_steps // stages
     progress = tqdm(range(total_steps), initial=state.step, desc="Training",
                     disable=args.no_progress or not main_process)

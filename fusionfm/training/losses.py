@@ -99,17 +99,18 @@ def endpoint_weights(task_ids: torch.Tensor, scale: float = 1.0) -> dict[str, to
 
 
 def fusion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], gradient_weight: float = 0.0,
-                endpoint_weight: float = 0.0, use_terms: Sequence[str] = ENDPOINT_TERMS) -> torch.Tensor:
-    """Per-sample loss (B,): :func:`flow_matching_loss` plus, with ``endpoint_weight`` > 0, the weighted
-    endpoint terms on x1_hat = x_t + (1 - t) v_theta, the point one Euler step from x_t lands on (only those
-    named in ``use_terms``: the per-term ablation)."""
+                endpoint_weight: float = 0.0, use_terms: Sequence[str] = ENDPOINT_TERMS,
+                label_weight: float = 1.0) -> torch.Tensor:
+    """Per-sample loss (B,): ``label_weight`` times :func:`flow_matching_loss` (the pseudo-label term) plus, with
+    ``endpoint_weight`` > 0, the weighted endpoint terms on x1_hat = x_t + (1 - t) v_theta, the point one Euler
+    step from x_t lands on (only those named in ``use_terms``: the per-term ablation)."""
     unknown = set(use_terms) - set(ENDPOINT_TERMS)
     if unknown:
         raise ValueError(f"Unknown endpoint terms {sorted(unknown)}; known: {', '.join(ENDPOINT_TERMS)}.")
     x0, x1, t = batch["x0"], batch["target"], batch["t"]
     x_t = FlowMatchFusionScheduler.interpolate(x0, x1, t)
     prediction = model(x_t, batch["image_a"], batch["image_b"], t, batch["task_id"]).float()
-    loss = _flow_terms(prediction, x0, x1, gradient_weight)
+    loss = label_weight * _flow_terms(prediction, x0, x1, gradient_weight)
     if endpoint_weight > 0:
         endpoint = x_t + (1 - t.float()).view(-1, 1, 1, 1) * prediction
         terms = endpoint_terms(endpoint, batch["image_a"].float(), batch["image_b"].float(), batch["task_id"])
