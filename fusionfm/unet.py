@@ -89,6 +89,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
             level's weight logit is the network's plus this times :func:`fusionfm.pyramid.activity_logit` of the
             sources' bands (a softened max-abs choice of details, a brighter-source choice of the base). The
             strengths are trained with the network. None: the network's logits alone (models saved before it).
+        task_gates: multiply the output maps by learned per-task, per-channel gates that start at 0, so every task
+            starts at logits 0 and gains 1 (with ``activity_scales``: the activity prior) and a task's outputs move
+            only as far as its own data asks, not with the weights shared with the other tasks.
         smooth_weights: the weight heads output one map value per packed patch, upsampled bilinearly, instead of
             one per pixel through the pixel shuffle (whose per-pixel values in each 2x2 block can form a 2-pixel
             checkerboard in the fused image). The pyramid head takes these maps at the patch resolution and fits
@@ -114,6 +117,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         max_gain: float = 2.0,
         smooth_weights: bool = False,
         activity_scales: list[list[float]] | None = None,
+        task_gates: bool = False,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
@@ -142,7 +146,11 @@ class FusionUNet(ModelMixin, ConfigMixin):
             attention_head_dim=8,
             num_class_embeds=num_tasks,
         )
-        if activity_scales is not None:
+        if task_gates:
+            # Zero-initialised per-task, per-channel gates on the output maps (as ReZero and ControlNet's zero
+            # convolutions): each task starts at logits 0 and gains 1 and leaves them only as its own data asks.
+            self.task_gate = torch.nn.Parameter(torch.zeros(num_tasks, head_channels(output_head, pyramid_levels)))
+        elif activity_scales is not None:
             # Start as the activity prior itself (logits 0, gains 1): training learns corrections to it.
             torch.nn.init.zeros_(self.unet.conv_out.weight)
             torch.nn.init.zeros_(self.unet.conv_out.bias)
@@ -165,6 +173,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
             output = F.interpolate(output.float(), scale_factor=patch, mode="bilinear", align_corners=False)
         elif patch > 1 and not self.config.smooth_weights:
             output = F.pixel_shuffle(output, patch)
+        if self.config.task_gates:
+            output = output * self.task_gate.to(output.dtype)[task_ids.long()][:, :, None, None]
         if self.config.output_head == "velocity":
             return output
         # The blending runs in float32, outside autocast (under bf16 a, b and x_t would lose about a grey level,

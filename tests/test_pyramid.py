@@ -125,3 +125,21 @@ def test_activity_scales_that_cannot_work_are_refused():
         build_unet("tiny", activity_scales=[[1.0]] * 4)
     with pytest.raises(ValueError, match="one row of 3 strengths per task"):
         build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[1.0, 1.0]] * 4)
+
+
+def test_task_gates_start_every_task_at_the_prior_and_move_only_with_its_own_data(sources):
+    a, b = (x[..., :96, :112] for x in sources)
+    torch.manual_seed(0)
+    gated = build_unet("tiny", output_head="pyramid", pyramid_levels=3, task_gates=True,
+                       activity_scales=[[16.0, 16.0, 2.0]] * 4)
+    assert gated.unet.conv_out.weight.abs().sum() > 0  # the U-Net's own output is not zero, its gates are
+    pair_a, pair_b = torch.cat([a, b]), torch.cat([b, a])
+    tasks = torch.tensor([0, 3])  # IVF and MFF, no MIF or MEF
+    x0 = (pair_a + pair_b) / 2
+    velocity = gated(x0, pair_a, pair_b, torch.zeros(2), tasks)
+    expected = blend_pyramids(pair_a, pair_b, torch.zeros(2, 3, 1, 1), torch.ones(2, 2, 1, 1),
+                              torch.tensor([[16.0, 16.0, 2.0]] * 2))
+    torch.testing.assert_close(x0 + velocity, expected, atol=1e-5, rtol=0)
+    ((x0 + velocity) ** 2).mean().backward()
+    moved = gated.task_gate.grad.abs().sum(dim=1)
+    assert moved[0] > 0 and moved[3] > 0 and moved[1] == 0 and moved[2] == 0
