@@ -48,12 +48,17 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few thousand parameters, milliseconds per call.
     "tiny": dict(patch_size=1, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
                  mid_block_attention=False, output_head="weight"),
-    # The shipped model: widths 16-32-64-128 at 1/2, 1/4, 1/8 and 1/16 of the image, purely convolutional, and
-    # band-wise output (a weight map per level of a 4-level Laplacian pyramid, a gain in [1/2, 2] per detail
-    # level). Against the per-pixel weight head ("weight") it scored higher on the validation split at equal
-    # steps and leaves no 2-pixel checkerboard; smooth weight maps cost IVF and MIF there (docs/quality.md).
+    # The shipped model: widths 16-32-64-128 at 1/2, 1/4, 1/8 and 1/16 of the image, purely convolutional, band-wise
+    # output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per detail level) on top of
+    # the activity prior (detail strength 16; base strength per task, IVF 0, MIF 16, MEF 2, MFF 0), with per-task
+    # gates that start at 0. Each choice scored highest on the validation split (docs/quality.md).
     # Self-attention in the mid block (1/16 scale) would cost about 20 % more time.
     "default": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
+                    mid_block_attention=False, output_head="pyramid", pyramid_levels=5, max_gain=2.0,
+                    smooth_weights=False, task_gates=True,
+                    activity_scales=[[16.0] * 4 + [base] for base in (0.0, 16.0, 2.0, 0.0)]),
+    # The previous shipped model's architecture: the pyramid head on 4 levels without the activity prior.
+    "pyramid": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
                     mid_block_attention=False, output_head="pyramid", pyramid_levels=4, max_gain=2.0,
                     smooth_weights=False),
     # The first shipped model's architecture: one convex source weight per pixel (kept to compare speed and
@@ -251,8 +256,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
 def build_unet(preset: str = "default", **overrides: Any) -> FusionUNet:
     """A freshly initialised :class:`FusionUNet` from a named preset, with config overrides.
 
-    Presets: ``"tiny"`` (tests), ``"default"`` (the shipped model), ``"weight"`` (the first shipped model's
-    per-pixel weight head), ``"large"``.
+    Presets: ``"tiny"`` (tests), ``"default"`` (the shipped model), ``"pyramid"`` (the previous one, no activity
+    prior), ``"weight"`` (the first shipped model's per-pixel weight head), ``"large"``.
     """
     if preset not in UNET_PRESETS:
         raise ValueError(f"Unknown U-Net preset {preset!r}. Known presets: {', '.join(UNET_PRESETS)}.")

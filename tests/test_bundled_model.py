@@ -75,7 +75,9 @@ EXAMPLE_PAIRS = [(task, index) for task in TASKS for index in (0, 1)]
 # Bounds on the network's own artifacts (fusionfm.evaluation.artifacts). The built-in priors' Nyquist ratios on
 # these pairs lie in 0.26-1.91 (docs/quality.md); a 2-pixel checkerboard of the network's own shows as 4-742.
 # The border band of any per-pixel blend of the sources is 0; the border margin keeps the model's within a few
-# grey levels (10.6 without it on the MEF example).
+# grey levels (10.6 without it on the MEF example). Band-wise fusion can leave the sources' range by itself where
+# the outer strip holds sharp detail (the second MFF example: text along the bottom edge; the built-in Laplacian
+# pyramid prior 7.2, the model 5.1), so the limit there is the Laplacian prior's band on the same pair.
 MAX_NYQUIST_RATIO = 2.5
 MAX_BORDER_BAND = 2.5  # grey levels (0-255)
 
@@ -86,7 +88,8 @@ def test_no_checkerboard_and_no_border_band_of_its_own(bundled, task, index):
     fused = bundled(image_a, image_b, task=task, output_type="pt").images
     fused_y, a_y, b_y = (to_gray_255(x) for x in (fused, image_a, image_b))
     assert nyquist_ratio(fused_y, a_y, b_y) < MAX_NYQUIST_RATIO
-    assert border_band(fused_y, a_y, b_y) < MAX_BORDER_BAND
+    band_wise_prior = border_band(to_gray_255(run_prior("laplacian", image_a, image_b, task)), a_y, b_y)
+    assert border_band(fused_y, a_y, b_y) < max(MAX_BORDER_BAND, band_wise_prior)
 
 
 # Margins over the plain average on the first example pair of each task (one per task family and MIF

@@ -382,10 +382,11 @@ def exposure_bracket():
 
 def test_a_stack_of_frames_fuses_in_any_order(tiny_pipe, exposure_bracket):
     pyramid_pipe = make_pipeline()
-    pyramid_pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    pyramid_pipe.unet = build_unet("pyramid", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
     activity_pipe = make_pipeline()
-    activity_pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4,
-                                    activity_scales=[[16.0, 16.0, 16.0, 2.0]] * 4).eval()
+    activity_pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    with torch.no_grad():
+        activity_pipe.unet.task_gate.fill_(0.5)  # the network's corrections on, as after training
     for pipe in (tiny_pipe, pyramid_pipe, activity_pipe):  # the weight head, the pyramid head, the activity prior
         fused = pipe(exposure_bracket, task="MEF", output_type="pt", **FP32).images[0]
         assert fused.shape == (3, *exposure_bracket[0].size[::-1])
@@ -437,6 +438,8 @@ def test_tiled_fusion_matches_the_untiled_one_without_seams(real_pair):
     torch.manual_seed(0)
     pipe = make_pipeline()
     pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    with torch.no_grad():
+        pipe.unet.task_gate.fill_(0.5)  # the network's corrections on, as after training
     ir, vi = real_pair("IVF")
     whole = pipe(ir, vi, task="IVF", tile_size=0, output_type="pt", **FP32).images[0]
     assert torch.equal(pipe(ir, vi, task="IVF", tile_size=512, output_type="pt", **FP32).images[0], whole)

@@ -86,5 +86,5 @@ def test_default_preset_size():
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="Unknown U-Net preset 'huge'. Known presets: tiny, default, weight, large"):
+    with pytest.raises(ValueError, match="Unknown U-Net preset 'huge'. Known presets: tiny, default, pyramid, weight, large"):
         build_unet("huge")

@@ -6,7 +6,7 @@ gains: :func:`fusionfm.pyramid.blend_pyramids` with the task's starting strength
 against the existing label on the nine ranked metrics (on copies at most 256 px on the long side); it replaces
 the label when it is higher on more than half of them. Trains with ``training/train.py --labels TASK=OUT``.
 
-Usage: python scripts/experiments/activity_labels.py LABELS_DIR OUT_DIR [--config JSON] [--data ../shared/data]
+Usage: python scripts/reproduce/activity_labels.py LABELS_DIR OUT_DIR [--config JSON] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("labels_dir", type=Path)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--config", type=Path, default=Path("scripts/experiments/configs/activity_prior.json"))
+    parser.add_argument("--config", type=Path, default=Path(__file__).parents[1] / "experiments" / "configs" / "activity_prior.json")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
     table = torch.tensor(json.loads(args.config.read_text())["activity_scales"])
