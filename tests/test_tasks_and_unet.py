@@ -86,5 +86,6 @@ def test_default_preset_size():
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="Unknown U-Net preset 'huge'. Known presets: tiny, default, pyramid, weight, large"):
+    known = "tiny, default, pyramid, weight, large"
+    with pytest.raises(ValueError, match=f"Unknown U-Net preset 'huge'. Known presets: {known}"):
         build_unet("huge")

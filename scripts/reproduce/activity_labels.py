@@ -2,7 +2,7 @@
 starting point" experiment of issue 14.
 
 For every labelled pair, the activity prior's own fusion (the pyramid head with zero network logits and unit
-gains: :func:`fusionfm.pyramid.blend_pyramids` with the task's starting strengths from a U-Net config) is set
+gains: :func:`fusionfm.pyramid.blend_pyramids` with the task's starting strengths of the default preset) is set
 against the existing label on the nine ranked metrics (on copies at most 256 px on the long side); it replaces
 the label when it is higher on more than half of them. Trains with ``training/train.py --labels TASK=OUT``.
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from fusionfm import UNET_PRESETS
 from fusionfm.atomic import save_png_atomic
 from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import to_gray_255
@@ -40,10 +41,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("labels_dir", type=Path)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--config", type=Path, default=Path(__file__).parents[1] / "experiments" / "configs" / "activity_prior.json")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="U-Net config JSON with activity_scales (default: the default preset's)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
-    table = torch.tensor(json.loads(args.config.read_text())["activity_scales"])
+    config = json.loads(args.config.read_text()) if args.config else UNET_PRESETS["default"]
+    table = torch.tensor(config["activity_scales"])
     pairs = LabelledPairs(args.labels_dir, args.data)
     processor = FusionImageProcessor()
     replaced = 0
