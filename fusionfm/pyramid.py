@@ -120,3 +120,18 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
             band = band * fit_maps(gains[:, level : level + 1], size)
         fused.append(band)
     return collapse(fused)
+
+
+def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The activity prior alone (logits 0, gains 1): what an untrained activity-prior head fuses.
+
+    Args:
+        image_a, image_b: (B, 1, H, W) luminances in [0, 1].
+        scales: (L,) or (B, L) strengths per level (the last is the base); L levels.
+
+    Returns:
+        (B, 1, H, W) in [0, 1].
+    """
+    levels = scales.shape[-1]
+    return blend_pyramids(image_a, image_b, torch.zeros(1, levels, 1, 1), torch.ones(1, levels - 1, 1, 1),
+                          scales.reshape(-1, levels)).clamp(0, 1)

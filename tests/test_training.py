@@ -226,3 +226,27 @@ def test_a_two_process_run_killed_again_and_again_resumes_to_the_same_weights(la
     final, uninterrupted = _weights(output_dir), _weights(reference)
     assert all(torch.equal(final[name], uninterrupted[name]) for name in uninterrupted)
     assert not list(output_dir.glob(".checkpoint-*"))  # no staging or pruning leftovers
+
+
+def test_relabel_folder_replaces_the_chosen_labels_copies_the_rest_and_resumes(labels, tmp_path):
+    from fusionfm.color import luminance
+    from fusionfm.image_processor import FusionImageProcessor
+    from fusionfm.pyramid import activity_fusion
+    from fusionfm.training.datasets import LabelledPairs, relabel_folder
+
+    processor = FusionImageProcessor()
+    first = LabelledPairs(labels["MFF"]).pairs[0].stem
+
+    def replace_first(pair):
+        if pair.stem != first:
+            return None
+        y_a, y_b = (luminance(processor.load(path)[None]) for path in (pair.path_a, pair.path_b))
+        return activity_fusion(y_a, y_b, torch.tensor([16.0, 16.0, 0.0]))[0]
+
+    out = tmp_path / "relabelled"
+    assert relabel_folder(labels["MFF"], out, None, replace_first) == (3, 1)
+    copy = LabelledPairs(out)  # synthetic sources and labels.csv came along: it trains like the original
+    for original, relabelled in zip(LabelledPairs(labels["MFF"]).pairs, copy.pairs, strict=True):
+        same = original.path_label.read_bytes() == relabelled.path_label.read_bytes()
+        assert same == (original.stem != first)
+    assert relabel_folder(labels["MFF"], out, None, replace_first) == (3, 0)  # resumed: nothing left to write

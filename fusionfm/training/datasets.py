@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..atomic import save_png_atomic
 from ..color import luminance
 from ..datasets import PairRecord, find_pairs, task_matches
 from ..image_processor import FusionImageProcessor
@@ -129,3 +132,33 @@ def parse_label_folders(items: list[str]) -> dict[str, Path]:
             raise ValueError(f"--labels names {family} twice.")
         folders[family] = Path(folder)
     return folders
+
+
+def relabel_folder(labels_dir: str | Path, out_dir: str | Path, data_root: str | Path | None,
+                   new_label: Callable[[LabelledPair], torch.Tensor | None]) -> tuple[int, int]:
+    """Copy a pseudo-label folder, replacing labels: for each pair, ``new_label(pair)`` (an image (C, H, W) in
+    [0, 1], written atomically) or, where it returns None, the original label file. The synthetic sources and
+    ``labels.csv`` are copied too, so the copy trains like the original. Labels already in ``out_dir`` are kept
+    (a stopped run resumes).
+
+    Returns:
+        (pairs in the folder, labels replaced in this call).
+    """
+    labels_dir, out_dir = Path(labels_dir), Path(out_dir)
+    pairs = LabelledPairs(labels_dir, data_root)
+    replaced = 0
+    for pair in pairs.pairs:
+        target = out_dir / pair.dataset / f"{pair.stem}.png"
+        if target.is_file():
+            continue
+        label = new_label(pair)
+        if label is not None:
+            save_png_atomic(label, target)
+            replaced += 1
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(pair.path_label, target)
+    for sources in labels_dir.glob("*/sources"):
+        shutil.copytree(sources, out_dir / sources.parent.name / "sources", dirs_exist_ok=True)
+    shutil.copyfile(labels_dir / "labels.csv", out_dir / "labels.csv")
+    return len(pairs), replaced

@@ -3,7 +3,7 @@
     python scripts/experiments/activity_prior_grid.py [--data ../shared/data]
 
 Each row blends the validation pairs' Laplacian pyramids with logits 0, gains 1 and the row's activity strengths
-(:func:`fusionfm.pyramid.blend_pyramids`), scored with :func:`fusionfm.evaluation.validation.benchmark_score`.
+(:func:`fusionfm.pyramid.activity_fusion`), scored with :func:`fusionfm.evaluation.validation.benchmark_score`.
 The last row runs the pipeline with an untrained U-Net of ``configs/activity_prior.json`` (its output layer starts
 at zero), so it includes the border margin. Prints a Markdown table.
 """
@@ -18,7 +18,7 @@ import torch
 
 from fusionfm import FusionFMPipeline, build_unet
 from fusionfm.evaluation.validation import benchmark_score, validation_pairs, validation_quality
-from fusionfm.pyramid import blend_pyramids
+from fusionfm.pyramid import activity_fusion
 from fusionfm.tasks import FAMILIES
 
 CONFIG = Path(__file__).with_name("configs") / "activity_prior.json"
@@ -29,8 +29,7 @@ ROWS = [  # (levels, detail strength, base strength)
 
 
 def prior_only(a: torch.Tensor, b: torch.Tensor, levels: int, detail: float, base: float) -> torch.Tensor:
-    scales = torch.tensor([[detail] * (levels - 1) + [base]])
-    return blend_pyramids(a, b, torch.zeros(1, levels, 1, 1), torch.ones(1, levels - 1, 1, 1), scales).clamp(0, 1)
+    return activity_fusion(a, b, torch.tensor([detail] * (levels - 1) + [base]))
 
 
 def main() -> None:

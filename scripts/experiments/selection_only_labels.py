@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shutil
 from pathlib import Path
 
-from fusionfm.atomic import save_png_atomic
+import torch
+
 from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.labels.priors import PRIORS, run_prior
-from fusionfm.training.datasets import LabelledPairs
+from fusionfm.training.datasets import LabelledPair, relabel_folder
 
 
 def main() -> None:
@@ -32,29 +32,21 @@ def main() -> None:
 
     with (args.labels_dir / "labels.csv").open(newline="") as handle:
         selected = {(row["dataset"], row["stem"]): row for row in csv.DictReader(handle) if row["selected"] == "1"}
-    pairs = LabelledPairs(args.labels_dir, args.data)
     processor = FusionImageProcessor()
-    recomputed = 0
-    for pair in pairs.pairs:
+
+    def recomputed_prior(pair: LabelledPair) -> torch.Tensor | None:
         row = selected[(pair.dataset, pair.stem)]
-        target = args.out_dir / pair.dataset / f"{pair.stem}.png"
-        if target.is_file():
-            continue
         prior = args.prior or (row["candidate"] if row["refined"] == "1" else None)
-        if prior is not None:
-            if prior not in PRIORS:
-                raise SystemExit(f"{pair.dataset}/{pair.stem}: selected {prior!r} is not a built-in prior.")
-            image_a, image_b = processor.load(pair.path_a), processor.load(pair.path_b)
-            save_png_atomic(run_prior(prior, image_a[None], image_b[None], pair.task)[0], target)
-            recomputed += 1
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(pair.path_label, target)
-    for sources in args.labels_dir.glob("*/sources"):
-        shutil.copytree(sources, args.out_dir / sources.parent.name / "sources", dirs_exist_ok=True)
-    shutil.copyfile(args.labels_dir / "labels.csv", args.out_dir / "labels.csv")
+        if prior is None:
+            return None
+        if prior not in PRIORS:
+            raise SystemExit(f"{pair.dataset}/{pair.stem}: selected {prior!r} is not a built-in prior.")
+        image_a, image_b = processor.load(pair.path_a), processor.load(pair.path_b)
+        return run_prior(prior, image_a[None], image_b[None], pair.task)[0]
+
+    count, recomputed = relabel_folder(args.labels_dir, args.out_dir, args.data, recomputed_prior)
     replaced = f"replaced by {args.prior}" if args.prior else "refined ones replaced by their stage-1 selection"
-    print(f"{len(pairs)} labels in {args.out_dir}; {recomputed} {replaced}.")
+    print(f"{count} labels in {args.out_dir}; {recomputed} {replaced}.")
 
 
 if __name__ == "__main__":

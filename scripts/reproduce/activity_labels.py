@@ -13,28 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
 from fusionfm import UNET_PRESETS
-from fusionfm.atomic import save_png_atomic
 from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.image_processor import FusionImageProcessor
-from fusionfm.pyramid import blend_pyramids
-from fusionfm.training.datasets import LabelledPairs
+from fusionfm.pyramid import activity_fusion
+from fusionfm.training.datasets import LabelledPair, relabel_folder
 
 SCORING_SIZE = 256
-
-
-def activity_fusion(y_a: torch.Tensor, y_b: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """(1, 1, H, W) luminances -> the activity prior's fusion, (1, 1, H, W) in [0, 1]."""
-    levels = scales.shape[-1]
-    return blend_pyramids(y_a, y_b, torch.zeros(1, levels, 1, 1), torch.ones(1, levels - 1, 1, 1),
-                          scales.view(1, -1)).clamp(0, 1)
 
 
 def main() -> None:
@@ -47,13 +38,9 @@ def main() -> None:
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) if args.config else UNET_PRESETS["default"]
     table = torch.tensor(config["activity_scales"])
-    pairs = LabelledPairs(args.labels_dir, args.data)
     processor = FusionImageProcessor()
-    replaced = 0
-    for pair in pairs.pairs:
-        target = args.out_dir / pair.dataset / f"{pair.stem}.png"
-        if target.is_file():
-            continue
+
+    def prior_where_it_wins(pair: LabelledPair) -> torch.Tensor | None:
         y_a, y_b = (luminance(processor.load(path)[None]) for path in (pair.path_a, pair.path_b))
         label = luminance(processor.load(pair.path_label)[None])
         ours = activity_fusion(y_a, y_b, table[pair.task.class_id])
@@ -62,16 +49,10 @@ def main() -> None:
         gray_a, gray_b = to_gray_255(small[0]), to_gray_255(small[1])
         ours_metrics, label_metrics = (ranked_metrics(image, gray_a, gray_b) for image in small[2:])
         wins = sum(ours_metrics[m] > label_metrics[m] for m in RANKED_METRICS)
-        if wins * 2 > len(RANKED_METRICS):
-            save_png_atomic(ours[0], target)
-            replaced += 1
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(pair.path_label, target)
-    for sources in args.labels_dir.glob("*/sources"):
-        shutil.copytree(sources, args.out_dir / sources.parent.name / "sources", dirs_exist_ok=True)
-    shutil.copyfile(args.labels_dir / "labels.csv", args.out_dir / "labels.csv")
-    print(f"{len(pairs)} labels in {args.out_dir}; {replaced} replaced by the activity prior's fusion.")
+        return ours[0] if wins * 2 > len(RANKED_METRICS) else None
+
+    count, replaced = relabel_folder(args.labels_dir, args.out_dir, args.data, prior_where_it_wins)
+    print(f"{count} labels in {args.out_dir}; {replaced} replaced by the activity prior's fusion.")
 
 
 if __name__ == "__main__":
