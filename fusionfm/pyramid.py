@@ -122,16 +122,19 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
     return collapse(fused)
 
 
-def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The activity prior alone (logits 0, gains 1): what an untrained activity-prior head fuses.
+def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.Tensor,
+                    gains: torch.Tensor | None = None) -> torch.Tensor:
+    """The activity prior alone (logits 0): what an untrained activity-prior head fuses.
 
     Args:
         image_a, image_b: (B, 1, H, W) luminances in [0, 1].
         scales: (L,) or (B, L) strengths per level (the last is the base); L levels.
+        gains: optional (L - 1,) or (B, L - 1) detail gains (the head's starting gains; default 1).
 
     Returns:
         (B, 1, H, W) in [0, 1].
     """
     levels = scales.shape[-1]
-    return blend_pyramids(image_a, image_b, torch.zeros(1, levels, 1, 1), torch.ones(1, levels - 1, 1, 1),
+    gains = torch.ones(1, levels - 1) if gains is None else gains.reshape(-1, levels - 1)
+    return blend_pyramids(image_a, image_b, torch.zeros(1, levels, 1, 1), gains[:, :, None, None],
                           scales.reshape(-1, levels)).clamp(0, 1)

@@ -50,13 +50,15 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
                  mid_block_attention=False, output_head="weight"),
     # The shipped model: widths 16-32-64-128 at 1/2, 1/4, 1/8 and 1/16 of the image, purely convolutional, band-wise
     # output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per detail level) on top of
-    # the activity prior (detail strength 16; base strength per task, IVF 0, MIF 16, MEF 2, MFF 0), with per-task
-    # gates that start at 0. Each choice scored highest on the validation split (docs/quality.md).
-    # Self-attention in the mid block (1/16 scale) would cost about 20 % more time.
+    # the activity prior (detail strength 16; base strength per task, IVF 0, MIF 16, MEF 2, MFF 0) and starting
+    # detail gains (IVF 1.04, MIF 1, MEF 1.04, MFF 1.02), with per-task gates that start at 0. Each choice scored
+    # highest on the validation split (docs/quality.md). Self-attention in the mid block (1/16 scale) would cost
+    # about 20 % more time.
     "default": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
                     mid_block_attention=False, output_head="pyramid", pyramid_levels=5, max_gain=2.0,
                     smooth_weights=False, task_gates=True,
-                    activity_scales=[[16.0] * 4 + [base] for base in (0.0, 16.0, 2.0, 0.0)]),
+                    activity_scales=[[16.0] * 4 + [base] for base in (0.0, 16.0, 2.0, 0.0)],
+                    detail_gains=[[gain] * 4 for gain in (1.04, 1.0, 1.04, 1.02)]),
     # The previous shipped model's architecture: the pyramid head on 4 levels without the activity prior.
     "pyramid": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
                     mid_block_attention=False, output_head="pyramid", pyramid_levels=4, max_gain=2.0,
@@ -94,6 +96,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
             level's weight logit is the network's plus this times :func:`fusionfm.pyramid.activity_logit` of the
             sources' bands (a softened max-abs choice of details, a brighter-source choice of the base). The
             strengths are trained with the network. None: the network's logits alone (models saved before it).
+        detail_gains: (pyramid head) per task and detail level, the gain at a network output of 0 (each in
+            (1 / max_gain, max_gain); 1 leaves the sources' contrast as it is). Held as a learned offset before the
+            gain's tanh, trained with the network. None: every gain starts at 1 (models saved before it).
         task_gates: multiply the output maps by learned per-task, per-channel gates that start at 0, so every task
             starts at logits 0 and gains 1 (with ``activity_scales``: the activity prior) and a task's outputs move
             only as far as its own data asks, not with the weights shared with the other tasks.
@@ -123,6 +128,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         smooth_weights: bool = False,
         activity_scales: list[list[float]] | None = None,
         task_gates: bool = False,
+        detail_gains: list[list[float]] | None = None,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
@@ -135,6 +141,17 @@ class FusionUNet(ModelMixin, ConfigMixin):
                                  f"({num_tasks} rows).")
             # Learned with the network; the config holds the starting values.
             self.activity_scale = torch.nn.Parameter(torch.tensor(activity_scales, dtype=torch.float32))
+        if detail_gains is not None:
+            if output_head != "pyramid":
+                raise ValueError("detail_gains applies to the pyramid head only.")
+            if len(detail_gains) != num_tasks or any(len(row) != pyramid_levels - 1 for row in detail_gains):
+                raise ValueError(f"detail_gains needs one row of {pyramid_levels - 1} gains per task "
+                                 f"({num_tasks} rows).")
+            if any(not 1 / max_gain < gain < max_gain for row in detail_gains for gain in row):
+                raise ValueError(f"detail_gains must lie strictly between 1 / max_gain and max_gain ({max_gain}).")
+            # gain = max_gain ** tanh(output + offset): the offset that gives the starting gain at output 0.
+            offsets = torch.atanh(torch.log(torch.tensor(detail_gains, dtype=torch.float64)) / math.log(max_gain))
+            self.gain_offset = torch.nn.Parameter(offsets.float())
         if smooth_weights and output_head == "velocity":
             raise ValueError("smooth_weights applies to the weight heads, not to output_head='velocity'.")
         levels = len(block_out_channels)
@@ -204,7 +221,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         output = self._raw_output(x_t, image_a, image_b, t, task_ids)
         if self.config.output_head == "weight":
             return output[:, :1], output[:, :0]
-        return self._pyramid_maps(output)
+        return self._pyramid_maps(output, task_ids)
 
     def activity_scales_for(self, task_ids: torch.Tensor) -> torch.Tensor | None:
         """(B, L) float32 activity-prior strengths of each item's task (None without the prior)."""
@@ -212,10 +229,13 @@ class FusionUNet(ModelMixin, ConfigMixin):
             return None
         return self.activity_scale.float()[task_ids.long()]
 
-    def _pyramid_maps(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pyramid_maps(self, output: torch.Tensor, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pyramid head's output split into weight logits and gains bounded to [1 / max_gain, max_gain]."""
         levels = self.config.pyramid_levels
-        return output[:, :levels], torch.exp(math.log(self.config.max_gain) * torch.tanh(output[:, levels:]))
+        gain_input = output[:, levels:]
+        if self.config.detail_gains is not None:
+            gain_input = gain_input + self.gain_offset.float()[task_ids.long()][:, :, None, None]
+        return output[:, :levels], torch.exp(math.log(self.config.max_gain) * torch.tanh(gain_input))
 
     def forward(
         self,
@@ -240,7 +260,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         if self.config.output_head == "velocity":
             return output
         if self.config.output_head == "pyramid":
-            logits, gains = self._pyramid_maps(output)
+            logits, gains = self._pyramid_maps(output, task_ids)
             with torch.autocast(device_type=output.device.type, enabled=False):
                 fused = blend_pyramids(image_a.float(), image_b.float(), logits, gains,
                                        self.activity_scales_for(task_ids))

@@ -149,3 +149,28 @@ def test_task_gates_start_every_task_at_the_prior_and_move_only_with_its_own_dat
     ((x0 + velocity) ** 2).mean().backward()
     moved = gated.task_gate.grad.abs().sum(dim=1)
     assert moved[0] > 0 and moved[3] > 0 and moved[1] == 0 and moved[2] == 0
+
+
+def test_detail_gains_start_each_task_at_its_own_gains_and_are_kept_on_save(sources, tmp_path):
+    a, b = (x[..., :96, :112] for x in sources)
+    gains = [[1.05, 1.05], [1.0, 1.0], [1.2, 0.9], [1.05, 1.05]]
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, task_gates=True,
+                      activity_scales=[[16.0, 16.0, 2.0]] * 4, detail_gains=gains)
+    x0, task = (a + b) / 2, torch.tensor([2])  # MEF: 1.2 on the finest level, 0.9 on the next
+    fused = x0 + unet(x0, a, b, torch.zeros(1), task)  # unclamped; the prior alone is clamped to [0, 1]
+    expected = activity_fusion(a, b, torch.tensor([16.0, 16.0, 2.0]), torch.tensor([1.2, 0.9]))
+    torch.testing.assert_close(fused.clamp(0, 1), expected, atol=1e-5, rtol=0)
+    unit = activity_fusion(a, b, torch.tensor([16.0, 16.0, 2.0]))
+    assert (fused - unit).abs().mean() > 1e-3  # the gains do change the fusion
+    unet.save_pretrained(tmp_path)
+    loaded = FusionUNet.from_pretrained(tmp_path)
+    torch.testing.assert_close(x0 + loaded(x0, a, b, torch.zeros(1), task), fused)
+
+
+def test_detail_gains_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="pyramid head only"):
+        build_unet("tiny", detail_gains=[[1.0]] * 4)
+    with pytest.raises(ValueError, match="one row of 2 gains per task"):
+        build_unet("tiny", output_head="pyramid", pyramid_levels=3, detail_gains=[[1.0]] * 4)
+    with pytest.raises(ValueError, match="strictly between"):
+        build_unet("tiny", output_head="pyramid", pyramid_levels=3, max_gain=2.0, detail_gains=[[2.0, 1.0]] * 4)
