@@ -27,7 +27,7 @@ from .compilation import CompiledUNet, compile_unet
 from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
 from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
 from .scheduler import FlowMatchFusionScheduler
-from .stacks import MAX_FRAMES, blend_stack
+from .stacks import MAX_FRAMES, MEF_WELL_EXPOSEDNESS, blend_stack
 from .tasks import FusionTask, get_task
 from .tiling import feather_window, tile_boxes
 from .unet import FusionUNet
@@ -469,7 +469,8 @@ class FusionFMPipeline(DiffusionPipeline):
 
         Each frame is scored against the stack's mean by the network (for MEF in the slot its exposure suits:
         a darker frame as the under-exposed source, a brighter one as the over-exposed), and the frames'
-        pyramids are blended by a softmax of the scores (:func:`fusionfm.stacks.blend_stack`).
+        pyramids are blended by a softmax of the scores (:func:`fusionfm.stacks.blend_stack`; for MEF with a
+        well-exposedness term on the base level).
         """
         if num_inference_steps != 1:
             raise ValueError(f"Stacks of more than two frames are fused in one step; got num_inference_steps="
@@ -513,7 +514,8 @@ class FusionFMPipeline(DiffusionPipeline):
         logits = torch.where(brighter, -1.0, 1.0) * torch.cat(logits)
         activity_scales = self.unet.activity_scales_for(torch.tensor([spec.class_id], device=device))
         fused_y = blend_stack(padded.float(), logits, torch.cat(gains),
-                              None if activity_scales is None else activity_scales[0].detach())
+                              None if activity_scales is None else activity_scales[0].detach(),
+                              well_exposedness=MEF_WELL_EXPOSEDNESS if spec.family == "MEF" else 0.0)
         fused_y = self.image_processor.crop(fused_y, box).clamp(0.0, 1.0).cpu()
         originals = [t[None] for t in tensors]
         if match_input_resolution:

@@ -15,9 +15,16 @@ from .pyramid import activity_logit, collapse, fit_maps, laplacian_pyramid
 MAX_FRAMES = 64
 """Frames one call may fuse (memory grows with the frame count; see the pipeline's pixel cap)."""
 
+WELL_EXPOSED_SIGMA = 0.2
+"""Width of the well-exposedness weight exp(-(y - 0.5)^2 / (2 sigma^2)) (Mertens, Kautz and Van Reeth, 2007)."""
+
+MEF_WELL_EXPOSEDNESS = 0.5
+"""Strength of the well-exposedness term on an exposure stack's base level: chosen by MEF-SSIM on the Merianos
+three-exposure sets of the validation split (scripts/experiments/stack_base_variants.py, docs/stacks.md)."""
+
 
 def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
-                activity_scales: torch.Tensor | None = None) -> torch.Tensor:
+                activity_scales: torch.Tensor | None = None, well_exposedness: float = 0.0) -> torch.Tensor:
     """Band-wise softmax blend of N frames.
 
     Args:
@@ -27,6 +34,10 @@ def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
         gains: (N, L - 1, h, w) detail gains; the blend uses their mean over the frames.
         activity_scales: optional (L,) strengths s_k of the network's activity prior: each frame's logit at level
             k gains s_k :func:`fusionfm.pyramid.activity_logit` (frame against the stack's mean), as a pair's does.
+        well_exposedness: strength w of a well-exposedness term on the base level: each frame's base logit gains
+            -w (base - 0.5)^2 / (2 sigma^2), its base band being its local mean, so well-exposed frames lead the
+            coarse brightness (the pair network has only seen two frames; with more, the middle ones are often
+            the best exposed).
 
     Returns:
         (1, 1, H, W): per level k, sum_i softmax_i(logits_k) L_k(frame_i), detail levels times the mean gain.
@@ -43,6 +54,8 @@ def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
             mean_band = bands.mean(dim=0, keepdim=True)  # the pyramid of the mean frame (the pyramid is linear)
             level_logits = level_logits + activity_scales[level] * activity_logit(bands, mean_band,
                                                                                   base=level == levels - 1)
+        if well_exposedness and level == levels - 1:
+            level_logits = level_logits - well_exposedness * (bands - 0.5) ** 2 / (2 * WELL_EXPOSED_SIGMA**2)
         weights = torch.softmax(level_logits, dim=0)
         band = (weights * bands).sum(dim=0, keepdim=True)
         if level < levels - 1:

@@ -396,6 +396,20 @@ def test_a_stack_of_frames_fuses_in_any_order(tiny_pipe, exposure_bracket):
         assert (fused - frames.mean(dim=0)).abs().mean() > 1e-3  # not the plain mean
 
 
+def test_the_well_exposedness_term_leads_a_stacks_base_by_hand():
+    """Flat frames of 0.2, 0.5 and 0.95, no network logits: the base weights are exp(-(v - 0.5)^2 / 0.08)."""
+    from fusionfm.stacks import blend_stack
+
+    values = torch.tensor([0.2, 0.5, 0.95])
+    frames = values.view(3, 1, 1, 1).expand(3, 1, 32, 48).clone()
+    logits, gains = torch.zeros(3, 3, 1, 1), torch.ones(3, 2, 1, 1)
+    weights = torch.exp(-((values - 0.5) ** 2) / 0.08)
+    expected = float((weights * values).sum() / weights.sum())  # 0.456, where the plain mean is 0.55
+    fused = blend_stack(frames, logits, gains, well_exposedness=1.0)
+    torch.testing.assert_close(fused, torch.full_like(fused, expected), atol=1e-6, rtol=0)
+    torch.testing.assert_close(blend_stack(frames, logits, gains), torch.full_like(fused, 0.55), atol=1e-6, rtol=0)
+
+
 def test_two_frames_through_the_stack_call_equal_the_pair_call(tiny_pipe, exposure_bracket):
     under, _, over = exposure_bracket
     pair = tiny_pipe(under, over, task="MEF", output_type="pt", **FP32).images
