@@ -73,11 +73,17 @@ def validation_pairs(data_root: str | Path, task: str | FusionTask, resolution: 
             image_a, image_b = made.image_a, made.image_b
         size = processor.processing_size(tuple(image_a.shape[-2:]), resolution)
         y_a, y_b = (processor.resize(luminance(image[None]), size) for image in (image_a, image_b))
-        gray_a, gray_b = to_gray_255(y_a), to_gray_255(y_b)
-        metrics = {prior.name: ranked_metrics(run_prior(prior.name, y_a, y_b, pair_task), gray_a, gray_b)
-                   for prior in priors_for(pair_task)}
-        pairs.append(ValidationPair(pair_task, row["dataset"], row["stem"], y_a, y_b, metrics))
+        pairs.append(scored_pair(pair_task, row["dataset"], row["stem"], y_a, y_b))
     return pairs
+
+
+def scored_pair(task: FusionTask, dataset: str, stem: str, y_a: torch.Tensor, y_b: torch.Tensor) -> ValidationPair:
+    """A pair of luminances (1, 1, h, w) in [0, 1] with its task's built-in priors run and measured, ready for
+    :func:`benchmark_score` (also for training pairs, e.g. to choose labels by the same score)."""
+    gray_a, gray_b = to_gray_255(y_a), to_gray_255(y_b)
+    metrics = {prior.name: ranked_metrics(run_prior(prior.name, y_a, y_b, task), gray_a, gray_b)
+               for prior in priors_for(task)}
+    return ValidationPair(task, dataset, stem, y_a, y_b, metrics)
 
 
 def benchmark_score(fused: torch.Tensor, pair: ValidationPair) -> float:

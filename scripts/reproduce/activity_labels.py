@@ -1,18 +1,29 @@
-"""Pseudo-labels that keep the activity prior where it beats the label: the "labels no worse than the network's
-starting point" experiment of issue 14.
+"""Pseudo-labels no worse than the network's starting point (issue 14): the activity prior's own fusion, or
+variants of it, where they beat the label.
 
-For every labelled pair, the activity prior's own fusion (the pyramid head with zero network logits and unit
-gains: :func:`fusionfm.pyramid.blend_pyramids` with the task's starting strengths of the default preset) is set
-against the existing label on the nine ranked metrics (on copies at most 256 px on the long side); it replaces
-the label when it is higher on more than half of them. Trains with ``training/train.py --labels TASK=OUT``.
+The activity prior's fusion is the pyramid head with zero network logits (:func:`fusionfm.pyramid.activity_fusion`
+with the task's starting strengths and gains). Two ways to choose, both on copies at most 256 px on the long side:
 
-Usage: python scripts/reproduce/activity_labels.py LABELS_DIR OUT_DIR [--config JSON] [--data ../shared/data]
+- ``--select head-to-head`` (the session-10 labels): the prior's fusion replaces the label when it is higher on
+  more than half of the nine ranked metrics.
+- ``--select score``: the candidates are the label and the activity prior at every combination of
+  ``--base_strengths`` and ``--gains``; the one with the highest benchmark-aligned score
+  (:func:`fusionfm.evaluation.validation.benchmark_score`: the share of the task's built-in priors beaten, as
+  every recipe is chosen on the validation split) becomes the label. A label chosen per pair, so the network can
+  learn which variant suits which content.
+
+Trains with ``training/train.py --labels TASK=OUT``.
+
+Usage: python scripts/reproduce/activity_labels.py LABELS_DIR OUT_DIR [--select score] [--config JSON]
+    [--base_strengths 0,2,4,16] [--gains 1,1.05,1.1,1.15] [--data ../shared/data]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -21,6 +32,7 @@ from fusionfm import UNET_PRESETS
 from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
+from fusionfm.evaluation.validation import benchmark_score, scored_pair
 from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.pyramid import activity_fusion
 from fusionfm.training.datasets import LabelledPair, relabel_folder
@@ -28,31 +40,65 @@ from fusionfm.training.datasets import LabelledPair, relabel_folder
 SCORING_SIZE = 256
 
 
+def _floats(text: str) -> list[float]:
+    return [float(value) for value in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("labels_dir", type=Path)
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--select", choices=("head-to-head", "score"), default="head-to-head")
     parser.add_argument("--config", type=Path, default=None,
                         help="U-Net config JSON with activity_scales (default: the default preset's)")
+    parser.add_argument("--base_strengths", type=_floats, default=[0.0, 2.0, 4.0, 16.0],
+                        help="(--select score) base-level strengths of the candidates, comma-separated")
+    parser.add_argument("--gains", type=_floats, default=[1.0, 1.05, 1.1, 1.15],
+                        help="(--select score) uniform detail gains of the candidates, comma-separated")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) if args.config else UNET_PRESETS["default"]
-    table = torch.tensor(config["activity_scales"])
+    scales_table = torch.tensor(config["activity_scales"])
+    levels = scales_table.shape[1]
+    gains_table = torch.tensor(config.get("detail_gains") or [[1.0] * (levels - 1)] * len(scales_table))
     processor = FusionImageProcessor()
+    choices: Counter[str] = Counter()
+
+    def load_pair(pair: LabelledPair) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(luminance(processor.load(path)[None]) for path in (pair.path_a, pair.path_b, pair.path_label))
+
+    def small(image: torch.Tensor) -> torch.Tensor:
+        return processor.resize(image, processor.processing_size(tuple(image.shape[-2:]), SCORING_SIZE))
 
     def prior_where_it_wins(pair: LabelledPair) -> torch.Tensor | None:
-        y_a, y_b = (luminance(processor.load(path)[None]) for path in (pair.path_a, pair.path_b))
-        label = luminance(processor.load(pair.path_label)[None])
-        ours = activity_fusion(y_a, y_b, table[pair.task.class_id])
-        size = processor.processing_size(tuple(y_a.shape[-2:]), SCORING_SIZE)
-        small = [processor.resize(image, size) for image in (y_a, y_b, ours, label)]
-        gray_a, gray_b = to_gray_255(small[0]), to_gray_255(small[1])
-        ours_metrics, label_metrics = (ranked_metrics(image, gray_a, gray_b) for image in small[2:])
+        y_a, y_b, label = load_pair(pair)
+        task_id = pair.task.class_id
+        ours = activity_fusion(y_a, y_b, scales_table[task_id], gains_table[task_id])
+        small_a, small_b = small(y_a), small(y_b)
+        gray_a, gray_b = to_gray_255(small_a), to_gray_255(small_b)
+        ours_metrics, label_metrics = (ranked_metrics(small(image), gray_a, gray_b) for image in (ours, label))
         wins = sum(ours_metrics[m] > label_metrics[m] for m in RANKED_METRICS)
         return ours[0] if wins * 2 > len(RANKED_METRICS) else None
 
-    count, replaced = relabel_folder(args.labels_dir, args.out_dir, args.data, prior_where_it_wins)
-    print(f"{count} labels in {args.out_dir}; {replaced} replaced by the activity prior's fusion.")
+    def best_by_score(pair: LabelledPair) -> torch.Tensor | None:
+        y_a, y_b, label = load_pair(pair)
+        reference = scored_pair(pair.task, pair.dataset, pair.stem, small(y_a), small(y_b))
+        best, best_score, choice = None, benchmark_score(small(label), reference), "label"
+        for base, gain in itertools.product(args.base_strengths, args.gains):
+            scales = scales_table[pair.task.class_id].clone()
+            scales[-1] = base
+            candidate = activity_fusion(y_a, y_b, scales, torch.full((levels - 1,), gain))
+            score = benchmark_score(small(candidate), reference)
+            if score > best_score:
+                best, best_score, choice = candidate[0], score, f"base {base:g}, gain {gain:g}"
+        choices[choice] += 1
+        return best
+
+    new_label = best_by_score if args.select == "score" else prior_where_it_wins
+    count, replaced = relabel_folder(args.labels_dir, args.out_dir, args.data, new_label)
+    print(f"{count} labels in {args.out_dir}; {replaced} replaced by an activity prior's fusion ({args.select}).")
+    if choices:
+        print("Chosen (labels made in this call):", ", ".join(f"{name} {n}" for name, n in choices.most_common()))
 
 
 if __name__ == "__main__":
