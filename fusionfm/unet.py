@@ -44,6 +44,13 @@ def head_channels(output_head: str, pyramid_levels: int) -> int:
     detail level."""
     return {"velocity": 1, "weight": 1, "gated": 2, "pyramid": 2 * pyramid_levels - 1}[output_head]
 
+def _gain_offsets(detail_gains: list[list[float]], max_gain: float) -> torch.Tensor:
+    """(tasks, levels - 1) offsets before the gain's tanh that give ``detail_gains`` at a network output of 0
+    (gain = max_gain ** tanh(output + offset))."""
+    gains = torch.tensor(detail_gains, dtype=torch.float64)
+    return torch.atanh(torch.log(gains) / math.log(max_gain)).float()
+
+
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few thousand parameters, milliseconds per call.
     "tiny": dict(patch_size=1, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
@@ -149,9 +156,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
                                  f"({num_tasks} rows).")
             if any(not 1 / max_gain < gain < max_gain for row in detail_gains for gain in row):
                 raise ValueError(f"detail_gains must lie strictly between 1 / max_gain and max_gain ({max_gain}).")
-            # gain = max_gain ** tanh(output + offset): the offset that gives the starting gain at output 0.
-            offsets = torch.atanh(torch.log(torch.tensor(detail_gains, dtype=torch.float64)) / math.log(max_gain))
-            self.gain_offset = torch.nn.Parameter(offsets.float())
+            self.gain_offset = torch.nn.Parameter(_gain_offsets(detail_gains, max_gain))
         if smooth_weights and output_head == "velocity":
             raise ValueError("smooth_weights applies to the weight heads, not to output_head='velocity'.")
         levels = len(block_out_channels)
@@ -186,6 +191,14 @@ class FusionUNet(ModelMixin, ConfigMixin):
                     task_ids: torch.Tensor) -> torch.Tensor:
         """The U-Net's output maps at the image (or, with smooth weights, the patch) resolution."""
         patch = self.config.patch_size
+        if self.config.task_gates and not torch.is_grad_enabled() and not self.task_gate[task_ids.long()].any():
+            # Every item's task is at its start (gates 0): the U-Net's output would be multiplied by 0, so skip it.
+            # (Not while training: the gates' gradient needs that output.)
+            height, width = x_t.shape[-2:]
+            if self.config.smooth_weights and self.config.output_head == "pyramid":
+                height, width = height // patch, width // patch
+            channels = head_channels(self.config.output_head, self.config.pyramid_levels)
+            return x_t.new_zeros(x_t.shape[0], channels, height, width, dtype=torch.float32)
         inputs = torch.cat([x_t, image_a, image_b], dim=1)
         if patch > 1:
             inputs = F.pixel_unshuffle(inputs, patch)
@@ -222,6 +235,19 @@ class FusionUNet(ModelMixin, ConfigMixin):
         if self.config.output_head == "weight":
             return output[:, :1], output[:, :0]
         return self._pyramid_maps(output, task_ids)
+
+    @torch.no_grad()
+    def reset_task(self, task_id: int) -> None:
+        """Return one task to its start: gate 0 (no network correction), the configured activity strengths and
+        detail gains. The other tasks keep what they learned. Needs ``task_gates`` (without them the tasks share
+        the output layer and none can be reset alone)."""
+        if not self.config.task_gates:
+            raise ValueError("Only a model with task_gates=True can return one task to its start.")
+        self.task_gate[task_id] = 0.0
+        if self.config.activity_scales is not None:
+            self.activity_scale[task_id] = torch.tensor(self.config.activity_scales[task_id])
+        if self.config.detail_gains is not None:
+            self.gain_offset[task_id] = _gain_offsets(self.config.detail_gains, self.config.max_gain)[task_id]
 
     def activity_scales_for(self, task_ids: torch.Tensor) -> torch.Tensor | None:
         """(B, L) float32 activity-prior strengths of each item's task (None without the prior)."""

@@ -174,3 +174,46 @@ def test_detail_gains_that_cannot_work_are_refused():
         build_unet("tiny", output_head="pyramid", pyramid_levels=3, detail_gains=[[1.0]] * 4)
     with pytest.raises(ValueError, match="strictly between"):
         build_unet("tiny", output_head="pyramid", pyramid_levels=3, max_gain=2.0, detail_gains=[[2.0, 1.0]] * 4)
+
+
+def test_reset_task_returns_one_task_to_its_start_and_leaves_the_others(sources):
+    a, b = (x[..., :96, :112] for x in sources)
+    torch.manual_seed(0)
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, task_gates=True,
+                      activity_scales=[[16.0, 16.0, 2.0]] * 4, detail_gains=[[1.05, 1.05]] * 4)
+    with torch.no_grad():  # as training leaves them
+        unet.task_gate.fill_(0.5)
+        unet.activity_scale.add_(1.0)
+        unet.gain_offset.add_(0.1)
+    x0 = (a + b) / 2
+    before = {task: x0 + unet(x0, a, b, torch.zeros(1), torch.tensor([task])) for task in (0, 1)}
+    unet.reset_task(1)
+    start = activity_fusion(a, b, torch.tensor([16.0, 16.0, 2.0]), torch.tensor([1.05, 1.05]))
+    reset = x0 + unet(x0, a, b, torch.zeros(1), torch.tensor([1]))
+    torch.testing.assert_close(reset.clamp(0, 1), start, atol=1e-5, rtol=0)
+    assert (before[1] - reset).abs().mean() > 1e-3
+    torch.testing.assert_close(x0 + unet(x0, a, b, torch.zeros(1), torch.tensor([0])), before[0])
+    with pytest.raises(ValueError, match="task_gates=True"):
+        build_unet("tiny", output_head="pyramid", pyramid_levels=3).reset_task(1)
+
+
+def test_a_task_at_its_start_skips_the_unet_at_inference_with_the_same_result(sources):
+    a, b = (x[..., :96, :112] for x in sources)
+    torch.manual_seed(0)
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, task_gates=True,
+                      activity_scales=[[16.0, 16.0, 2.0]] * 4, detail_gains=[[1.05, 1.05]] * 4)
+    with torch.no_grad():
+        unet.task_gate[0] = 0.5  # IVF trained, MIF at its start
+    x0, tasks = (a + b) / 2, torch.tensor([1])
+    calls = []
+    hook = unet.unet.register_forward_hook(lambda *_: calls.append(1))
+    computed = x0 + unet(x0, a, b, torch.zeros(1), tasks)  # gradients enabled: the U-Net runs
+    assert len(calls) == 1
+    with torch.no_grad():
+        skipped = x0 + unet(x0, a, b, torch.zeros(1), tasks)
+        assert len(calls) == 1  # not run
+        unet(x0, a, b, torch.zeros(1), torch.tensor([0]))
+        unet(torch.cat([x0, x0]), torch.cat([a, a]), torch.cat([b, b]), torch.zeros(2), torch.tensor([1, 0]))
+    assert len(calls) == 3  # run whenever one item's task has a gate open
+    hook.remove()
+    torch.testing.assert_close(skipped, computed.detach(), atol=0, rtol=0)
