@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        choices=["constant", "constant_with_warmup", "linear", "cosine"])
     optim.add_argument("--lr_warmup_steps", type=int, default=100)
     optim.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8,
+                       help="Adam's epsilon; above the gradients' noise it makes tiny gradients take tiny steps "
+                            "(Adam otherwise moves every weight by about the learning rate)")
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
     optim.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="bf16")
     optim.add_argument("--seed", type=int, default=0)
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     model = build_unet(args.unet_preset, **overrides)
     noise_scheduler = FlowMatchFusionScheduler(coupling=args.coupling, time_sampling=args.time_sampling,
                                                start_share=args.start_share)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay,
+                                  eps=args.adam_epsilon)
     stages = 1 if args.joint else len(args.tasks)
     total_steps = args.steps_per_task * len(args.tasks)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,

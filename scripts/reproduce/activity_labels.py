@@ -10,7 +10,7 @@ with the task's starting strengths and gains). Two ways to choose, both on copie
   ``--base_strengths`` and ``--gains``; the one with the highest benchmark-aligned score
   (:func:`fusionfm.evaluation.validation.benchmark_score`: the share of the task's built-in priors beaten, as
   every recipe is chosen on the validation split) becomes the label. A label chosen per pair, so the network can
-  learn which variant suits which content.
+  learn which variant suits which content. With ``--variants_only`` the label itself is not a candidate.
 
 Trains with ``training/train.py --labels TASK=OUT``.
 
@@ -55,6 +55,8 @@ def main() -> None:
                         help="(--select score) base-level strengths of the candidates, comma-separated")
     parser.add_argument("--gains", type=_floats, default=[1.0, 1.05, 1.1, 1.15],
                         help="(--select score) uniform detail gains of the candidates, comma-separated")
+    parser.add_argument("--variants_only", action="store_true",
+                        help="(--select score) the existing label is not a candidate: every label becomes a variant")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) if args.config else UNET_PRESETS["default"]
@@ -84,6 +86,8 @@ def main() -> None:
         y_a, y_b, label = load_pair(pair)
         reference = scored_pair(pair.task, pair.dataset, pair.stem, small(y_a), small(y_b))
         best, best_score, choice = None, benchmark_score(small(label), reference), "label"
+        if args.variants_only:
+            best_score = -1.0
         for base, gain in itertools.product(args.base_strengths, args.gains):
             scales = scales_table[pair.task.class_id].clone()
             scales[-1] = base
