@@ -469,8 +469,8 @@ class FusionFMPipeline(DiffusionPipeline):
 
         Each frame is scored against the stack's mean by the network (for MEF in the slot its exposure suits:
         a darker frame as the under-exposed source, a brighter one as the over-exposed), and the frames'
-        pyramids are blended by a softmax of the scores (:func:`fusionfm.stacks.blend_stack`; for MEF with a
-        well-exposedness term on the base level).
+        pyramids are blended by a softmax of the scores (:func:`fusionfm.stacks.blend_stack`; for MEF the base
+        level's brighter-than-the-mean prior gives way to a well-exposedness term).
         """
         if num_inference_steps != 1:
             raise ValueError(f"Stacks of more than two frames are fused in one step; got num_inference_steps="
@@ -513,8 +513,11 @@ class FusionFMPipeline(DiffusionPipeline):
         # The logit is the a-slot's weight: a frame in the b slot scores with its negative.
         logits = torch.where(brighter, -1.0, 1.0) * torch.cat(logits)
         activity_scales = self.unet.activity_scales_for(torch.tensor([spec.class_id], device=device))
-        fused_y = blend_stack(padded.float(), logits, torch.cat(gains),
-                              None if activity_scales is None else activity_scales[0].detach(),
+        if activity_scales is not None:
+            activity_scales = activity_scales[0].detach().clone()
+            if spec.family == "MEF":  # an exposure stack's base follows well-exposedness, not brightness
+                activity_scales[-1] = 0.0
+        fused_y = blend_stack(padded.float(), logits, torch.cat(gains), activity_scales,
                               well_exposedness=MEF_WELL_EXPOSEDNESS if spec.family == "MEF" else 0.0)
         fused_y = self.image_processor.crop(fused_y, box).clamp(0.0, 1.0).cpu()
         originals = [t[None] for t in tensors]

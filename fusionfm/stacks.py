@@ -18,9 +18,10 @@ MAX_FRAMES = 64
 WELL_EXPOSED_SIGMA = 0.2
 """Width of the well-exposedness weight exp(-(y - 0.5)^2 / (2 sigma^2)) (Mertens, Kautz and Van Reeth, 2007)."""
 
-MEF_WELL_EXPOSEDNESS = 0.5
-"""Strength of the well-exposedness term on an exposure stack's base level: chosen by MEF-SSIM on the Merianos
-three-exposure sets of the validation split (scripts/experiments/stack_base_variants.py, docs/stacks.md)."""
+MEF_WELL_EXPOSEDNESS = 1.0
+"""Strength of the well-exposedness term on an exposure stack's base level, which replaces the base's
+brighter-than-the-mean activity prior there: chosen by MEF-SSIM on the Merianos three-exposure sets of the
+validation split (scripts/experiments/stack_base_variants.py, docs/stacks.md)."""
 
 
 def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,

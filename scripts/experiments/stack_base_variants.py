@@ -23,6 +23,7 @@ from fusionfm.color import recombine_frames
 from fusionfm.evaluation.mef_ssim import mef_ssim
 from fusionfm.labels.priors import exposure_fusion_frames
 from fusionfm.stacks import blend_stack
+from fusionfm.tasks import get_task
 
 VARIANTS = {
     "no well-exposedness (session 10)": {},
@@ -40,9 +41,11 @@ VARIANTS = {
 }
 
 
-def variant_blend(base_strength=None, well_exposed=0.0, detail_strength=None):
+def variant_blend(learned_scales, base_strength=None, well_exposed=0.0, detail_strength=None):
+    """blend_stack with the model's own MEF strengths (``learned_scales``, (L,)) changed as the variant says; the
+    pipeline's own choice for stacks (base 0, well-exposedness 1 since session 11) is ignored."""
     def blend(frames, logits, gains, activity_scales=None, well_exposedness=0.0):
-        scales = activity_scales.clone()
+        scales = learned_scales.clone()
         if base_strength is not None:
             scales[-1] = base_strength
         if detail_strength is not None:
@@ -60,6 +63,7 @@ def main() -> None:
     processor = FusionImageProcessor()
     pipeline = FusionFMPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
+    learned = pipeline.unet.activity_scales_for(torch.tensor([get_task("MEF").class_id]))[0].detach()
     scores: dict[str, list[float]] = {}
     for scene in sorted(p for p in (args.data / "MEF" / "Merianos").iterdir() if p.is_dir()):
         frames = [processor.load(path) for path in sorted(scene.glob("*.jpg"))]
@@ -67,7 +71,7 @@ def main() -> None:
         frames = [processor.resize(frame[None], size)[0] for frame in frames]
         stack = torch.stack(frames)
         for name, options in VARIANTS.items():
-            pipeline_module.blend_stack = variant_blend(**options)
+            pipeline_module.blend_stack = variant_blend(learned, **options)
             fused = pipeline(frames, task="MEF", output_type="pt").images[0]
             scores.setdefault(name, []).append(mef_ssim(fused, stack))
         originals = [frame[None] for frame in frames]
