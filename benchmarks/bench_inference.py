@@ -4,8 +4,10 @@
     python benchmarks/bench_inference.py --model path/or/hub-id --repeats 11
     python benchmarks/bench_inference.py --steps 1 --dtypes bf16 --compile   # also torch.compile against eager
 
-Times the whole call (PIL in, PIL out: colour conversion, padding, network, colour back). Speed
-does not depend on the weights, so a freshly initialised preset measures the shipped architecture. Beside the
+Times the whole call (PIL in, PIL out: colour conversion, padding, network, colour back), as task ``--task``
+(IVF by default). Speed does not depend on the weights, so a freshly initialised preset measures the shipped
+architecture, with one exception: a trained model whose task is still at its start (task gate 0, as the bundled
+model's MIF and MFF) skips the U-Net, so time such a task with ``--model``. Beside the
 milliseconds: the time of a 2048^3 matrix product in the same precision, measured in the same run, and the
 ratio (machines differ; the ratio says how well the network uses this one).
 Prints a Markdown table; machines are shared, so quote medians over several repeats.
@@ -49,11 +51,12 @@ def gflops_per_step(pipe: FusionFMPipeline, height: int = 480, width: int = 640)
     return counter.get_total_flops() / 1e9
 
 
-def median_ms(pipe: FusionFMPipeline, pair, steps: int, dtype: str, repeats: int, warmup: int) -> float:
+def median_ms(pipe: FusionFMPipeline, pair, steps: int, dtype: str, repeats: int, warmup: int,
+              task: str = "IVF") -> float:
     times = []
     for index in range(warmup + repeats):
         start = time.perf_counter()
-        pipe(*pair, task="IVF", num_inference_steps=steps, compute_dtype=dtype)
+        pipe(*pair, task=task, num_inference_steps=steps, compute_dtype=dtype)
         if index >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
@@ -142,6 +145,7 @@ def main() -> None:
     parser.add_argument("--model", help="pipeline folder or Hub id (default: a fresh U-Net of --preset)")
     parser.add_argument("--preset", default="default", help="U-Net preset when no --model is given")
     parser.add_argument("--output_head", default=None, help="override the preset's output head (e.g. pyramid)")
+    parser.add_argument("--task", default="IVF", help="task of the timed calls (the pair is MSRS's either way)")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=7)
@@ -175,7 +179,7 @@ def main() -> None:
     for steps in args.steps:
         cells = []
         for dtype in args.dtypes:
-            ms = median_ms(pipe, pair, steps, dtype, args.repeats, args.warmup)
+            ms = median_ms(pipe, pair, steps, dtype, args.repeats, args.warmup, args.task)
             cells.append(f"{ms:.0f} ({ms / yardstick[dtype]:.1f}x)" if dtype in yardstick else f"{ms:.0f}")
         print(f"| {steps} | " + " | ".join(cells) + " |", flush=True)
     if args.breakdown:
