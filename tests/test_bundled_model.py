@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import zipfile
@@ -19,7 +20,7 @@ from fusionfm.evaluation.artifacts import border_band, nyquist_ratio
 from fusionfm.evaluation.metrics import qabf, spatial_frequency, to_gray_255
 from fusionfm.hub import BUNDLED_MODEL_DIR
 from fusionfm.image_processor import FusionImageProcessor
-from fusionfm.labels.priors import run_prior
+from fusionfm.labels.priors import priors_for, run_prior
 
 EXAMPLES = REPO_ROOT / "examples"
 TASKS = ("IVF", "MIF-CT", "MIF-PET", "MIF-SPECT", "MEF", "MFF")
@@ -99,14 +100,32 @@ QABF_MARGIN, SF_MARGIN = 0.02, 0.10
 
 @pytest.mark.parametrize("task", TASKS)
 def test_beats_the_average_on_qabf_and_sf(bundled, task):
-    """The median built-in prior is not beaten on every task yet (docs/quality.md lists where not); the plain
-    average is, with margins."""
     image_a, image_b = _example(task, 0)
     fused = bundled(image_a, image_b, task=task, output_type="pt").images
     fused_y, a_y, b_y = (to_gray_255(x) for x in (fused, image_a, image_b))
     average_y = to_gray_255(run_prior("average", image_a, image_b, task))
     assert float(qabf(fused_y, a_y, b_y)) > float(qabf(average_y, a_y, b_y)) + QABF_MARGIN
     assert float(spatial_frequency(fused_y)) > float(spatial_frequency(average_y)) * (1 + SF_MARGIN)
+
+
+# Margins over the median built-in prior on the same pairs, per task: (Qabf in its units, SF as a share). Measured
+# (2026-11-28, bf16 and fp32 alike to 1e-4): Qabf 0.026 / 0.051 / 0.086 / 0.063 / 0.068 / 0.0009 above the median
+# prior, SF 15 / 24 / 8 / 6 / 3 / 2 % above. On MFF the model and the median prior (the Laplacian pyramid, which the
+# activity prior nearly is) are level on Qabf: that margin is a tie-breaker, not a lead.
+MEDIAN_PRIOR_MARGINS = {"IVF": (0.01, 0.05), "MIF-CT": (0.02, 0.10), "MIF-PET": (0.02, 0.03),
+                        "MIF-SPECT": (0.02, 0.03), "MEF": (0.02, 0.01), "MFF": (0.0003, 0.01)}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_beats_the_median_built_in_prior_on_qabf_and_sf(bundled, task):
+    image_a, image_b = _example(task, 0)
+    fused = bundled(image_a, image_b, task=task, output_type="pt").images
+    fused_y, a_y, b_y = (to_gray_255(x) for x in (fused, image_a, image_b))
+    priors = [to_gray_255(run_prior(prior.name, image_a, image_b, task)) for prior in priors_for(task)]
+    qabf_margin, sf_margin = MEDIAN_PRIOR_MARGINS[task]
+    assert float(qabf(fused_y, a_y, b_y)) > statistics.median(float(qabf(p, a_y, b_y)) for p in priors) + qabf_margin
+    assert float(spatial_frequency(fused_y)) > statistics.median(float(spatial_frequency(p)) for p in priors) * (
+        1 + sf_margin)
 
 
 @pytest.mark.slow
