@@ -44,6 +44,7 @@ def head_channels(output_head: str, pyramid_levels: int) -> int:
     detail level."""
     return {"velocity": 1, "weight": 1, "gated": 2, "pyramid": 2 * pyramid_levels - 1}[output_head]
 
+
 def _gain_offsets(detail_gains: list[list[float]], max_gain: float) -> torch.Tensor:
     """(tasks, levels - 1) offsets before the gain's tanh that give ``detail_gains`` at a network output of 0
     (gain = max_gain ** tanh(output + offset))."""

@@ -29,6 +29,9 @@ def main() -> None:
         unet.reset_task(get_task(task).class_id)
     with staged_folder(folder) as staging:
         unet.save_pretrained(staging)
+        config = json.loads((staging / "config.json").read_text())
+        config.pop("_name_or_path", None)  # the folder it was loaded from: a local path, not part of the model
+        write_text_atomic(staging / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     summary = args.model_dir / "training_summary.json"
     if summary.is_file():  # its weights hash and scores describe the model before the reset: say so
         record = json.loads(summary.read_text())
