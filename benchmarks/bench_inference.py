@@ -6,9 +6,9 @@
 
 Times the whole call (PIL in, PIL out: colour conversion, padding, network, colour back), as task ``--task``
 (IVF by default). Speed does not depend on the weights, so a freshly initialised preset measures the shipped
-architecture, with one exception: a trained model whose task is still at its start (task gate 0, as the bundled
-model's MIF and MFF) skips the U-Net, so time such a task with ``--model``. Beside the
-milliseconds: the time of a 2048^3 matrix product in the same precision, measured in the same run, and the
+architecture (its task gates are opened, so the U-Net runs as for a trained task). A model whose task is still at
+its start (task gate 0, as the bundled model's MIF and MFF) skips the U-Net: time such a task with ``--model``.
+Beside the milliseconds: the time of a 2048^3 matrix product in the same precision, measured in the same run, and the
 ratio (machines differ; the ratio says how well the network uses this one).
 Prints a Markdown table; machines are shared, so quote medians over several repeats.
 """
@@ -163,6 +163,9 @@ def main() -> None:
         overrides = {"output_head": args.output_head} if args.output_head else {}
         pipe = FusionFMPipeline(unet=build_unet(args.preset, **overrides).eval(), scheduler=FlowMatchFusionScheduler())
         pipe.unet.to(memory_format=torch.channels_last)  # as from_pretrained does for the bf16 CPU path
+        if pipe.unet.config.task_gates:  # a fresh model's closed gates skip the U-Net; time it as a trained task
+            with torch.no_grad():
+                pipe.unet.task_gate.fill_(1.0)
     pipe.set_progress_bar_config(disable=True)
     pair = benchmark_pair()
     parameters = sum(p.numel() for p in pipe.unet.parameters())
