@@ -20,6 +20,7 @@ from kornia.filters import box_blur, gaussian_blur2d, guided_blur, laplacian, me
 from ..color import luminance, recombine
 from ..image_processor import FusionImageProcessor
 from ..pyramid import collapse, gaussian_pyramid, laplacian_pyramid, pyramid_levels
+from ..stacks import WELL_EXPOSED_SIGMA
 from ..tasks import FAMILIES, FusionTask, get_task
 
 Fuser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -110,7 +111,7 @@ def exposure_fusion_frames(frames: list[torch.Tensor]) -> torch.Tensor:
         y = luminance(image)
         contrast = laplacian(y, 3, border_type="replicate").abs()
         saturation = image.std(dim=1, keepdim=True, correction=0) if image.shape[1] == 3 else torch.ones_like(y)
-        well_exposed = torch.exp(-((image - 0.5) ** 2) / (2 * 0.2**2)).prod(dim=1, keepdim=True)
+        well_exposed = torch.exp(-((image - 0.5) ** 2) / (2 * WELL_EXPOSED_SIGMA**2)).prod(dim=1, keepdim=True)
         weights.append(contrast * saturation * well_exposed + 1e-12)
     total = torch.stack(weights).sum(dim=0)
     levels = pyramid_levels(*frames[0].shape[-2:])

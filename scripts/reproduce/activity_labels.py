@@ -85,9 +85,8 @@ def main() -> None:
     def best_by_score(pair: LabelledPair) -> torch.Tensor | None:
         y_a, y_b, label = load_pair(pair)
         reference = scored_pair(pair.task, pair.dataset, pair.stem, small(y_a), small(y_b))
-        best, best_score, choice = None, benchmark_score(small(label), reference), "label"
-        if args.variants_only:
-            best_score = -1.0
+        best, choice = None, "label"
+        best_score = -1.0 if args.variants_only else benchmark_score(small(label), reference)
         for base, gain in itertools.product(args.base_strengths, args.gains):
             scales = scales_table[pair.task.class_id].clone()
             scales[-1] = base

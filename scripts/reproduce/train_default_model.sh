@@ -32,7 +32,7 @@ python $LABEL "$WORK/labels/MFF-train" "$WORK/scorelabels/MFF-train" --select sc
 OMP_NUM_THREADS=1 python training/train.py --data_root "$DATA" \
   --labels "IVF=$WORK/scorelabels/IVF-train" "MIF=$WORK/scorelabels/MIF-train" "MEF=$WORK/scorelabels/MEF-train" \
            "MFF=$WORK/scorelabels/MFF-train" \
-  --tasks IVF MIF MFF MEF --joint --unet_preset default --steps_per_task 375 --train_batch_size 2 \
+  --tasks IVF MIF MEF MFF --joint --unet_preset default --steps_per_task 375 --train_batch_size 2 \
   --resolution 256 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 100 --mixed_precision bf16 \
   --gradient_loss_weight 1 --endpoint_loss_weight 0 --ewc_lambda 2000 --ewc_fisher_batches 4 \
   --replay_per_task 64 --replay_share 0.25 --eval_resolution 256 --checkpointing_steps 500 \
