@@ -7,7 +7,13 @@ import torch
 from conftest import DATA
 from kornia.filters import laplacian
 
-from fusionfm.labels.synthetic import SyntheticPairs, focus_mask, pair_generator, synthesize_mff
+from fusionfm.labels.synthetic import (
+    SyntheticPairs,
+    focus_mask,
+    pair_generator,
+    synthesize_bracket,
+    synthesize_mff,
+)
 
 
 @pytest.mark.parametrize("task", ["MEF", "MFF"])
@@ -26,6 +32,18 @@ def test_mef_exposures_bracket_the_ground_truth():
     for pair in SyntheticPairs(DATA, "MEF", "test", limit=5):
         assert pair.image_a.mean() < pair.ground_truth.mean() < pair.image_b.mean()
         assert (pair.image_b >= 1).float().mean() > (pair.ground_truth >= 1).float().mean()  # clipping
+
+
+def test_brackets_run_darkest_first_around_the_photograph():
+    dataset = SyntheticPairs(DATA, "MEF", "test", limit=2)
+    photo = dataset.photo(1)
+    bracket = synthesize_bracket(photo, pair_generator(0, "bracket"), frames=5)
+    assert bracket.shape == (5, *photo.shape)
+    assert torch.equal(bracket, synthesize_bracket(photo, pair_generator(0, "bracket"), frames=5))
+    means = bracket.mean(dim=(1, 2, 3))
+    assert torch.all(means[1:] > means[:-1])
+    assert means[0] < photo.mean() < means[-1]
+    assert (bracket[-1] >= 1).float().mean() > 0.05 and (bracket[0] <= 10 / 255).float().mean() > 0.05
 
 
 def test_mff_images_are_sharp_in_complementary_regions():

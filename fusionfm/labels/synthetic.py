@@ -62,6 +62,16 @@ def quantise(image: torch.Tensor) -> torch.Tensor:
     return (image.clamp(0, 1) * 255).round() / 255
 
 
+def _expose(linear: torch.Tensor, stops: torch.Tensor | float, generator: torch.Generator) -> torch.Tensor:
+    """One 8-bit exposure of linear light (3, H, W): ``stops`` EV (a number or an (H, W) field), shot and read
+    noise, clipped, gamma-encoded, an S-shaped tone curve (smoothstep), quantised."""
+    exposed = linear * torch.pow(2.0, stops)
+    shot = torch.randn(exposed.shape, generator=generator) * (exposed.clamp_min(0) * 1e-4).sqrt()
+    read = torch.randn(exposed.shape, generator=generator) * 2e-3
+    encoded = (exposed + shot + read).clamp(0, 1) ** (1 / 2.2)
+    return quantise(encoded * encoded * (3 - 2 * encoded))
+
+
 def synthesize_mef(photo: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(under, over) exposures of a (3, H, W) photograph in [0, 1]."""
     linear = photo.clamp(0, 1) ** 2.2
@@ -69,12 +79,26 @@ def synthesize_mef(photo: torch.Tensor, generator: torch.Generator) -> tuple[tor
     exposures = []
     for sign in (-1.0, 1.0):
         stops = sign * _uniform(generator, 1.5, 3.0) + 0.5 * _smooth_field(height, width, generator)[0]
-        exposed = linear * torch.pow(2.0, stops)
-        shot = torch.randn(exposed.shape, generator=generator) * (exposed.clamp_min(0) * 1e-4).sqrt()
-        read = torch.randn(exposed.shape, generator=generator) * 2e-3
-        encoded = (exposed + shot + read).clamp(0, 1) ** (1 / 2.2)
-        exposures.append(quantise(encoded * encoded * (3 - 2 * encoded)))  # smoothstep: the S-shaped tone curve
+        exposures.append(_expose(linear, stops, generator))
     return exposures[0], exposures[1]
+
+
+def synthesize_bracket(photo: torch.Tensor, generator: torch.Generator, frames: int,
+                       span: float = 3.0) -> torch.Tensor:
+    """An exposure bracket (N, 3, H, W) of a (3, H, W) photograph, darkest first.
+
+    The frames are ``span`` EV below to ``span`` EV above the photograph in equal steps, all sharing one smooth
+    random spatial gain (+-0.5 EV: one scene, one illumination), each with its own shot and read noise, then
+    clipped, tone-mapped and quantised as :func:`synthesize_mef`'s pairs. Validation data for stacks of any
+    length (the Waterloo sequences are for the final tables only).
+    """
+    linear = photo.clamp(0, 1) ** 2.2
+    height, width = photo.shape[-2:]
+    field = 0.5 * _smooth_field(height, width, generator)[0]
+    bracket = []
+    for stops in torch.linspace(-span, span, frames).tolist():
+        bracket.append(_expose(linear, stops + field, generator))
+    return torch.stack(bracket)
 
 
 def disk_kernel(radius: float) -> torch.Tensor:
