@@ -27,7 +27,7 @@ from .compilation import CompiledUNet, compile_unet
 from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
 from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
 from .scheduler import FlowMatchFusionScheduler
-from .stacks import MAX_FRAMES, MEF_WELL_EXPOSEDNESS, blend_stack
+from .stacks import MAX_FRAMES, MEF_DETAIL_STRENGTH, MEF_DETAIL_WELL_EXPOSEDNESS, MEF_WELL_EXPOSEDNESS, blend_stack
 from .tasks import FusionTask, get_task
 from .tiling import feather_window, tile_boxes
 from .unet import FusionUNet
@@ -470,7 +470,8 @@ class FusionFMPipeline(DiffusionPipeline):
         Each frame is scored against the stack's mean by the network (for MEF in the slot its exposure suits:
         a darker frame as the under-exposed source, a brighter one as the over-exposed), and the frames'
         pyramids are blended by a softmax of the scores (:func:`fusionfm.stacks.blend_stack`; for MEF the base
-        level's brighter-than-the-mean prior gives way to a well-exposedness term).
+        level's brighter-than-the-mean prior gives way to a well-exposedness term, which also joins a softer
+        activity prior on the detail levels).
         """
         if num_inference_steps != 1:
             raise ValueError(f"Stacks of more than two frames are fused in one step; got num_inference_steps="
@@ -513,12 +514,15 @@ class FusionFMPipeline(DiffusionPipeline):
         # The logit is the a-slot's weight: a frame in the b slot scores with its negative.
         logits = torch.where(brighter, -1.0, 1.0) * torch.cat(logits)
         activity_scales = self.unet.activity_scales_for(torch.tensor([spec.class_id], device=device))
+        exposure = spec.family == "MEF"
         if activity_scales is not None:
             activity_scales = activity_scales[0].detach().clone()
-            if spec.family == "MEF":  # an exposure stack's base follows well-exposedness, not brightness
+            if exposure:  # an exposure stack's weights follow well-exposedness, not brightness, and detail less
                 activity_scales[-1] = 0.0
+                activity_scales[:-1] = MEF_DETAIL_STRENGTH
         fused_y = blend_stack(padded.float(), logits, torch.cat(gains), activity_scales,
-                              well_exposedness=MEF_WELL_EXPOSEDNESS if spec.family == "MEF" else 0.0)
+                              well_exposedness=MEF_WELL_EXPOSEDNESS if exposure else 0.0,
+                              detail_well_exposedness=MEF_DETAIL_WELL_EXPOSEDNESS if exposure else 0.0)
         fused_y = self.image_processor.crop(fused_y, box).clamp(0.0, 1.0).cpu()
         originals = [t[None] for t in tensors]
         if match_input_resolution:

@@ -23,9 +23,18 @@ MEF_WELL_EXPOSEDNESS = 1.0
 brighter-than-the-mean activity prior there: chosen by MEF-SSIM on the Merianos three-exposure sets of the
 validation split (scripts/experiments/stack_base_variants.py, docs/stacks.md)."""
 
+MEF_DETAIL_WELL_EXPOSEDNESS = 1.0
+"""Strength of the well-exposedness term on an exposure stack's detail levels (each frame's per-pixel term,
+averaged down to the level's size, as Mertens et al. blend with the Gaussian pyramid of their weights)."""
+
+MEF_DETAIL_STRENGTH = 4.0
+"""Detail levels' activity strength for exposure stacks (the pair network's is 16): with well-exposedness on the
+detail levels, a softer max-abs choice scored higher on both kinds of validation stack (docs/stacks.md)."""
+
 
 def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
-                activity_scales: torch.Tensor | None = None, well_exposedness: float = 0.0) -> torch.Tensor:
+                activity_scales: torch.Tensor | None = None, well_exposedness: float = 0.0,
+                detail_well_exposedness: float = 0.0) -> torch.Tensor:
     """Band-wise softmax blend of N frames.
 
     Args:
@@ -39,6 +48,8 @@ def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
             -w (base - 0.5)^2 / (2 sigma^2), its base band being its local mean, so well-exposed frames lead the
             coarse brightness (the pair network has only seen two frames; with more, the middle ones are often
             the best exposed).
+        detail_well_exposedness: strength of the same term on the detail levels, taken per pixel of each frame and
+            averaged down to each level's size.
 
     Returns:
         (1, 1, H, W): per level k, sum_i softmax_i(logits_k) L_k(frame_i), detail levels times the mean gain.
@@ -47,6 +58,7 @@ def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
     if gains.shape[1] != levels - 1:
         raise ValueError(f"{levels} logit maps need {levels - 1} gain maps, got {gains.shape[1]}.")
     pyramid = laplacian_pyramid(frames, levels) if levels > 1 else [frames]
+    exposure_term = -((frames - 0.5) ** 2) / (2 * WELL_EXPOSED_SIGMA**2) if detail_well_exposedness else None
     fused = []
     for level, bands in enumerate(pyramid):
         size = tuple(bands.shape[-2:])
@@ -57,6 +69,8 @@ def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
                                                                                   base=level == levels - 1)
         if well_exposedness and level == levels - 1:
             level_logits = level_logits - well_exposedness * (bands - 0.5) ** 2 / (2 * WELL_EXPOSED_SIGMA**2)
+        if exposure_term is not None and level < levels - 1:
+            level_logits = level_logits + detail_well_exposedness * fit_maps(exposure_term, size)
         weights = torch.softmax(level_logits, dim=0)
         band = (weights * bands).sum(dim=0, keepdim=True)
         if level < levels - 1:

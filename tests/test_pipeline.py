@@ -410,6 +410,30 @@ def test_the_well_exposedness_term_leads_a_stacks_base_by_hand():
     torch.testing.assert_close(blend_stack(frames, logits, gains), torch.full_like(fused, 0.55), atol=1e-6, rtol=0)
 
 
+def test_the_well_exposedness_term_leads_a_stacks_detail_by_hand():
+    """Flat frames of 0.1, 0.5 and 0.9 carrying a faint checkerboard of amplitudes 0.002, 0.006, 0.004: with the
+    term on the detail levels only, the base is the plain mean and the checkerboard's amplitude is the softmax of
+    w * -(v - 0.5)^2 / 0.08 over the frames, mostly the middle frame's."""
+    from fusionfm.stacks import blend_stack
+
+    values, amplitudes = torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.002, 0.006, 0.004])
+    rows, cols = torch.meshgrid(torch.arange(32), torch.arange(48), indexing="ij")
+    checkerboard = ((rows + cols) % 2 * 2 - 1).float()
+    frames = values.view(3, 1, 1, 1) + amplitudes.view(3, 1, 1, 1) * checkerboard
+    logits, gains = torch.zeros(3, 3, 1, 1), torch.ones(3, 2, 1, 1)
+    for strength in (1.0, 2.0):
+        weights = torch.softmax(-strength * (values - 0.5) ** 2 / 0.08, dim=0)
+        amplitude = float((weights * amplitudes).sum())  # 0.0053 and 0.0059
+        assert amplitude > 0.005
+        expected = values.mean() + amplitude * checkerboard
+        fused = blend_stack(frames, logits, gains, detail_well_exposedness=strength)[0, 0]
+        torch.testing.assert_close(fused[4:-4, 4:-4], expected[4:-4, 4:-4], atol=2e-5, rtol=0)
+    # Without the term every frame's checkerboard counts alike: amplitude 0.004.
+    plain = blend_stack(frames, logits, gains)[0, 0]
+    torch.testing.assert_close(plain[4:-4, 4:-4], (values.mean() + 0.004 * checkerboard)[4:-4, 4:-4], atol=2e-5,
+                               rtol=0)
+
+
 def test_two_frames_through_the_stack_call_equal_the_pair_call(tiny_pipe, exposure_bracket):
     under, _, over = exposure_bracket
     pair = tiny_pipe(under, over, task="MEF", output_type="pt", **FP32).images

@@ -27,8 +27,7 @@ from fusionfm.color import recombine_frames
 from fusionfm.evaluation.mef_ssim import mef_ssim
 from fusionfm.labels.priors import exposure_fusion_frames
 from fusionfm.labels.synthetic import SyntheticPairs, pair_generator, synthesize_bracket
-from fusionfm.pyramid import fit_maps
-from fusionfm.stacks import WELL_EXPOSED_SIGMA, blend_stack
+from fusionfm.stacks import blend_stack
 from fusionfm.tasks import get_task
 
 VARIANTS = {
@@ -60,12 +59,9 @@ VARIANTS = {
 def variant_blend(learned_scales, base_strength=None, well_exposed=0.0, detail_strength=None, unit_gains=False,
                   detail_well_exposed=0.0):
     """blend_stack with the model's own MEF strengths (``learned_scales``, (L,)) changed as the variant says; the
-    pipeline's own choice for stacks (base 0, well-exposedness 1 since session 11) is ignored.
-
-    ``detail_well_exposed`` adds Mertens' well-exposedness, taken per pixel of each frame, to every detail level's
-    logits (blend_stack averages the full-resolution logits down to each level, much as Mertens et al. blend with
-    the Gaussian pyramid of their weight maps)."""
-    def blend(frames, logits, gains, activity_scales=None, well_exposedness=0.0):
+    pipeline's own choices for stacks (base 0 and well-exposedness 1 since session 11; detail strength 4 and
+    well-exposedness 1 on the detail levels since session 12) are ignored."""
+    def blend(frames, logits, gains, activity_scales=None, well_exposedness=0.0, detail_well_exposedness=0.0):
         scales = learned_scales.clone()
         if base_strength is not None:
             scales[-1] = base_strength
@@ -73,11 +69,8 @@ def variant_blend(learned_scales, base_strength=None, well_exposed=0.0, detail_s
             scales[:-1] = detail_strength
         if unit_gains:
             gains = torch.ones_like(gains)
-        if detail_well_exposed:
-            term = -detail_well_exposed * (frames - 0.5) ** 2 / (2 * WELL_EXPOSED_SIGMA**2)
-            logits = logits.clone()
-            logits[:, :-1] += fit_maps(term, tuple(logits.shape[-2:]))
-        return blend_stack(frames, logits, gains, scales, well_exposedness=well_exposed)
+        return blend_stack(frames, logits, gains, scales, well_exposedness=well_exposed,
+                           detail_well_exposedness=detail_well_exposed)
     return blend
 
 
