@@ -1,11 +1,11 @@
 """The velocity network: a diffusers ``UNet2DModel`` on [x_t, a, b] with the task as class embedding.
 
-``FusionUNet`` wraps ``UNet2DModel`` for one reason, speed: it packs each 2x2 block of pixels into
-channels (pixel unshuffle) before the U-Net and unpacks the velocity after it, so the U-Net runs on
-a quarter of the pixels. On 2 CPU cores at 640x480 in bf16 that takes the default preset from about
-230 ms (same widths at full resolution) to about 120 ms, with no information lost (the packing is
-a lossless rearrangement). It also gives the network named inputs, so callers never concatenate
-channels or scale time themselves.
+``FusionUNet`` wraps ``UNet2DModel`` for one reason, speed: it packs each block of pixels (4x4 in the default
+preset) into channels (pixel unshuffle) before the U-Net and unpacks its output maps after it, so the U-Net runs on
+a sixteenth of the pixels. On 2 CPU cores at 640x480 in bf16 a whole call of the default preset takes about 80 ms,
+against about 125 ms with 2x2 blocks and about 230 ms for the same widths at full resolution, with no information
+lost (the packing is a lossless rearrangement). It also gives the network named inputs, so callers never
+concatenate channels or scale time themselves.
 
 Output heads. ``"velocity"``: the U-Net's output is the velocity. ``"weight"`` (the first shipped model): the U-Net
 outputs a per-pixel weight logit w; the predicted fused image is x1_hat = sigmoid(w) a + (1 - sigmoid(w)) b,
@@ -52,21 +52,25 @@ def _gain_offsets(detail_gains: list[list[float]], max_gain: float) -> torch.Ten
     return torch.atanh(torch.log(gains) / math.log(max_gain)).float()
 
 
+_ACTIVITY_PYRAMID: dict[str, Any] = dict(
+    block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8, mid_block_attention=False,
+    output_head="pyramid", pyramid_levels=5, max_gain=2.0, smooth_weights=False, task_gates=True,
+    activity_scales=[[16.0] * 4 + [base] for base in (0.0, 16.0, 2.0, 0.0)],
+    detail_gains=[[gain] * 4 for gain in (1.04, 1.0, 1.04, 1.02)])
+
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few thousand parameters, milliseconds per call.
     "tiny": dict(patch_size=1, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
                  mid_block_attention=False, output_head="weight"),
-    # The shipped model: widths 16-32-64-128 at 1/2, 1/4, 1/8 and 1/16 of the image, purely convolutional, band-wise
-    # output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per detail level) on top of
-    # the activity prior (detail strength 16; base strength per task, IVF 0, MIF 16, MEF 2, MFF 0) and starting
-    # detail gains (IVF 1.04, MIF 1, MEF 1.04, MFF 1.02), with per-task gates that start at 0. Each choice scored
-    # highest on the validation split (docs/quality.md). Self-attention in the mid block (1/16 scale) would cost
-    # about 20 % more time.
-    "default": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
-                    mid_block_attention=False, output_head="pyramid", pyramid_levels=5, max_gain=2.0,
-                    smooth_weights=False, task_gates=True,
-                    activity_scales=[[16.0] * 4 + [base] for base in (0.0, 16.0, 2.0, 0.0)],
-                    detail_gains=[[gain] * 4 for gain in (1.04, 1.0, 1.04, 1.02)]),
+    # The shipped model: a 4x4 pixel unshuffle, widths 16-32-64-128 at 1/4, 1/8, 1/16 and 1/32 of the image, purely
+    # convolutional, band-wise output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per
+    # detail level) on top of the activity prior (detail strength 16; base strength per task, IVF 0, MIF 16, MEF 2,
+    # MFF 0) and starting detail gains (IVF 1.04, MIF 1, MEF 1.04, MFF 1.02), with per-task gates that start at 0.
+    # Each choice scored highest on the validation split (docs/quality.md); the 4x4 unshuffle scored as high as the
+    # 2x2 one ("patch2") over three seeds and takes about 1.5x less time. Mid-block attention: about 20 % more time.
+    "default": dict(_ACTIVITY_PYRAMID, patch_size=4),
+    # The session-11 shipped model's architecture: the same on a 2x2 pixel unshuffle (to compare speed with).
+    "patch2": dict(_ACTIVITY_PYRAMID, patch_size=2),
     # The previous shipped model's architecture: the pyramid head on 4 levels without the activity prior.
     "pyramid": dict(patch_size=2, block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
                     mid_block_attention=False, output_head="pyramid", pyramid_levels=4, max_gain=2.0,
@@ -303,8 +307,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
 def build_unet(preset: str = "default", **overrides: Any) -> FusionUNet:
     """A freshly initialised :class:`FusionUNet` from a named preset, with config overrides.
 
-    Presets: ``"tiny"`` (tests), ``"default"`` (the shipped model), ``"pyramid"`` (the previous one, no activity
-    prior), ``"weight"`` (the first shipped model's per-pixel weight head), ``"large"``.
+    Presets: ``"tiny"`` (tests), ``"default"`` (the shipped model), ``"patch2"`` (the same on a 2x2 pixel unshuffle,
+    the session-11 model), ``"pyramid"`` (no activity prior), ``"weight"`` (the first shipped model's per-pixel
+    weight head), ``"large"``.
     """
     if preset not in UNET_PRESETS:
         raise ValueError(f"Unknown U-Net preset {preset!r}. Known presets: {', '.join(UNET_PRESETS)}.")

@@ -79,13 +79,13 @@ def test_velocity_head_and_unknown_heads():
 
 def test_default_preset_size():
     unet = build_unet("default")
-    assert unet.size_multiple == 16
+    assert unet.size_multiple == 32
     parameters = sum(p.numel() for p in unet.parameters())
     assert 2_000_000 < parameters < 3_000_000
     assert not unet.config.mid_block_attention
 
 
 def test_unknown_preset():
-    known = "tiny, default, pyramid, weight, large"
+    known = "tiny, default, patch2, pyramid, weight, large"
     with pytest.raises(ValueError, match=f"Unknown U-Net preset 'huge'. Known presets: {known}"):
         build_unet("huge")
