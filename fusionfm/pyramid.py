@@ -57,8 +57,9 @@ def collapse(pyramid: list[torch.Tensor]) -> torch.Tensor:
 
 
 def fit_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Maps (B, C, h, w) at ``size``: as they are, averaged down, or bilinearly upsampled."""
-    if tuple(maps.shape[-2:]) == tuple(size):
+    """Maps (B, C, h, w) at ``size``: as they are, averaged down, or bilinearly upsampled. Constant maps of one
+    pixel (B, C, 1, 1) stay as they are: they broadcast."""
+    if tuple(maps.shape[-2:]) in (tuple(size), (1, 1)):
         return maps
     if maps.shape[-2] >= size[0] and maps.shape[-1] >= size[1]:
         factor = maps.shape[-2] // size[0]

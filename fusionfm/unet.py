@@ -198,11 +198,10 @@ class FusionUNet(ModelMixin, ConfigMixin):
         patch = self.config.patch_size
         if self.config.task_gates and not torch.is_grad_enabled() and not self.task_gate[task_ids.long()].any():
             # Every item's task is at its start (gates 0): the U-Net's output would be multiplied by 0, so skip it.
-            # (Not while training: the gates' gradient needs that output.)
-            height, width = x_t.shape[-2:]
-            if self.config.smooth_weights and self.config.output_head == "pyramid":
-                height, width = height // patch, width // patch
+            # (Not while training: the gates' gradient needs that output.) The weight heads get maps of one pixel,
+            # which broadcast over every pyramid level: full-size maps of zeros cost a third of such a call.
             channels = head_channels(self.config.output_head, self.config.pyramid_levels)
+            height, width = x_t.shape[-2:] if self.config.output_head == "velocity" else (1, 1)
             return x_t.new_zeros(x_t.shape[0], channels, height, width, dtype=torch.float32)
         inputs = torch.cat([x_t, image_a, image_b], dim=1)
         if patch > 1:

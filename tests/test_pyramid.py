@@ -16,6 +16,7 @@ from fusionfm.pyramid import (
     laplacian_pyramid,
     pyramid_levels,
 )
+from fusionfm.stacks import blend_stack
 
 
 @pytest.fixture(scope="module")
@@ -215,5 +216,14 @@ def test_a_task_at_its_start_skips_the_unet_at_inference_with_the_same_result(so
         unet(x0, a, b, torch.zeros(1), torch.tensor([0]))
         unet(torch.cat([x0, x0]), torch.cat([a, a]), torch.cat([b, b]), torch.zeros(2), torch.tensor([1, 0]))
     assert len(calls) == 3  # run whenever one item's task has a gate open
+    # The stack path: skipped, the maps are one pixel each, and blend the frames as the full-size maps do.
+    frames, t = torch.cat([a, b, x0]), torch.zeros(3)
+    full_maps = unet.source_maps(frames, frames, x0.expand_as(frames), t, tasks.expand(3))
+    with torch.no_grad():
+        small_maps = unet.source_maps(frames, frames, x0.expand_as(frames), t, tasks.expand(3))
+    assert small_maps[0].shape[-2:] == (1, 1) and full_maps[0].shape[-2:] == a.shape[-2:]
+    scales = unet.activity_scales_for(tasks)[0].detach()
+    torch.testing.assert_close(blend_stack(frames, *small_maps, scales),
+                               blend_stack(frames, *(m.detach() for m in full_maps), scales), atol=1e-6, rtol=0)
     hook.remove()
     torch.testing.assert_close(skipped, computed.detach(), atol=0, rtol=0)
