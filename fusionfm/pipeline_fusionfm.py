@@ -29,7 +29,7 @@ from .image_processor import FusionImageProcessor, OutputType, PipelineImageInpu
 from .scheduler import FlowMatchFusionScheduler
 from .stacks import MAX_FRAMES, MEF_DETAIL_STRENGTH, MEF_DETAIL_WELL_EXPOSEDNESS, MEF_WELL_EXPOSEDNESS, blend_stack
 from .tasks import FusionTask, get_task
-from .tiling import feather_window, tile_boxes
+from .tiling import fuse_in_tiles
 from .unet import FusionUNet
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -367,7 +367,7 @@ class FusionFMPipeline(DiffusionPipeline):
                 self._warn_if_misregistered(frames, spec)
             if len(frames) > 2:
                 fused = self._fuse_frames(frames, spec, num_inference_steps, processing_resolution,
-                                          match_input_resolution, batch_size, compute_dtype, output_type)
+                                          match_input_resolution, batch_size, compute_dtype, output_type, tile_size)
                 images = self.image_processor.postprocess([fused], output_type)
                 return FusionFMPipelineOutput(images=images) if return_dict else (images,)
             image_a, image_b = self._ordered_pair(frames, spec)
@@ -464,14 +464,15 @@ class FusionFMPipeline(DiffusionPipeline):
 
     def _fuse_frames(self, tensors: list[torch.Tensor], spec: FusionTask, num_inference_steps: int,
                      processing_resolution: int | None, match_input_resolution: bool, batch_size: int,
-                     compute_dtype, output_type: str) -> torch.Tensor:
+                     compute_dtype, output_type: str, tile_size: int) -> torch.Tensor:
         """Fuse three or more canonical frames (C, H, W) of one size (:meth:`_check_frames`): (C, H, W) in [0, 1].
 
         Each frame is scored against the stack's mean by the network (for MEF in the slot its exposure suits:
         a darker frame as the under-exposed source, a brighter one as the over-exposed), and the frames'
         pyramids are blended by a softmax of the scores (:func:`fusionfm.stacks.blend_stack`; for MEF the base
         level's brighter-than-the-mean prior gives way to a well-exposedness term, which also joins a softer
-        activity prior on the detail levels).
+        activity prior on the detail levels). Frames larger than ``tile_size`` on a side are fused in overlapping
+        tiles, as pairs are.
         """
         if num_inference_steps != 1:
             raise ValueError(f"Stacks of more than two frames are fused in one step; got num_inference_steps="
@@ -480,37 +481,67 @@ class FusionFMPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        size = self.image_processor.processing_size(tuple(tensors[0].shape[-2:]), processing_resolution)
-        if size[0] * size[1] > min(self.config.max_processing_pixels, MAX_UNTILED_PIXELS):
-            raise ValueError(f"Fusing a stack at {size[0]}x{size[1]} pixels is above "
-                             f"{MAX_UNTILED_PIXELS / 1e6:g} megapixels, the most a stack is fused at (stacks are not "
-                             "tiled yet); pass a smaller processing_resolution, e.g. 4096.")
+        check_tile_size(tile_size)
+        height, width = self.image_processor.processing_size(tuple(tensors[0].shape[-2:]), processing_resolution)
+        if height * width > self.config.max_processing_pixels:
+            raise ValueError(f"Fusing a stack at {height}x{width} pixels is {height * width / 1e6:.1f} megapixels per "
+                             f"frame, above this pipeline's cap of {self.config.max_processing_pixels / 1e6:g}. Pass a "
+                             "smaller processing_resolution (e.g. 4096), or raise the cap: "
+                             "pipe.register_to_config(max_processing_pixels=N).")
+        network_pixels = min(height, tile_size or height) * min(width, tile_size or width)
+        if network_pixels > MAX_UNTILED_PIXELS:
+            raise ValueError(f"Fusing a stack at {height}x{width} pixels in one piece (tile_size={tile_size}) needs "
+                             f"the network on {network_pixels / 1e6:.1f} megapixels at once, above "
+                             f"{MAX_UNTILED_PIXELS / 1e6:g}. Use tiles, e.g. tile_size=1024.")
         dtype = self._resolve_compute_dtype(compute_dtype)
+        luma = torch.cat([self.image_processor.resize(luminance(t[None]), (height, width)) for t in tensors])
+        # Which slot each frame takes is decided once for the whole stack, so every tile agrees on it.
+        brighter = torch.zeros(len(tensors), 1, 1, 1, dtype=torch.bool)
+        if spec.family == "MEF":
+            brighter = (luma.mean(dim=(1, 2, 3)) > luma.mean()).view(-1, 1, 1, 1)
+        with self._call_lock, torch.no_grad():
+            if not tile_size or (height <= tile_size and width <= tile_size):
+                fused_y = self._blend_frames(luma, brighter, spec, batch_size, dtype)
+            else:
+                fused_y = fuse_in_tiles(
+                    lambda box: self._blend_frames(luma[..., box[0]:box[2], box[1]:box[3]], brighter, spec,
+                                                   batch_size, dtype),
+                    height, width, tile_size, tile_size // TILE_OVERLAP_DIVISOR)
+        fused_y = fused_y.clamp(0.0, 1.0).cpu()
+        originals = [t[None] for t in tensors]
+        if match_input_resolution:
+            fused_y = self.image_processor.resize(fused_y, tuple(tensors[0].shape[-2:]))
+        else:
+            originals = [self.image_processor.resize(t, (height, width)) for t in originals]
+        return recombine_frames(fused_y, originals)[0]
+
+    def _blend_frames(self, luma: torch.Tensor, brighter: torch.Tensor, spec: FusionTask, batch_size: int,
+                      dtype: torch.dtype) -> torch.Tensor:
+        """The stack blend of (N, 1, h, w) frame luminances (or one tile of them): (1, 1, h, w).
+
+        ``brighter`` (N, 1, 1, 1) bool: MEF frames brighter than the stack, scored in the over-exposed slot.
+        """
         device = self._execution_device
-        luma = torch.cat([self.image_processor.resize(luminance(t[None]), size) for t in tensors]).to(device)
+        luma, brighter = luma.to(device), brighter.to(device)
         multiple, margin = self.unet.size_multiple, self.image_processor.config.border_margin
         padded, box = self.image_processor.pad_to_multiple(luma, multiple, margin)
         reference = padded.mean(dim=0, keepdim=True).expand_as(padded)
-        brighter = torch.zeros(len(tensors), 1, 1, 1, dtype=torch.bool, device=device)
-        if spec.family == "MEF":
-            brighter = (luma.mean(dim=(1, 2, 3)) > luma.mean()).view(-1, 1, 1, 1)
         image_a = torch.where(brighter, reference, padded)
         image_b = torch.where(brighter, padded, reference)
         weights_dtype = self.unet.dtype
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != weights_dtype and dtype != torch.float32)
         logits, gains = [], []
-        with self._call_lock, torch.no_grad():
-            for start in range(0, len(tensors), batch_size):
-                chunk = slice(start, start + batch_size)
-                count = image_a[chunk].shape[0]
-                x0 = self.scheduler.source_point(image_a[chunk], image_b[chunk], None)
-                with autocast:
-                    chunk_logits, chunk_gains = self.unet.source_maps(
-                        x0.to(weights_dtype), image_a[chunk].to(weights_dtype), image_b[chunk].to(weights_dtype),
-                        torch.zeros(count, device=device),
-                        torch.full((count,), spec.class_id, dtype=torch.long, device=device))
-                logits.append(chunk_logits.float())
-                gains.append(chunk_gains.float())
+        for start in range(0, len(luma), batch_size):
+            chunk = slice(start, start + batch_size)
+            count = image_a[chunk].shape[0]
+            x0 = self.scheduler.source_point(image_a[chunk], image_b[chunk], None)
+            with autocast:
+                chunk_logits, chunk_gains = self.unet.source_maps(
+                    x0.to(weights_dtype), image_a[chunk].to(weights_dtype), image_b[chunk].to(weights_dtype),
+                    torch.zeros(count, device=device),
+                    torch.full((count,), spec.class_id, dtype=torch.long, device=device))
+            logits.append(chunk_logits.float())
+            gains.append(chunk_gains.float())
         # The logit is the a-slot's weight: a frame in the b slot scores with its negative.
         logits = torch.where(brighter, -1.0, 1.0) * torch.cat(logits)
         activity_scales = self.unet.activity_scales_for(torch.tensor([spec.class_id], device=device))
@@ -523,13 +554,7 @@ class FusionFMPipeline(DiffusionPipeline):
         fused_y = blend_stack(padded.float(), logits, torch.cat(gains), activity_scales,
                               well_exposedness=MEF_WELL_EXPOSEDNESS if exposure else 0.0,
                               detail_well_exposedness=MEF_DETAIL_WELL_EXPOSEDNESS if exposure else 0.0)
-        fused_y = self.image_processor.crop(fused_y, box).clamp(0.0, 1.0).cpu()
-        originals = [t[None] for t in tensors]
-        if match_input_resolution:
-            fused_y = self.image_processor.resize(fused_y, tuple(tensors[0].shape[-2:]))
-        else:
-            originals = [self.image_processor.resize(t, size) for t in originals]
-        return recombine_frames(fused_y, originals)[0]
+        return self.image_processor.crop(fused_y, box)
 
     # ------------------------------------------------------------------ steps of a call
     def _prepare_pair(
@@ -560,17 +585,10 @@ class FusionFMPipeline(DiffusionPipeline):
         height, width = y_a.shape[-2:]
         if not tile_size or (height <= tile_size and width <= tile_size):
             return self._integrate(y_a, y_b, task_ids, generator, dtype, num_inference_steps)
-        overlap = tile_size // TILE_OVERLAP_DIVISOR
-        fused = torch.zeros_like(y_a)
-        total = torch.zeros(1, 1, height, width)
-        for box in tile_boxes(height, width, tile_size, overlap):
-            top, left, bottom, right = box
-            tile = self._integrate(y_a[..., top:bottom, left:right], y_b[..., top:bottom, left:right], task_ids,
-                                   generator, dtype, num_inference_steps)
-            window = feather_window(box, height, width, overlap)
-            fused[..., top:bottom, left:right] += window * tile
-            total[..., top:bottom, left:right] += window
-        return fused / total
+        return fuse_in_tiles(lambda box: self._integrate(y_a[..., box[0]:box[2], box[1]:box[3]],
+                                                         y_b[..., box[0]:box[2], box[1]:box[3]], task_ids, generator,
+                                                         dtype, num_inference_steps),
+                             height, width, tile_size, tile_size // TILE_OVERLAP_DIVISOR)
 
     def _integrate(self, y_a: torch.Tensor, y_b: torch.Tensor, task_ids: torch.Tensor,
                    generator: torch.Generator | None, dtype: torch.dtype, num_inference_steps: int) -> torch.Tensor:

@@ -6,6 +6,8 @@ overlapping tiles are blended with weights that fall linearly to zero across the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -44,3 +46,26 @@ def feather_window(box: tuple[int, int, int, int], height: int, width: int, over
     rows = _ramp(bottom - top, top, bottom, height, overlap)
     columns = _ramp(right - left, left, right, width, overlap)
     return (rows[:, None] * columns[None, :])[None, None]
+
+
+def fuse_in_tiles(fuse_box: Callable[[tuple[int, int, int, int]], torch.Tensor], height: int, width: int, tile: int,
+                  overlap: int) -> torch.Tensor:
+    """Fuse a height x width image tile by tile and blend the tiles with :func:`feather_window` weights.
+
+    Args:
+        fuse_box: returns the (B, C, h, w) result for one (top, left, bottom, right) box of :func:`tile_boxes`.
+
+    Returns:
+        (B, C, height, width) on the CPU, float32.
+    """
+    fused = torch.zeros(0)
+    total = torch.zeros(1, 1, height, width)
+    for box in tile_boxes(height, width, tile, overlap):
+        top, left, bottom, right = box
+        result = fuse_box(box).float().cpu()
+        if fused.numel() == 0:
+            fused = torch.zeros(*result.shape[:2], height, width)
+        window = feather_window(box, height, width, overlap)
+        fused[..., top:bottom, left:right] += window * result
+        total[..., top:bottom, left:right] += window
+    return fused / total
