@@ -288,22 +288,27 @@ class FusionFMPipeline(DiffusionPipeline):
             images_b[index] = self.image_processor.resize(b[None], tuple(a.shape[-2:]))[0]
         for index, a in enumerate(images_a):
             height, width = self.image_processor.processing_size(tuple(a.shape[-2:]), processing_resolution)
-            where = f" (pair {index})" if len(images_a) > 1 else ""
-            if height * width > self.config.max_processing_pixels:
-                raise ValueError(
-                    f"Fusing at {height}x{width} pixels{where} is {height * width / 1e6:.1f} megapixels, above this "
-                    f"pipeline's cap of {self.config.max_processing_pixels / 1e6:g}. Pass a smaller "
-                    "processing_resolution (e.g. 2048), or raise the cap: "
-                    "pipe.register_to_config(max_processing_pixels=N)."
-                )
-            network_pixels = min(height, tile_size or height) * min(width, tile_size or width)
-            if network_pixels > MAX_UNTILED_PIXELS:
-                raise ValueError(
-                    f"Fusing {height}x{width} pixels{where} in one piece (tile_size={tile_size}) needs the network "
-                    f"on {network_pixels / 1e6:.1f} megapixels at once, above {MAX_UNTILED_PIXELS / 1e6:g} (about "
-                    "0.3-0.4 GB of memory per megapixel). Use tiles, e.g. tile_size=1024."
-                )
+            self._check_processing_pixels(height, width, tile_size,
+                                          where=f" (pair {index})" if len(images_a) > 1 else "")
         return images_a, images_b, tasks
+
+    def _check_processing_pixels(self, height: int, width: int, tile_size: int, what: str = "", where: str = "",
+                                 unit: str = "megapixels") -> None:
+        """Refuse a processing size above the pipeline's cap, or one the network would take in one piece above
+        MAX_UNTILED_PIXELS. ``what``, ``where`` and ``unit`` name the input in the message (a pair, a stack)."""
+        if height * width > self.config.max_processing_pixels:
+            raise ValueError(
+                f"Fusing {what}at {height}x{width} pixels{where} is {height * width / 1e6:.1f} {unit}, above this "
+                f"pipeline's cap of {self.config.max_processing_pixels / 1e6:g}. Pass a smaller "
+                "processing_resolution (e.g. 2048), or raise the cap: pipe.register_to_config(max_processing_pixels=N)."
+            )
+        network_pixels = min(height, tile_size or height) * min(width, tile_size or width)
+        if network_pixels > MAX_UNTILED_PIXELS:
+            raise ValueError(
+                f"Fusing {what}at {height}x{width} pixels{where} in one piece (tile_size={tile_size}) needs the "
+                f"network on {network_pixels / 1e6:.1f} megapixels at once, above {MAX_UNTILED_PIXELS / 1e6:g} (about "
+                "0.3-0.4 GB of memory per megapixel). Use tiles, e.g. tile_size=1024."
+            )
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -483,16 +488,7 @@ class FusionFMPipeline(DiffusionPipeline):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         check_tile_size(tile_size)
         height, width = self.image_processor.processing_size(tuple(tensors[0].shape[-2:]), processing_resolution)
-        if height * width > self.config.max_processing_pixels:
-            raise ValueError(f"Fusing a stack at {height}x{width} pixels is {height * width / 1e6:.1f} megapixels per "
-                             f"frame, above this pipeline's cap of {self.config.max_processing_pixels / 1e6:g}. Pass a "
-                             "smaller processing_resolution (e.g. 4096), or raise the cap: "
-                             "pipe.register_to_config(max_processing_pixels=N).")
-        network_pixels = min(height, tile_size or height) * min(width, tile_size or width)
-        if network_pixels > MAX_UNTILED_PIXELS:
-            raise ValueError(f"Fusing a stack at {height}x{width} pixels in one piece (tile_size={tile_size}) needs "
-                             f"the network on {network_pixels / 1e6:.1f} megapixels at once, above "
-                             f"{MAX_UNTILED_PIXELS / 1e6:g}. Use tiles, e.g. tile_size=1024.")
+        self._check_processing_pixels(height, width, tile_size, what="a stack ", unit="megapixels per frame")
         dtype = self._resolve_compute_dtype(compute_dtype)
         luma = torch.cat([self.image_processor.resize(luminance(t[None]), (height, width)) for t in tensors])
         # Which slot each frame takes is decided once for the whole stack, so every tile agrees on it.
