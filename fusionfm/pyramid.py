@@ -87,8 +87,44 @@ def activity_logit(band_a: torch.Tensor, band_b: torch.Tensor, base: bool) -> to
     return (magnitude_a - magnitude_b) / (magnitude_a + magnitude_b + ACTIVITY_EPSILON)
 
 
+BASE_ACTIVITIES = ("brighter", "salient")
+"""How the activity prior compares the two sources' base bands: ``"brighter"`` (:func:`activity_logit`) or
+``"salient"`` (:func:`salience_logit`)."""
+
+SALIENCE_SIGMA = 1.5
+"""Gaussian smoothing (in base-band pixels, 5x5 kernel) of the salience maps: one base pixel stands for 2^(L-1)
+image pixels, so this spreads a bright object's choice over its surroundings and no base pixel flips alone."""
+
+
+def salience_logit(base_a: torch.Tensor, base_b: torch.Tensor, means: torch.Tensor | None = None) -> torch.Tensor:
+    """Which source's base band departs more from its own mean level, in [-1, 1] (+1: all a).
+
+    The base-band rule of two-scale saliency fusion (Bavirisetti and Dhuli 2016), softened like
+    :func:`activity_logit`: a bright infrared target on a cool background and bright headlights in a night-time
+    visible image both depart far from their own image's mean, so both are kept, where a brighter-source rule
+    would keep the infrared's grey road over the headlights and an average would grey both.
+
+    Args:
+        base_a, base_b: (B, 1, h, w) base (coarsest) bands of the two sources.
+        means: (B, 2) the sources' mean levels; None: the means of the bands themselves. A caller fusing an image
+            in tiles passes the whole image's means, so every tile measures salience from the same level.
+
+    Returns:
+        (B, 1, h, w) (|a - mean_a| - |b - mean_b|) / (|a - mean_a| + |b - mean_b| + eps), each magnitude
+        smoothed by a Gaussian of :data:`SALIENCE_SIGMA`.
+    """
+    if means is None:
+        means = torch.cat([base_a.mean(dim=(-2, -1)), base_b.mean(dim=(-2, -1))], dim=1)
+    bands = torch.cat([base_a, base_b], dim=1)
+    salience = gaussian_blur2d((bands - means[:, :, None, None].to(bands.dtype)).abs(), (5, 5),
+                               (SALIENCE_SIGMA, SALIENCE_SIGMA), border_type="replicate")
+    salience_a, salience_b = salience[:, 0:1], salience[:, 1:2]
+    return (salience_a - salience_b) / (salience_a + salience_b + ACTIVITY_EPSILON)
+
+
 def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
-                   activity_scales: torch.Tensor | None = None) -> torch.Tensor:
+                   activity_scales: torch.Tensor | None = None, salient_base: torch.Tensor | None = None,
+                   source_means: torch.Tensor | None = None) -> torch.Tensor:
     """Band-wise fusion: per Laplacian level k, w_k a_k + (1 - w_k) b_k, detail levels times a gain g_k.
 
     Args:
@@ -98,6 +134,10 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
         gains: (B, L - 1, h, w) positive gains of the detail levels (1 leaves the contrast as it is).
         activity_scales: optional (B, L); level k's weight is then sigmoid(logit_k + s_k :func:`activity_logit`),
             so the logits are corrections to a max-abs (detail) and brighter-source (base) choice of strength s_k.
+        salient_base: optional (B,) bool: items whose base band compares salience (:func:`salience_logit`)
+            instead of brightness.
+        source_means: optional (B, 2) mean levels of the whole sources for :func:`salience_logit` (None: each
+            base band's own mean).
 
     Returns:
         (B, 1, H, W) the collapsed fused pyramid. With saturated logits (+inf: a, -inf: b), no activity scales
@@ -115,7 +155,11 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
         logit = fit_maps(logits[:, level : level + 1], size)
         if activity_scales is not None:
             scale = activity_scales[:, level].view(-1, 1, 1, 1)
-            logit = logit + scale * activity_logit(band_a, band_b, base=level == levels - 1)
+            prior = activity_logit(band_a, band_b, base=level == levels - 1)
+            if level == levels - 1 and salient_base is not None and bool(salient_base.any()):
+                salient = salience_logit(band_a, band_b, source_means)
+                prior = torch.where(salient_base.view(-1, 1, 1, 1), salient, prior)
+            logit = logit + scale * prior
         band = band_b + torch.sigmoid(logit) * (band_a - band_b)
         if level < levels - 1:
             band = band * fit_maps(gains[:, level : level + 1], size)
@@ -124,18 +168,21 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
 
 
 def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.Tensor,
-                    gains: torch.Tensor | None = None) -> torch.Tensor:
+                    gains: torch.Tensor | None = None, salient_base: bool = False) -> torch.Tensor:
     """The activity prior alone (logits 0): what an untrained activity-prior head fuses.
 
     Args:
         image_a, image_b: (B, 1, H, W) luminances in [0, 1].
         scales: (L,) or (B, L) strengths per level (the last is the base); L levels.
         gains: optional (L - 1,) or (B, L - 1) detail gains (the head's starting gains; default 1).
+        salient_base: the base band compares salience (:func:`salience_logit`, from the images' own means)
+            instead of brightness.
 
     Returns:
         (B, 1, H, W) in [0, 1].
     """
     levels = scales.shape[-1]
     gains = torch.ones(1, levels - 1) if gains is None else gains.reshape(-1, levels - 1)
+    means = torch.cat([image_a.mean(dim=(-2, -1)), image_b.mean(dim=(-2, -1))], dim=1)
     return blend_pyramids(image_a, image_b, torch.zeros(1, levels, 1, 1), gains[:, :, None, None],
-                          scales.reshape(-1, levels)).clamp(0, 1)
+                          scales.reshape(-1, levels), torch.full((len(image_a),), salient_base), means).clamp(0, 1)

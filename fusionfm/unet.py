@@ -18,8 +18,9 @@ and a U-Net whose last layer follows a GroupNorm reproduces source pixels only a
 level and a bounded contrast gain per detail level; x1_hat is the collapsed blended pyramid
 (:func:`fusionfm.pyramid.blend_pyramids`): band-wise fusion as the Laplacian-pyramid and guided-filter priors do
 it, which one convex weight per pixel cannot express. With ``activity_scales`` each level's logit is a correction
-to an activity prior, a softened max-abs choice of the detail coefficients and a brighter-source choice of the base
-(:func:`fusionfm.pyramid.activity_logit`), of a learned strength per task and level: the network starts as a
+to an activity prior, a softened max-abs choice of the detail coefficients and a brighter-source (or, per task with
+``base_activity``, a more-salient-source) choice of the base (:func:`fusionfm.pyramid.activity_logit`,
+:func:`fusionfm.pyramid.salience_logit`), of a learned strength per task and level: the network starts as a
 Laplacian-pyramid fusion and learns what to change, instead of learning the per-coefficient choice from scratch.
 """
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from .pyramid import blend_pyramids
+from .pyramid import BASE_ACTIVITIES, blend_pyramids
 from .tasks import NUM_TASK_CLASSES
 
 OUTPUT_HEADS = ("velocity", "weight", "gated", "pyramid")
@@ -55,7 +56,8 @@ def _gain_offsets(detail_gains: list[list[float]], max_gain: float) -> torch.Ten
 _ACTIVITY_PYRAMID: dict[str, Any] = dict(
     block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8, mid_block_attention=False,
     output_head="pyramid", pyramid_levels=5, max_gain=2.0, smooth_weights=False, task_gates=True,
-    activity_scales=[[16.0] * 4 + [base] for base in (0.0, 16.0, 2.0, 0.0)],
+    activity_scales=[[16.0] * 4 + [base] for base in (4.0, 16.0, 2.0, 0.0)],
+    base_activity=["salient", "brighter", "brighter", "brighter"],
     detail_gains=[[gain] * 4 for gain in (1.04, 1.0, 1.04, 1.02)])
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
@@ -64,8 +66,9 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
                  mid_block_attention=False, output_head="weight"),
     # The shipped model: a 4x4 pixel unshuffle, widths 16-32-64-128 at 1/4, 1/8, 1/16 and 1/32 of the image, purely
     # convolutional, band-wise output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per
-    # detail level) on top of the activity prior (detail strength 16; base strength per task, IVF 0, MIF 16, MEF 2,
-    # MFF 0) and starting detail gains (IVF 1.04, MIF 1, MEF 1.04, MFF 1.02), with per-task gates that start at 0.
+    # detail level) on top of the activity prior (detail strength 16; base: IVF the more salient source, strength 4,
+    # MIF and MEF the brighter one, strengths 16 and 2, MFF strength 0) and starting detail gains (IVF 1.04, MIF 1,
+    # MEF 1.04, MFF 1.02), with per-task gates that start at 0.
     # Each choice scored highest on the validation split (docs/quality.md); the 4x4 unshuffle scored as high as the
     # 2x2 one ("patch2") over three seeds and takes about 1.5x less time. Mid-block attention: about 20 % more time.
     "default": dict(_ACTIVITY_PYRAMID, patch_size=4),
@@ -108,6 +111,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
             level's weight logit is the network's plus this times :func:`fusionfm.pyramid.activity_logit` of the
             sources' bands (a softened max-abs choice of details, a brighter-source choice of the base). The
             strengths are trained with the network. None: the network's logits alone (models saved before it).
+        base_activity: (pyramid head, with ``activity_scales``) per task, how the base band's prior compares the
+            sources: ``"brighter"`` or ``"salient"`` (:data:`fusionfm.pyramid.BASE_ACTIVITIES`). None: brighter for
+            every task (models saved before it). Stacks of frames (MEF, MFF) always compare brightness.
         detail_gains: (pyramid head) per task and detail level, the gain at a network output of 0 (each in
             (1 / max_gain, max_gain); 1 leaves the sources' contrast as it is). Held as a learned offset before the
             gain's tanh, trained with the network. None: every gain starts at 1 (models saved before it).
@@ -141,6 +147,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         activity_scales: list[list[float]] | None = None,
         task_gates: bool = False,
         detail_gains: list[list[float]] | None = None,
+        base_activity: list[str] | None = None,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
@@ -153,6 +160,15 @@ class FusionUNet(ModelMixin, ConfigMixin):
                                  f"({num_tasks} rows).")
             # Learned with the network; the config holds the starting values.
             self.activity_scale = torch.nn.Parameter(torch.tensor(activity_scales, dtype=torch.float32))
+        if base_activity is not None:
+            if activity_scales is None:
+                raise ValueError("base_activity needs activity_scales (it says how their base prior compares).")
+            if len(base_activity) != num_tasks or any(mode not in BASE_ACTIVITIES for mode in base_activity):
+                raise ValueError(f"base_activity needs one of {', '.join(BASE_ACTIVITIES)} per task ({num_tasks}), "
+                                 f"got {base_activity!r}.")
+        salient = [mode == "salient" for mode in base_activity or []] or [False] * num_tasks
+        # Derived from the config, so not saved with the weights.
+        self.register_buffer("salient_base", torch.tensor(salient), persistent=False)
         if detail_gains is not None:
             if output_head != "pyramid":
                 raise ValueError("detail_gains applies to the pyramid head only.")
@@ -274,6 +290,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         image_b: torch.Tensor,
         t: torch.Tensor,
         task_ids: torch.Tensor,
+        source_means: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Velocity at x_t.
 
@@ -282,6 +299,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
             image_a, image_b: (B, 1, H, W) source luminances in [0, 1].
             t: (B,) float times in [0, 1].
             task_ids: (B,) long task class ids (``FusionTask.class_id``).
+            source_means: optional (B, 2) mean luminances of the whole sources, for a ``"salient"`` base prior
+                (:func:`fusionfm.pyramid.salience_logit`); the pipeline passes them so that tiles agree. None: the
+                means of the inputs.
 
         Returns:
             (B, 1, H, W) velocity. H and W must be multiples of :attr:`size_multiple`.
@@ -293,7 +313,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
             logits, gains = self._pyramid_maps(output, task_ids)
             with torch.autocast(device_type=output.device.type, enabled=False):
                 fused = blend_pyramids(image_a.float(), image_b.float(), logits, gains,
-                                       self.activity_scales_for(task_ids))
+                                       self.activity_scales_for(task_ids), self.salient_base[task_ids.long()],
+                                       None if source_means is None else source_means.float())
         else:
             weight = torch.sigmoid(output[:, :1])
             fused = weight * image_a.float() + (1 - weight) * image_b.float()

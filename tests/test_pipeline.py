@@ -483,7 +483,10 @@ def test_tiled_fusion_matches_the_untiled_one_without_seams(real_pair):
     assert torch.equal(pipe(ir, vi, task="IVF", tile_size=512, output_type="pt", **FP32).images[0], whole)
     tiled = pipe(ir, vi, task="IVF", tile_size=128, output_type="pt", **FP32).images[0]
     difference = (tiled - whole).abs() * 255
-    assert difference.mean() < 1.0 and difference.flatten().quantile(0.99) < 6.0
+    # A 128-pixel tile's base band is 8x8 pixels, so a base prior that chooses (IVF's salient one, strength 4)
+    # sees less context than in one piece: p99 6.8 here (5.3 with the earlier averaged base); the bundled
+    # model at 128-pixel tiles differs by 4-9 grey levels p99 on VIFB pairs, at 256 pixels by 3-5.
+    assert difference.mean() < 1.0 and difference.flatten().quantile(0.99) < 8.0
     # No step at the tile borders: the columns where tiles start change no more than other columns do.
     steps = (luminance(tiled[None]) - luminance(whole[None]))[0, 0].diff(dim=1).abs().mean(dim=0) * 255
     borders = [left for left in (96, 192, 288) if left < steps.shape[0]]

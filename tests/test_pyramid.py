@@ -15,6 +15,7 @@ from fusionfm.pyramid import (
     collapse,
     laplacian_pyramid,
     pyramid_levels,
+    salience_logit,
 )
 from fusionfm.stacks import blend_stack
 
@@ -93,6 +94,70 @@ def test_activity_logit_by_hand():
     torch.testing.assert_close(activity_logit(a, b, base=False), expected)
     base_a, base_b = torch.tensor([[0.6, 0.0]]), torch.tensor([[0.2, 0.0]])
     torch.testing.assert_close(activity_logit(base_a, base_b, base=True), torch.tensor([[0.4 / (0.8 + 1e-3), 0.0]]))
+
+
+def test_salience_logit_by_hand():
+    """On a flat 5x5 band the Gaussian smoothing leaves each constant magnitude as it is."""
+    base_a, base_b = torch.full((1, 1, 5, 5), 0.9), torch.full((1, 1, 5, 5), 0.3)
+    means = torch.tensor([[0.5, 0.2]])  # a departs 0.4 from its mean, b 0.1
+    expected = torch.full((1, 1, 5, 5), (0.4 - 0.1) / (0.5 + 1e-3))
+    torch.testing.assert_close(salience_logit(base_a, base_b, means), expected)
+    # Without means each band's own: a flat band departs from nothing, so neither source is salient.
+    torch.testing.assert_close(salience_logit(base_a, base_b), torch.zeros(1, 1, 5, 5))
+
+
+def test_a_salient_base_keeps_what_stands_out_in_either_source():
+    """An infrared image with a warm target on a mid-grey background, a visible one with a headlight and a black
+    car on a grey road. An averaged base (the previous IVF prior) greys the headlight; a brighter-source base
+    turns the black car into the infrared's grey; the salient base keeps the target, the headlight and the car."""
+    a = torch.full((1, 1, 128, 128), 0.45)
+    a[..., 20:52, 20:52] = 0.95  # the warm target
+    b = torch.full((1, 1, 128, 128), 0.5)
+    b[..., 76:108, 76:108] = 1.0  # the headlight
+    b[..., 76:108, 12:44] = 0.0  # the black car
+    detail = [16.0] * 2  # 3 levels: the base (32x32) holds most of each 32-pixel object
+    averaged = activity_fusion(a, b, torch.tensor([*detail, 0.0]))
+    brighter = activity_fusion(a, b, torch.tensor([*detail, 4.0]))
+    salient = activity_fusion(a, b, torch.tensor([*detail, 4.0]), salient_base=True)
+
+    def mean_in(image: torch.Tensor, top: int, left: int) -> float:
+        return image[..., top + 8 : top + 24, left + 8 : left + 24].mean().item()
+
+    assert mean_in(salient, 20, 20) > 0.9 and mean_in(averaged, 20, 20) < 0.8  # target
+    assert mean_in(salient, 76, 76) > 0.95 and mean_in(averaged, 76, 76) < 0.8  # headlight
+    assert mean_in(salient, 76, 12) < 0.05 and mean_in(brighter, 76, 12) > 0.3  # black car
+
+
+def test_a_salient_base_measured_from_given_means_is_the_same_in_every_tile(sources):
+    """Tiles fused with the whole image's means see the same salience as the whole image does (up to each
+    tile's own pyramid); with each tile's own means they would not."""
+    a, b = (x[..., :96, :112] for x in sources)
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0, 8.0, 4.0]] * 4,
+                      base_activity=["salient", "brighter", "brighter", "brighter"])
+    means = torch.cat([a.mean(dim=(-2, -1)), b.mean(dim=(-2, -1))], dim=1)
+    task, zeros = torch.tensor([0]), torch.zeros(1)
+    x0 = (a + b) / 2
+    whole = x0 + unet(x0, a, b, zeros, task, source_means=means)
+    tile = (slice(None), slice(None), slice(0, 48), slice(0, 56))
+    given = x0[tile] + unet(x0[tile], a[tile], b[tile], zeros, task, source_means=means)
+    own = x0[tile] + unet(x0[tile], a[tile], b[tile], zeros, task)
+    inner = (slice(None), slice(None), slice(8, 40), slice(8, 48))  # away from the tile's own borders
+    assert (given[inner] - whole[tile][inner]).abs().mean() < (own[inner] - whole[tile][inner]).abs().mean()
+    # The MIF item (brighter base) does not depend on the means.
+    mif = torch.tensor([1])
+    torch.testing.assert_close(unet(x0, a, b, zeros, mif, source_means=means), unet(x0, a, b, zeros, mif))
+
+
+def test_a_salient_base_is_kept_on_save_and_wrong_ones_are_refused(tmp_path):
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4,
+                      base_activity=["salient", "brighter", "brighter", "brighter"])
+    unet.save_pretrained(tmp_path)
+    assert FusionUNet.from_pretrained(tmp_path).salient_base.tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match="one of brighter, salient per task"):
+        build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4,
+                   base_activity=["loudest"] * 4)
+    with pytest.raises(ValueError, match="needs activity_scales"):
+        build_unet("tiny", output_head="pyramid", pyramid_levels=3, base_activity=["salient"] * 4)
 
 
 def test_a_strong_activity_prior_is_the_max_abs_laplacian_prior(sources):

@@ -25,14 +25,15 @@ from fusionfm.tasks import FAMILIES
 CONFIGS = [Path(__file__).with_name("configs") / name
            for name in ("activity_prior.json", "activity_prior_gains.json")]
 GAINS = [1.0, 1.02, 1.03, 1.04, 1.05, 1.07, 1.1, 1.15, 1.2, 1.25]
-ROWS = [  # (levels, detail strength, base strength)
-    (4, 1000.0, 0.0), (4, 16.0, 0.0), (4, 4.0, 0.0), (5, 16.0, 0.0),
-    (5, 16.0, 2.0), (5, 16.0, 4.0), (5, 16.0, 16.0), (5, 16.0, -4.0),
+ROWS = [  # (levels, detail strength, base strength, base rule)
+    (4, 1000.0, 0.0, "brighter"), (4, 16.0, 0.0, "brighter"), (4, 4.0, 0.0, "brighter"), (5, 16.0, 0.0, "brighter"),
+    (5, 16.0, 2.0, "brighter"), (5, 16.0, 4.0, "brighter"), (5, 16.0, 16.0, "brighter"), (5, 16.0, -4.0, "brighter"),
+    (5, 16.0, 1.0, "salient"), (5, 16.0, 2.0, "salient"), (5, 16.0, 4.0, "salient"), (5, 16.0, 8.0, "salient"),
 ]
 
 
-def prior_only(a: torch.Tensor, b: torch.Tensor, levels: int, detail: float, base: float) -> torch.Tensor:
-    return activity_fusion(a, b, torch.tensor([detail] * (levels - 1) + [base]))
+def prior_only(a: torch.Tensor, b: torch.Tensor, levels: int, detail: float, base: float, rule: str) -> torch.Tensor:
+    return activity_fusion(a, b, torch.tensor([detail] * (levels - 1) + [base]), salient_base=rule == "salient")
 
 
 def main() -> None:
@@ -49,16 +50,18 @@ def main() -> None:
 
     print("| activity prior, no network | " + " | ".join(FAMILIES) + " | mean |\n|---|" + "---:|" * 5)
     if "strengths" in tables:
-        for levels, detail, base in ROWS:
-            print_row(f"{levels} levels, strength {detail:g}, base {base:g}",
-                      [sum(benchmark_score(prior_only(p.image_a, p.image_b, levels, detail, base), p)
+        for levels, detail, base, rule in ROWS:
+            print_row(f"{levels} levels, strength {detail:g}, base {base:g} ({rule})",
+                      [sum(benchmark_score(prior_only(p.image_a, p.image_b, levels, detail, base, rule), p)
                            for p in pairs[f]) / len(pairs[f]) for f in FAMILIES])
     if "gains" in tables:
         scales = torch.tensor(UNET_PRESETS["default"]["activity_scales"])
+        salient = [rule == "salient" for rule in UNET_PRESETS["default"]["base_activity"]]
         for gain in GAINS:
             print_row(f"default strengths, detail gain {gain:g}",
                       [sum(benchmark_score(activity_fusion(p.image_a, p.image_b, scales[p.task.class_id],
-                                                           torch.full((scales.shape[1] - 1,), gain)), p)
+                                                           torch.full((scales.shape[1] - 1,), gain),
+                                                           salient[p.task.class_id]), p)
                            for p in pairs[f]) / len(pairs[f]) for f in FAMILIES])
     if "pipeline" in tables:
         pipeline = FusionFMPipeline.from_pretrained(Path(__file__).parents[2] / "fusionfm" / "default_model")
