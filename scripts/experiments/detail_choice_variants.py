@@ -1,0 +1,91 @@
+"""Qabf against the rest: the activity prior's detail choice made per band or from one consistent map.
+
+    python scripts/experiments/detail_choice_variants.py [--task IVF] [--data ../shared/data]
+
+The prior alone (logits 0) on a task's validation pairs, with the default preset's base rule and strength. Per
+band (the head's rule): each detail coefficient leans to the source of larger magnitude. Consistent: every detail
+level takes its choice from one map, the finest band's magnitudes smoothed by a Gaussian of ``sigma`` pixels (as
+GFF decides from smoothed saliency), mixed with the per-band choice by ``mix`` (1: the map alone). Prints the
+benchmark-aligned score and the mean SF, AG, Qabf, VIF and SSIM of each variant and of the best built-in prior per
+metric (docs/quality.md, session 13).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from kornia.filters import gaussian_blur2d
+
+from fusionfm import UNET_PRESETS
+from fusionfm.evaluation.metrics import to_gray_255
+from fusionfm.evaluation.ranking import ranked_metrics
+from fusionfm.evaluation.validation import benchmark_score, validation_pairs
+from fusionfm.pyramid import activity_logit, collapse, fit_maps, laplacian_pyramid, salience_logit
+from fusionfm.tasks import get_task
+
+SHOWN = ("SF", "AG", "Qabf", "VIF", "SSIM")
+VARIANTS = {  # name: (detail strength, gain, consistent-map sigma or 0, mix)
+    "per band, strength 16, gain 1": (16.0, 1.0, 0.0, 0.0),
+    "per band, strength 16, gain 1.04 (the start)": (16.0, 1.04, 0.0, 0.0),
+    **{f"consistent sigma 2, strength {s:g}, mix {m:g}, gain {g:g}": (s, g, 2.0, m)
+       for s in (16.0, 64.0) for m in (1.0, 0.75, 0.5) for g in (1.04, 1.1)},
+}
+
+
+def consistent_choice(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, 1, H, W) in [-1, 1]: which source's finest band is stronger, its magnitudes smoothed by ``sigma``."""
+    finest = laplacian_pyramid(torch.cat([a, b], dim=1), 2)[0].abs()
+    size = int(2 * round(3 * sigma) + 1)
+    smooth = gaussian_blur2d(finest, (size, size), (sigma, sigma), border_type="replicate")
+    return (smooth[:, :1] - smooth[:, 1:]) / (smooth[:, :1] + smooth[:, 1:] + 1e-3)
+
+
+def fuse(a: torch.Tensor, b: torch.Tensor, base_strength: float, salient: bool, strength: float, gain: float,
+         sigma: float, mix: float, levels: int = 5) -> torch.Tensor:
+    pyramid = laplacian_pyramid(torch.cat([a, b], dim=1), levels)
+    shared = consistent_choice(a, b, sigma) if sigma else None
+    means = torch.cat([a.mean(dim=(-2, -1)), b.mean(dim=(-2, -1))], dim=1)
+    fused = []
+    for level, bands in enumerate(pyramid):
+        band_a, band_b = bands[:, :1], bands[:, 1:]
+        if level == levels - 1:
+            prior = salience_logit(band_a, band_b, means) if salient else activity_logit(band_a, band_b, True)
+            fused.append(band_b + torch.sigmoid(base_strength * prior) * (band_a - band_b))
+            continue
+        prior = activity_logit(band_a, band_b, False)
+        if shared is not None:
+            prior = mix * fit_maps(shared, tuple(band_a.shape[-2:])) + (1 - mix) * prior
+        fused.append((band_b + torch.sigmoid(strength * prior) * (band_a - band_b)) * gain)
+    return collapse(fused).clamp(0, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="IVF")
+    parser.add_argument("--data", default="../shared/data")
+    args = parser.parse_args()
+    pairs = validation_pairs(args.data, args.task, 256)
+    preset, task_id = UNET_PRESETS["default"], get_task(args.task).class_id
+    base_strength = preset["activity_scales"][task_id][-1]
+    salient = preset["base_activity"][task_id] == "salient"
+    priors = pairs[0].prior_metrics
+    print(f"| {args.task}, prior alone ({len(pairs)} pairs) | score | " + " | ".join(SHOWN) + " |")
+    print("|---|---:|" + "---:|" * len(SHOWN))
+    best = [max(priors, key=lambda name, m=m: sum(p.prior_metrics[name][m] for p in pairs)) for m in SHOWN]
+    print("| best built-in prior per metric | | " + " | ".join(
+        f"{sum(p.prior_metrics[name][m] for p in pairs) / len(pairs):.3f} ({name})"
+        for name, m in zip(best, SHOWN, strict=True)) + " |")
+    for name, (strength, gain, sigma, mix) in VARIANTS.items():
+        score, totals = 0.0, dict.fromkeys(SHOWN, 0.0)
+        for pair in pairs:
+            fused = fuse(pair.image_a, pair.image_b, base_strength, salient, strength, gain, sigma, mix)
+            score += benchmark_score(fused, pair) / len(pairs)
+            metrics = ranked_metrics(fused, to_gray_255(pair.image_a), to_gray_255(pair.image_b))
+            for metric in SHOWN:
+                totals[metric] += metrics[metric] / len(pairs)
+        print(f"| {name} | {score:.3f} | " + " | ".join(f"{totals[m]:.3f}" for m in SHOWN) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
