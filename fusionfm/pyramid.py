@@ -122,9 +122,35 @@ def salience_logit(base_a: torch.Tensor, base_b: torch.Tensor, means: torch.Tens
     return (salience_a - salience_b) / (salience_a + salience_b + ACTIVITY_EPSILON)
 
 
+CONSISTENT_SIGMA = 2.0
+"""Gaussian smoothing (finest-band pixels) of the magnitudes behind :func:`consistent_detail_logit`."""
+
+
+def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor) -> torch.Tensor:
+    """One choice for every detail level: which source's finest band is stronger over a neighbourhood, in [-1, 1].
+
+    The per-band choice of :func:`activity_logit` can take an edge's fine part from one source and its coarser
+    parts from the other, so the fused edge matches neither source's orientation and strength (what Qabf
+    measures). GFF avoids this by deciding from smoothed saliency; this is that decision, softened:
+    (S_a - S_b) / (S_a + S_b + eps) with S the finest band's magnitude smoothed by a Gaussian of
+    :data:`CONSISTENT_SIGMA`.
+
+    Args:
+        finest_a, finest_b: (B, 1, H, W) finest Laplacian bands of the two sources.
+
+    Returns:
+        (B, 1, H, W); :func:`blend_pyramids` fits it to each detail level's size.
+    """
+    size = int(2 * round(3 * CONSISTENT_SIGMA) + 1)
+    smooth = gaussian_blur2d(torch.cat([finest_a, finest_b], dim=1).abs(), (size, size),
+                             (CONSISTENT_SIGMA, CONSISTENT_SIGMA), border_type="replicate")
+    return (smooth[:, 0:1] - smooth[:, 1:2]) / (smooth[:, 0:1] + smooth[:, 1:2] + ACTIVITY_EPSILON)
+
+
 def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
                    activity_scales: torch.Tensor | None = None, salient_base: torch.Tensor | None = None,
-                   source_means: torch.Tensor | None = None) -> torch.Tensor:
+                   source_means: torch.Tensor | None = None,
+                   detail_consistency: torch.Tensor | None = None) -> torch.Tensor:
     """Band-wise fusion: per Laplacian level k, w_k a_k + (1 - w_k) b_k, detail levels times a gain g_k.
 
     Args:
@@ -138,6 +164,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
             instead of brightness.
         source_means: optional (B, 2) mean levels of the whole sources for :func:`salience_logit` (None: each
             base band's own mean).
+        detail_consistency: optional (B,) weights c in [0, 1]: each detail level's activity is then
+            c :func:`consistent_detail_logit` + (1 - c) its own :func:`activity_logit`.
 
     Returns:
         (B, 1, H, W) the collapsed fused pyramid. With saturated logits (+inf: a, -inf: b), no activity scales
@@ -148,6 +176,10 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
         raise ValueError(f"{levels} weight maps need {levels - 1} gain maps, got {gains.shape[1]}.")
     # Both sources in one pass: the blur is per channel, and one call on two channels costs little more than one.
     pyramid = laplacian_pyramid(torch.cat([image_a, image_b], dim=1), levels)
+    consistent = None
+    if activity_scales is not None and detail_consistency is not None and bool(detail_consistency.any()):
+        consistent = consistent_detail_logit(pyramid[0][:, 0:1], pyramid[0][:, 1:2])
+        weight = detail_consistency.view(-1, 1, 1, 1).to(consistent.dtype)
     fused = []
     for level, bands in enumerate(pyramid):
         size = tuple(bands.shape[-2:])
@@ -159,6 +191,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
             if level == levels - 1 and salient_base is not None and bool(salient_base.any()):
                 salient = salience_logit(band_a, band_b, source_means)
                 prior = torch.where(salient_base.view(-1, 1, 1, 1), salient, prior)
+            elif level < levels - 1 and consistent is not None:
+                prior = weight * fit_maps(consistent, size) + (1 - weight) * prior
             logit = logit + scale * prior
         band = band_b + torch.sigmoid(logit) * (band_a - band_b)
         if level < levels - 1:
@@ -168,7 +202,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
 
 
 def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.Tensor,
-                    gains: torch.Tensor | None = None, salient_base: bool = False) -> torch.Tensor:
+                    gains: torch.Tensor | None = None, salient_base: bool = False,
+                    detail_consistency: float = 0.0) -> torch.Tensor:
     """The activity prior alone (logits 0): what an untrained activity-prior head fuses.
 
     Args:
@@ -177,6 +212,7 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
         gains: optional (L - 1,) or (B, L - 1) detail gains (the head's starting gains; default 1).
         salient_base: the base band compares salience (:func:`salience_logit`, from the images' own means)
             instead of brightness.
+        detail_consistency: weight of :func:`consistent_detail_logit` in the detail levels' activity (0: none).
 
     Returns:
         (B, 1, H, W) in [0, 1].
@@ -185,4 +221,5 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
     gains = torch.ones(1, levels - 1) if gains is None else gains.reshape(-1, levels - 1)
     means = torch.cat([image_a.mean(dim=(-2, -1)), image_b.mean(dim=(-2, -1))], dim=1)
     return blend_pyramids(image_a, image_b, torch.zeros(1, levels, 1, 1), gains[:, :, None, None],
-                          scales.reshape(-1, levels), torch.full((len(image_a),), salient_base), means).clamp(0, 1)
+                          scales.reshape(-1, levels), torch.full((len(image_a),), salient_base), means,
+                          torch.full((len(image_a),), float(detail_consistency))).clamp(0, 1)

@@ -57,8 +57,8 @@ _ACTIVITY_PYRAMID: dict[str, Any] = dict(
     block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8, mid_block_attention=False,
     output_head="pyramid", pyramid_levels=5, max_gain=2.0, smooth_weights=False, task_gates=True,
     activity_scales=[[16.0] * 4 + [base] for base in (4.0, 16.0, 2.0, 0.0)],
-    base_activity=["salient", "brighter", "brighter", "brighter"],
-    detail_gains=[[gain] * 4 for gain in (1.04, 1.0, 1.04, 1.02)])
+    base_activity=["salient", "brighter", "brighter", "brighter"], detail_consistency=[0.0, 0.5, 0.0, 0.0],
+    detail_gains=[[gain] * 4 for gain in (1.04, 1.02, 1.04, 1.02)])
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few thousand parameters, milliseconds per call.
@@ -67,8 +67,8 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # The shipped model: a 4x4 pixel unshuffle, widths 16-32-64-128 at 1/4, 1/8, 1/16 and 1/32 of the image, purely
     # convolutional, band-wise output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per
     # detail level) on top of the activity prior (detail strength 16; base: IVF the more salient source, strength 4,
-    # MIF and MEF the brighter one, strengths 16 and 2, MFF strength 0) and starting detail gains (IVF 1.04, MIF 1,
-    # MEF 1.04, MFF 1.02), with per-task gates that start at 0.
+    # MIF and MEF the brighter one, strengths 16 and 2, MFF strength 0; MIF's detail choice half from one consistent
+    # map) and starting detail gains (IVF 1.04, MIF 1.02, MEF 1.04, MFF 1.02), with per-task gates that start at 0.
     # Each choice scored highest on the validation split (docs/quality.md); the 4x4 unshuffle scored as high as the
     # 2x2 one ("patch2") over three seeds and takes about 1.5x less time. Mid-block attention: about 20 % more time.
     "default": dict(_ACTIVITY_PYRAMID, patch_size=4),
@@ -114,6 +114,9 @@ class FusionUNet(ModelMixin, ConfigMixin):
         base_activity: (pyramid head, with ``activity_scales``) per task, how the base band's prior compares the
             sources: ``"brighter"`` or ``"salient"`` (:data:`fusionfm.pyramid.BASE_ACTIVITIES`). None: brighter for
             every task (models saved before it). Stacks of frames (MEF, MFF) always compare brightness.
+        detail_consistency: (pyramid head, with ``activity_scales``) per task, the weight in [0, 1] of one choice
+            for all detail levels (:func:`fusionfm.pyramid.consistent_detail_logit`) against each band's own;
+            None: 0 for every task (models saved before it). Stacks of frames use each band's own.
         detail_gains: (pyramid head) per task and detail level, the gain at a network output of 0 (each in
             (1 / max_gain, max_gain); 1 leaves the sources' contrast as it is). Held as a learned offset before the
             gain's tanh, trained with the network. None: every gain starts at 1 (models saved before it).
@@ -148,6 +151,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         task_gates: bool = False,
         detail_gains: list[list[float]] | None = None,
         base_activity: list[str] | None = None,
+        detail_consistency: list[float] | None = None,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
@@ -166,9 +170,17 @@ class FusionUNet(ModelMixin, ConfigMixin):
             if len(base_activity) != num_tasks or any(mode not in BASE_ACTIVITIES for mode in base_activity):
                 raise ValueError(f"base_activity needs one of {', '.join(BASE_ACTIVITIES)} per task ({num_tasks}), "
                                  f"got {base_activity!r}.")
+        if detail_consistency is not None:
+            if activity_scales is None:
+                raise ValueError("detail_consistency needs activity_scales (it weighs their detail prior).")
+            if len(detail_consistency) != num_tasks or any(not 0 <= weight <= 1 for weight in detail_consistency):
+                raise ValueError(f"detail_consistency needs one weight in [0, 1] per task ({num_tasks}), "
+                                 f"got {detail_consistency!r}.")
         salient = [mode == "salient" for mode in base_activity or []] or [False] * num_tasks
         # Derived from the config, so not saved with the weights.
         self.register_buffer("salient_base", torch.tensor(salient), persistent=False)
+        self.register_buffer("consistency_weight", torch.tensor(detail_consistency or [0.0] * num_tasks),
+                             persistent=False)
         if detail_gains is not None:
             if output_head != "pyramid":
                 raise ValueError("detail_gains applies to the pyramid head only.")
@@ -314,7 +326,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
             with torch.autocast(device_type=output.device.type, enabled=False):
                 fused = blend_pyramids(image_a.float(), image_b.float(), logits, gains,
                                        self.activity_scales_for(task_ids), self.salient_base[task_ids.long()],
-                                       None if source_means is None else source_means.float())
+                                       None if source_means is None else source_means.float(),
+                                       self.consistency_weight[task_ids.long()])
         else:
             weight = torch.sigmoid(output[:, :1])
             fused = weight * image_a.float() + (1 - weight) * image_b.float()

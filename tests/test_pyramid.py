@@ -7,12 +7,14 @@ import torch
 
 from fusionfm import FusionImageProcessor, FusionUNet, build_unet
 from fusionfm.color import luminance
+from fusionfm.evaluation.metrics import fusion_metrics, to_gray_255
 from fusionfm.labels.priors import laplacian_pyramid_fusion
 from fusionfm.pyramid import (
     activity_fusion,
     activity_logit,
     blend_pyramids,
     collapse,
+    consistent_detail_logit,
     laplacian_pyramid,
     pyramid_levels,
     salience_logit,
@@ -148,7 +150,30 @@ def test_a_salient_base_measured_from_given_means_is_the_same_in_every_tile(sour
     torch.testing.assert_close(unet(x0, a, b, zeros, mif, source_means=means), unet(x0, a, b, zeros, mif))
 
 
-def test_a_salient_base_is_kept_on_save_and_wrong_ones_are_refused(tmp_path):
+def test_consistent_detail_logit_by_hand():
+    """On bands of constant magnitude the smoothing leaves each magnitude as it is; signs do not matter."""
+    finest_a = torch.tensor([[[[0.3, -0.3, 0.3], [-0.3, 0.3, -0.3]]]])
+    finest_b = torch.full((1, 1, 2, 3), 0.1)
+    expected = torch.full((1, 1, 2, 3), (0.3 - 0.1) / (0.4 + 1e-3))
+    torch.testing.assert_close(consistent_detail_logit(finest_a, finest_b), expected)
+
+
+def test_a_consistent_detail_choice_keeps_more_of_the_sources_edges_on_a_real_mri_ct_pair(real_pair):
+    """Qabf (edge strength and orientation kept from the sources) of the prior alone, MRI-CT example: with half of
+    every detail level's choice from one consistent map it rises (0.613 -> 0.650 measured); weight 0 is the
+    per-band choice exactly."""
+    processor = FusionImageProcessor()
+    mri, ct = (luminance(processor.to_tensor_list(image)[0][None]) for image in real_pair("MIF-CT"))
+    scales, gains = torch.full((5,), 16.0), torch.full((4,), 1.02)
+    per_band = activity_fusion(mri, ct, scales, gains)
+    torch.testing.assert_close(activity_fusion(mri, ct, scales, gains, detail_consistency=0.0), per_band)
+    consistent = activity_fusion(mri, ct, scales, gains, detail_consistency=0.5)
+    gray = to_gray_255(mri), to_gray_255(ct)
+    qabf = [float(fusion_metrics(to_gray_255(image), *gray)["Qabf"]) for image in (per_band, consistent)]
+    assert qabf[1] > qabf[0] + 0.02
+
+
+def test_base_and_detail_rules_are_kept_on_save_and_wrong_ones_are_refused(tmp_path):
     unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4,
                       base_activity=["salient", "brighter", "brighter", "brighter"])
     unet.save_pretrained(tmp_path)
@@ -158,6 +183,13 @@ def test_a_salient_base_is_kept_on_save_and_wrong_ones_are_refused(tmp_path):
                    base_activity=["loudest"] * 4)
     with pytest.raises(ValueError, match="needs activity_scales"):
         build_unet("tiny", output_head="pyramid", pyramid_levels=3, base_activity=["salient"] * 4)
+    with pytest.raises(ValueError, match="one weight in \\[0, 1\\] per task"):
+        build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4,
+                   detail_consistency=[0.0, 1.5, 0.0, 0.0])
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4,
+                      detail_consistency=[0.0, 0.5, 0.0, 0.0])
+    unet.save_pretrained(tmp_path / "consistent")
+    assert FusionUNet.from_pretrained(tmp_path / "consistent").consistency_weight.tolist() == [0.0, 0.5, 0.0, 0.0]
 
 
 def test_a_strong_activity_prior_is_the_max_abs_laplacian_prior(sources):

@@ -1,11 +1,13 @@
 """Qabf against the rest: the activity prior's detail choice made per band or from one consistent map.
 
-    python scripts/experiments/detail_choice_variants.py [--task IVF] [--data ../shared/data]
+    python scripts/experiments/detail_choice_variants.py [--task IVF] [--strengths 16 64] [--sigmas 2]
+        [--mixes 1 0.75 0.5] [--gains 1.04 1.1] [--no_baselines] [--data ../shared/data]
 
 The prior alone (logits 0) on a task's validation pairs, with the default preset's base rule and strength. Per
 band (the head's rule): each detail coefficient leans to the source of larger magnitude. Consistent: every detail
 level takes its choice from one map, the finest band's magnitudes smoothed by a Gaussian of ``sigma`` pixels (as
-GFF decides from smoothed saliency), mixed with the per-band choice by ``mix`` (1: the map alone). Prints the
+GFF decides from smoothed saliency), mixed with the per-band choice by ``mix`` (1: the map alone); one variant per
+combination of ``--strengths``, ``--sigmas``, ``--mixes`` and ``--gains``. Prints the
 benchmark-aligned score and the mean SF, AG, Qabf, VIF and SSIM of each variant and of the best built-in prior per
 metric (docs/quality.md, session 13).
 """
@@ -25,11 +27,9 @@ from fusionfm.pyramid import activity_logit, collapse, fit_maps, laplacian_pyram
 from fusionfm.tasks import get_task
 
 SHOWN = ("SF", "AG", "Qabf", "VIF", "SSIM")
-VARIANTS = {  # name: (detail strength, gain, consistent-map sigma or 0, mix)
+BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix); gain None: the preset's for the task
     "per band, strength 16, gain 1": (16.0, 1.0, 0.0, 0.0),
-    "per band, strength 16, gain 1.04 (the start)": (16.0, 1.04, 0.0, 0.0),
-    **{f"consistent sigma 2, strength {s:g}, mix {m:g}, gain {g:g}": (s, g, 2.0, m)
-       for s in (16.0, 64.0) for m in (1.0, 0.75, 0.5) for g in (1.04, 1.1)},
+    "per band, strength 16, the preset's gain (the start)": (16.0, None, 0.0, 0.0),
 }
 
 
@@ -63,8 +63,17 @@ def fuse(a: torch.Tensor, b: torch.Tensor, base_strength: float, salient: bool, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="IVF")
+    parser.add_argument("--strengths", type=float, nargs="+", default=[16.0, 64.0])
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[2.0])
+    parser.add_argument("--mixes", type=float, nargs="+", default=[1.0, 0.75, 0.5])
+    parser.add_argument("--gains", type=float, nargs="+", default=[1.04, 1.1])
+    parser.add_argument("--no_baselines", action="store_true", help="only the consistent-map variants")
     parser.add_argument("--data", default="../shared/data")
     args = parser.parse_args()
+    variants = {} if args.no_baselines else dict(BASELINES)
+    variants.update({f"consistent sigma {sigma:g}, strength {strength:g}, mix {mix:g}, gain {gain:g}":
+                     (strength, gain, sigma, mix) for strength in args.strengths for sigma in args.sigmas
+                     for mix in args.mixes for gain in args.gains})
     pairs = validation_pairs(args.data, args.task, 256)
     preset, task_id = UNET_PRESETS["default"], get_task(args.task).class_id
     base_strength = preset["activity_scales"][task_id][-1]
@@ -76,7 +85,8 @@ def main() -> None:
     print("| best built-in prior per metric | | " + " | ".join(
         f"{sum(p.prior_metrics[name][m] for p in pairs) / len(pairs):.3f} ({name})"
         for name, m in zip(best, SHOWN, strict=True)) + " |")
-    for name, (strength, gain, sigma, mix) in VARIANTS.items():
+    for name, (strength, gain, sigma, mix) in variants.items():
+        gain = preset["detail_gains"][task_id][0] if gain is None else gain
         score, totals = 0.0, dict.fromkeys(SHOWN, 0.0)
         for pair in pairs:
             fused = fuse(pair.image_a, pair.image_b, base_strength, salient, strength, gain, sigma, mix)

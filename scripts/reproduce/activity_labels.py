@@ -64,6 +64,7 @@ def main() -> None:
     levels = scales_table.shape[1]
     gains_table = torch.tensor(config.get("detail_gains") or [[1.0] * (levels - 1)] * len(scales_table))
     salient_base = [mode == "salient" for mode in config.get("base_activity") or ["brighter"] * len(scales_table)]
+    consistency = config.get("detail_consistency") or [0.0] * len(scales_table)
     processor = FusionImageProcessor()
     choices: Counter[str] = Counter()
 
@@ -76,7 +77,8 @@ def main() -> None:
     def prior_where_it_wins(pair: LabelledPair) -> torch.Tensor | None:
         y_a, y_b, label = load_pair(pair)
         task_id = pair.task.class_id
-        ours = activity_fusion(y_a, y_b, scales_table[task_id], gains_table[task_id], salient_base[task_id])
+        ours = activity_fusion(y_a, y_b, scales_table[task_id], gains_table[task_id], salient_base[task_id],
+                               consistency[task_id])
         small_a, small_b = small(y_a), small(y_b)
         gray_a, gray_b = to_gray_255(small_a), to_gray_255(small_b)
         ours_metrics, label_metrics = (ranked_metrics(small(image), gray_a, gray_b) for image in (ours, label))
@@ -92,7 +94,7 @@ def main() -> None:
             scales = scales_table[pair.task.class_id].clone()
             scales[-1] = base
             candidate = activity_fusion(y_a, y_b, scales, torch.full((levels - 1,), gain),
-                                        salient_base[pair.task.class_id])
+                                        salient_base[pair.task.class_id], consistency[pair.task.class_id])
             score = benchmark_score(small(candidate), reference)
             if score > best_score:
                 best, best_score, choice = candidate[0], score, f"base {base:g}, gain {gain:g}"
