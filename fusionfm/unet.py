@@ -68,7 +68,8 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # convolutional, band-wise output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per
     # detail level) on top of the activity prior (detail strength 16; base: IVF the more salient source, strength 4,
     # MIF and MEF the brighter one, strengths 16 and 2, MFF strength 0; the detail choice of MIF and MFF half from
-    # one consistent map) and starting detail gains (IVF 1.04, MIF 1.02, MEF 1.04, MFF 1.02), with per-task gates that start at 0.
+    # one consistent map) and starting detail gains (IVF 1.04, MIF 1.02, MEF 1.04, MFF 1.02), with per-task gates that
+    # start at 0.
     # Each choice scored highest on the validation split (docs/quality.md); the 4x4 unshuffle scored as high as the
     # 2x2 one ("patch2") over three seeds and takes about 1.5x less time. Mid-block attention: about 20 % more time.
     "default": dict(_ACTIVITY_PYRAMID, patch_size=4),
