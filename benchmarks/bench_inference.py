@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet, get_task, load_image
+from fusionfm.pyramid import mean_levels
 
 MSRS_PAIR = Path(__file__).resolve().parents[2] / "shared/data/IVF/MSRS/test/{}/00537D.png"
 
@@ -111,9 +112,8 @@ def breakdown_ms(pipe: FusionFMPipeline, pair, dtype: str, repeats: int) -> dict
         padded_b, _ = processor.pad_to_multiple(y_b, pipe.unet.size_multiple, processor.config.border_margin)
         lap("pad (mirrored margin)")
         x0 = (padded_a + padded_b) / 2
-        means = torch.cat([y_a.mean(dim=(-2, -1)), y_b.mean(dim=(-2, -1))], dim=1)
         fused = x0 + pipe._run_unet(pipe.unet, compute, x0, padded_a, padded_b, torch.zeros(1),
-                                    torch.zeros(1, dtype=torch.long), means).float()
+                                    torch.zeros(1, dtype=torch.long), mean_levels(y_a, y_b)).float()
         lap("network (U-Net and pyramid blend)")
         fused = processor.crop(fused, box).clamp(0, 1)
         lap("crop")

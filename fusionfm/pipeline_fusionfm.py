@@ -26,6 +26,7 @@ from .color import luminance, recombine, recombine_frames
 from .compilation import CompiledUNet, compile_unet
 from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
 from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
+from .pyramid import mean_levels
 from .scheduler import FlowMatchFusionScheduler
 from .stacks import MAX_FRAMES, MEF_DETAIL_STRENGTH, MEF_DETAIL_WELL_EXPOSEDNESS, MEF_WELL_EXPOSEDNESS, blend_stack
 from .tasks import FusionTask, get_task
@@ -497,13 +498,10 @@ class FusionFMPipeline(DiffusionPipeline):
         if spec.family == "MEF":
             brighter = (luma.mean(dim=(1, 2, 3)) > luma.mean()).view(-1, 1, 1, 1)
         with self._call_lock, torch.no_grad():
-            if not tile_size or (height <= tile_size and width <= tile_size):
-                fused_y = self._blend_frames(luma, brighter, spec, batch_size, dtype)
-            else:
-                fused_y = fuse_in_tiles(
-                    lambda box: self._blend_frames(luma[..., box[0]:box[2], box[1]:box[3]], brighter, spec,
-                                                   batch_size, dtype),
-                    height, width, tile_size, tile_size // TILE_OVERLAP_DIVISOR)
+            fused_y = fuse_in_tiles(
+                lambda box: self._blend_frames(luma[..., box[0]:box[2], box[1]:box[3]], brighter, spec, batch_size,
+                                               dtype),
+                height, width, tile_size, tile_size // TILE_OVERLAP_DIVISOR)
         fused_y = fused_y.clamp(0.0, 1.0).cpu()
         originals = [t[None] for t in tensors]
         if match_input_resolution:
@@ -580,10 +578,8 @@ class FusionFMPipeline(DiffusionPipeline):
         y_b = torch.stack([p.y_b for p in pairs])
         task_ids = torch.tensor([p.task.class_id for p in pairs], dtype=torch.long)
         # The whole sources' mean levels, so that every tile measures salience (a "salient" base prior) alike.
-        source_means = torch.cat([y_a.mean(dim=(-2, -1)), y_b.mean(dim=(-2, -1))], dim=1)
+        source_means = mean_levels(y_a, y_b)
         height, width = y_a.shape[-2:]
-        if not tile_size or (height <= tile_size and width <= tile_size):
-            return self._integrate(y_a, y_b, task_ids, source_means, generator, dtype, num_inference_steps)
         return fuse_in_tiles(lambda box: self._integrate(y_a[..., box[0]:box[2], box[1]:box[3]],
                                                          y_b[..., box[0]:box[2], box[1]:box[3]], task_ids,
                                                          source_means, generator, dtype, num_inference_steps),

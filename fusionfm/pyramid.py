@@ -87,6 +87,11 @@ def activity_logit(band_a: torch.Tensor, band_b: torch.Tensor, base: bool) -> to
     return (magnitude_a - magnitude_b) / (magnitude_a + magnitude_b + ACTIVITY_EPSILON)
 
 
+def mean_levels(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """(B, 2) mean levels of two (B, 1, H, W) images (or bands): what :func:`salience_logit` measures from."""
+    return torch.cat([image_a.mean(dim=(-2, -1)), image_b.mean(dim=(-2, -1))], dim=1)
+
+
 BASE_ACTIVITIES = ("brighter", "salient")
 """How the activity prior compares the two sources' base bands: ``"brighter"`` (:func:`activity_logit`) or
 ``"salient"`` (:func:`salience_logit`)."""
@@ -114,7 +119,7 @@ def salience_logit(base_a: torch.Tensor, base_b: torch.Tensor, means: torch.Tens
         smoothed by a Gaussian of :data:`SALIENCE_SIGMA`.
     """
     if means is None:
-        means = torch.cat([base_a.mean(dim=(-2, -1)), base_b.mean(dim=(-2, -1))], dim=1)
+        means = mean_levels(base_a, base_b)
     bands = torch.cat([base_a, base_b], dim=1)
     salience = gaussian_blur2d((bands - means[:, :, None, None].to(bands.dtype)).abs(), (5, 5),
                                (SALIENCE_SIGMA, SALIENCE_SIGMA), border_type="replicate")
@@ -126,24 +131,26 @@ CONSISTENT_SIGMA = 2.0
 """Gaussian smoothing (finest-band pixels) of the magnitudes behind :func:`consistent_detail_logit`."""
 
 
-def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor) -> torch.Tensor:
+def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor,
+                            sigma: float = CONSISTENT_SIGMA) -> torch.Tensor:
     """One choice for every detail level: which source's finest band is stronger over a neighbourhood, in [-1, 1].
 
     The per-band choice of :func:`activity_logit` can take an edge's fine part from one source and its coarser
     parts from the other, so the fused edge matches neither source's orientation and strength (what Qabf
     measures). GFF avoids this by deciding from smoothed saliency; this is that decision, softened:
-    (S_a - S_b) / (S_a + S_b + eps) with S the finest band's magnitude smoothed by a Gaussian of
-    :data:`CONSISTENT_SIGMA`.
+    (S_a - S_b) / (S_a + S_b + eps) with S the finest band's magnitude smoothed by a Gaussian of ``sigma``
+    pixels.
 
     Args:
         finest_a, finest_b: (B, 1, H, W) finest Laplacian bands of the two sources.
+        sigma: the smoothing (the head uses :data:`CONSISTENT_SIGMA`; other values are for experiments).
 
     Returns:
         (B, 1, H, W); :func:`blend_pyramids` fits it to each detail level's size.
     """
-    size = int(2 * round(3 * CONSISTENT_SIGMA) + 1)
-    smooth = gaussian_blur2d(torch.cat([finest_a, finest_b], dim=1).abs(), (size, size),
-                             (CONSISTENT_SIGMA, CONSISTENT_SIGMA), border_type="replicate")
+    size = int(2 * round(3 * sigma) + 1)
+    smooth = gaussian_blur2d(torch.cat([finest_a, finest_b], dim=1).abs(), (size, size), (sigma, sigma),
+                             border_type="replicate")
     return (smooth[:, 0:1] - smooth[:, 1:2]) / (smooth[:, 0:1] + smooth[:, 1:2] + ACTIVITY_EPSILON)
 
 
@@ -219,7 +226,7 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
     """
     levels = scales.shape[-1]
     gains = torch.ones(1, levels - 1) if gains is None else gains.reshape(-1, levels - 1)
-    means = torch.cat([image_a.mean(dim=(-2, -1)), image_b.mean(dim=(-2, -1))], dim=1)
     return blend_pyramids(image_a, image_b, torch.zeros(1, levels, 1, 1), gains[:, :, None, None],
-                          scales.reshape(-1, levels), torch.full((len(image_a),), salient_base), means,
+                          scales.reshape(-1, levels), torch.full((len(image_a),), salient_base),
+                          mean_levels(image_a, image_b),
                           torch.full((len(image_a),), float(detail_consistency))).clamp(0, 1)

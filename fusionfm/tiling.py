@@ -54,10 +54,14 @@ def fuse_in_tiles(fuse_box: Callable[[tuple[int, int, int, int]], torch.Tensor],
 
     Args:
         fuse_box: returns the (B, C, h, w) result for one (top, left, bottom, right) box of :func:`tile_boxes`.
+        tile: tile side in pixels; 0, or an image that fits one tile, is fused in one piece.
 
     Returns:
-        (B, C, height, width) on the CPU, float32.
+        (B, C, height, width): in one piece, ``fuse_box``'s result for the whole image as it is; in tiles, on the
+        CPU, float32.
     """
+    if not tile or (height <= tile and width <= tile):
+        return fuse_box((0, 0, height, width))
     fused = torch.zeros(0)
     total = torch.zeros(1, 1, height, width)
     for box in tile_boxes(height, width, tile, overlap):

@@ -27,6 +27,7 @@ Laplacian-pyramid fusion and learns what to change, instead of learning the per-
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -336,6 +337,18 @@ class FusionUNet(ModelMixin, ConfigMixin):
             fused = fused + output[:, 1:]
         remaining = (1 - t.float()).clamp_min(self.config.min_remaining_time).view(-1, 1, 1, 1)
         return (fused - x_t.float()) / remaining
+
+
+def start_prior(config: Mapping[str, Any], task_id: int) -> dict[str, Any]:
+    """The keyword arguments of :func:`fusionfm.pyramid.activity_fusion` that fuse as task ``task_id``'s untrained
+    head in ``config`` (a preset of :data:`UNET_PRESETS` or a saved config with ``activity_scales``): ``scales``
+    (L,), ``gains`` (L - 1,), ``salient_base`` and ``detail_consistency``."""
+    scales = torch.tensor(config["activity_scales"][task_id], dtype=torch.float32)
+    gains, rules, consistency = (config.get(key) for key in ("detail_gains", "base_activity", "detail_consistency"))
+    return dict(scales=scales,
+                gains=torch.tensor(gains[task_id]) if gains else torch.ones(len(scales) - 1),
+                salient_base=bool(rules) and rules[task_id] == "salient",
+                detail_consistency=float(consistency[task_id]) if consistency else 0.0)
 
 
 def build_unet(preset: str = "default", **overrides: Any) -> FusionUNet:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionfm import FusionImageProcessor, FusionUNet, build_unet
+from fusionfm import UNET_PRESETS, FusionImageProcessor, FusionUNet, build_unet
 from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import fusion_metrics, to_gray_255
 from fusionfm.labels.priors import laplacian_pyramid_fusion
@@ -16,10 +16,12 @@ from fusionfm.pyramid import (
     collapse,
     consistent_detail_logit,
     laplacian_pyramid,
+    mean_levels,
     pyramid_levels,
     salience_logit,
 )
 from fusionfm.stacks import blend_stack
+from fusionfm.unet import start_prior
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def test_a_salient_base_measured_from_given_means_is_the_same_in_every_tile(sour
     a, b = (x[..., :96, :112] for x in sources)
     unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0, 8.0, 4.0]] * 4,
                       base_activity=["salient", "brighter", "brighter", "brighter"])
-    means = torch.cat([a.mean(dim=(-2, -1)), b.mean(dim=(-2, -1))], dim=1)
+    means = mean_levels(a, b)
     task, zeros = torch.tensor([0]), torch.zeros(1)
     x0 = (a + b) / 2
     whole = x0 + unet(x0, a, b, zeros, task, source_means=means)
@@ -171,6 +173,19 @@ def test_a_consistent_detail_choice_keeps_more_of_the_sources_edges_on_a_real_mr
     gray = to_gray_255(mri), to_gray_255(ct)
     qabf = [float(fusion_metrics(to_gray_255(image), *gray)["Qabf"]) for image in (per_band, consistent)]
     assert qabf[1] > qabf[0] + 0.02
+
+
+def test_start_prior_fuses_as_the_untrained_default_head_of_every_task(sources):
+    """The scripts that build labels and tables from a config's start (:func:`fusionfm.unet.start_prior`) fuse
+    exactly as the untrained default preset does: its base rule, detail consistency, strengths and gains."""
+    a, b = (x[..., :96, :96] for x in sources)
+    unet = build_unet("default").eval()
+    x0 = (a + b) / 2
+    for task_id in range(4):
+        with torch.no_grad():
+            head = x0 + unet(x0, a, b, torch.zeros(1), torch.tensor([task_id]), source_means=mean_levels(a, b))
+        prior = activity_fusion(a, b, **start_prior(UNET_PRESETS["default"], task_id))
+        torch.testing.assert_close(head.clamp(0, 1), prior, atol=1e-5, rtol=0)
 
 
 def test_base_and_detail_rules_are_kept_on_save_and_wrong_ones_are_refused(tmp_path):

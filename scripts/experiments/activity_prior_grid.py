@@ -20,7 +20,8 @@ import torch
 from fusionfm import UNET_PRESETS, FusionFMPipeline, build_unet
 from fusionfm.evaluation.validation import benchmark_score, validation_pairs, validation_quality
 from fusionfm.pyramid import activity_fusion
-from fusionfm.tasks import FAMILIES
+from fusionfm.tasks import FAMILIES, get_task
+from fusionfm.unet import start_prior
 
 CONFIGS = [Path(__file__).with_name("configs") / name
            for name in ("activity_prior.json", "activity_prior_gains.json")]
@@ -55,13 +56,11 @@ def main() -> None:
                       [sum(benchmark_score(prior_only(p.image_a, p.image_b, levels, detail, base, rule), p)
                            for p in pairs[f]) / len(pairs[f]) for f in FAMILIES])
     if "gains" in tables:
-        scales = torch.tensor(UNET_PRESETS["default"]["activity_scales"])
-        salient = [rule == "salient" for rule in UNET_PRESETS["default"]["base_activity"]]
+        starts = {f: start_prior(UNET_PRESETS["default"], get_task(f).class_id) for f in FAMILIES}
         for gain in GAINS:
             print_row(f"default strengths, detail gain {gain:g}",
-                      [sum(benchmark_score(activity_fusion(p.image_a, p.image_b, scales[p.task.class_id],
-                                                           torch.full((scales.shape[1] - 1,), gain),
-                                                           salient[p.task.class_id]), p)
+                      [sum(benchmark_score(activity_fusion(p.image_a, p.image_b, **{
+                          **starts[f], "gains": torch.full_like(starts[f]["gains"], gain)}), p)
                            for p in pairs[f]) / len(pairs[f]) for f in FAMILIES])
     if "pipeline" in tables:
         pipeline = FusionFMPipeline.from_pretrained(Path(__file__).parents[2] / "fusionfm" / "default_model")

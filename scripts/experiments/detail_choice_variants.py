@@ -17,14 +17,22 @@ from __future__ import annotations
 import argparse
 
 import torch
-from kornia.filters import gaussian_blur2d
 
 from fusionfm import UNET_PRESETS
 from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import ranked_metrics
 from fusionfm.evaluation.validation import benchmark_score, validation_pairs
-from fusionfm.pyramid import activity_logit, collapse, fit_maps, laplacian_pyramid, salience_logit
+from fusionfm.pyramid import (
+    activity_logit,
+    collapse,
+    consistent_detail_logit,
+    fit_maps,
+    laplacian_pyramid,
+    mean_levels,
+    salience_logit,
+)
 from fusionfm.tasks import get_task
+from fusionfm.unet import start_prior
 
 SHOWN = ("SF", "AG", "Qabf", "VIF", "SSIM")
 BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix); gain None: the preset's for the task
@@ -33,19 +41,12 @@ BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix); 
 }
 
 
-def consistent_choice(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, 1, H, W) in [-1, 1]: which source's finest band is stronger, its magnitudes smoothed by ``sigma``."""
-    finest = laplacian_pyramid(torch.cat([a, b], dim=1), 2)[0].abs()
-    size = int(2 * round(3 * sigma) + 1)
-    smooth = gaussian_blur2d(finest, (size, size), (sigma, sigma), border_type="replicate")
-    return (smooth[:, :1] - smooth[:, 1:]) / (smooth[:, :1] + smooth[:, 1:] + 1e-3)
-
-
 def fuse(a: torch.Tensor, b: torch.Tensor, base_strength: float, salient: bool, strength: float, gain: float,
          sigma: float, mix: float, levels: int = 5) -> torch.Tensor:
+    """The head's activity prior (logits 0) with the consistent map's ``sigma`` free (the head fixes it; 0: none)."""
     pyramid = laplacian_pyramid(torch.cat([a, b], dim=1), levels)
-    shared = consistent_choice(a, b, sigma) if sigma else None
-    means = torch.cat([a.mean(dim=(-2, -1)), b.mean(dim=(-2, -1))], dim=1)
+    shared = consistent_detail_logit(pyramid[0][:, :1], pyramid[0][:, 1:], sigma) if sigma else None
+    means = mean_levels(a, b)
     fused = []
     for level, bands in enumerate(pyramid):
         band_a, band_b = bands[:, :1], bands[:, 1:]
@@ -75,9 +76,8 @@ def main() -> None:
                      (strength, gain, sigma, mix) for strength in args.strengths for sigma in args.sigmas
                      for mix in args.mixes for gain in args.gains})
     pairs = validation_pairs(args.data, args.task, 256)
-    preset, task_id = UNET_PRESETS["default"], get_task(args.task).class_id
-    base_strength = preset["activity_scales"][task_id][-1]
-    salient = preset["base_activity"][task_id] == "salient"
+    start = start_prior(UNET_PRESETS["default"], get_task(args.task).class_id)
+    base_strength, salient = float(start["scales"][-1]), start["salient_base"]
     priors = pairs[0].prior_metrics
     print(f"| {args.task}, prior alone ({len(pairs)} pairs) | score | " + " | ".join(SHOWN) + " |")
     print("|---|---:|" + "---:|" * len(SHOWN))
@@ -86,7 +86,7 @@ def main() -> None:
         f"{sum(p.prior_metrics[name][m] for p in pairs) / len(pairs):.3f} ({name})"
         for name, m in zip(best, SHOWN, strict=True)) + " |")
     for name, (strength, gain, sigma, mix) in variants.items():
-        gain = preset["detail_gains"][task_id][0] if gain is None else gain
+        gain = float(start["gains"][0]) if gain is None else gain
         score, totals = 0.0, dict.fromkeys(SHOWN, 0.0)
         for pair in pairs:
             fused = fuse(pair.image_a, pair.image_b, base_strength, salient, strength, gain, sigma, mix)

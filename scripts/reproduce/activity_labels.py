@@ -36,6 +36,7 @@ from fusionfm.evaluation.validation import benchmark_score, scored_pair
 from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.pyramid import activity_fusion
 from fusionfm.training.datasets import LabelledPair, relabel_folder
+from fusionfm.unet import start_prior
 
 SCORING_SIZE = 256
 
@@ -60,11 +61,6 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) if args.config else UNET_PRESETS["default"]
-    scales_table = torch.tensor(config["activity_scales"])
-    levels = scales_table.shape[1]
-    gains_table = torch.tensor(config.get("detail_gains") or [[1.0] * (levels - 1)] * len(scales_table))
-    salient_base = [mode == "salient" for mode in config.get("base_activity") or ["brighter"] * len(scales_table)]
-    consistency = config.get("detail_consistency") or [0.0] * len(scales_table)
     processor = FusionImageProcessor()
     choices: Counter[str] = Counter()
 
@@ -76,9 +72,7 @@ def main() -> None:
 
     def prior_where_it_wins(pair: LabelledPair) -> torch.Tensor | None:
         y_a, y_b, label = load_pair(pair)
-        task_id = pair.task.class_id
-        ours = activity_fusion(y_a, y_b, scales_table[task_id], gains_table[task_id], salient_base[task_id],
-                               consistency[task_id])
+        ours = activity_fusion(y_a, y_b, **start_prior(config, pair.task.class_id))
         small_a, small_b = small(y_a), small(y_b)
         gray_a, gray_b = to_gray_255(small_a), to_gray_255(small_b)
         ours_metrics, label_metrics = (ranked_metrics(small(image), gray_a, gray_b) for image in (ours, label))
@@ -90,11 +84,12 @@ def main() -> None:
         reference = scored_pair(pair.task, pair.dataset, pair.stem, small(y_a), small(y_b))
         best, choice = None, "label"
         best_score = -1.0 if args.variants_only else benchmark_score(small(label), reference)
+        start = start_prior(config, pair.task.class_id)
         for base, gain in itertools.product(args.base_strengths, args.gains):
-            scales = scales_table[pair.task.class_id].clone()
+            scales = start["scales"].clone()
             scales[-1] = base
-            candidate = activity_fusion(y_a, y_b, scales, torch.full((levels - 1,), gain),
-                                        salient_base[pair.task.class_id], consistency[pair.task.class_id])
+            candidate = activity_fusion(y_a, y_b, **{**start, "scales": scales,
+                                                     "gains": torch.full_like(start["gains"], gain)})
             score = benchmark_score(small(candidate), reference)
             if score > best_score:
                 best, best_score, choice = candidate[0], score, f"base {base:g}, gain {gain:g}"
