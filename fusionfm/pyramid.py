@@ -131,8 +131,8 @@ CONSISTENT_SIGMA = 2.0
 """Gaussian smoothing (finest-band pixels) of the magnitudes behind :func:`consistent_detail_logit`."""
 
 
-def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor,
-                            sigma: float = CONSISTENT_SIGMA) -> torch.Tensor:
+def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor, sigma: float = CONSISTENT_SIGMA,
+                            epsilon: float = ACTIVITY_EPSILON) -> torch.Tensor:
     """One choice for every detail level: which source's finest band is stronger over a neighbourhood, in [-1, 1].
 
     The per-band choice of :func:`activity_logit` can take an edge's fine part from one source and its coarser
@@ -144,6 +144,9 @@ def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor,
     Args:
         finest_a, finest_b: (B, 1, H, W) finest Laplacian bands of the two sources.
         sigma: the smoothing (the head uses :data:`CONSISTENT_SIGMA`; other values are for experiments).
+        epsilon: added to the denominator, in the bands' units (luminance in [0, 1]); larger values pull the
+            choice towards an even mix where both finest bands are weak (flat or noisy regions), which keeps the
+            similarity to both sources there, and leave it decisive at edges.
 
     Returns:
         (B, 1, H, W); :func:`blend_pyramids` fits it to each detail level's size.
@@ -151,13 +154,14 @@ def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor,
     size = int(2 * round(3 * sigma) + 1)
     smooth = gaussian_blur2d(torch.cat([finest_a, finest_b], dim=1).abs(), (size, size), (sigma, sigma),
                              border_type="replicate")
-    return (smooth[:, 0:1] - smooth[:, 1:2]) / (smooth[:, 0:1] + smooth[:, 1:2] + ACTIVITY_EPSILON)
+    return (smooth[:, 0:1] - smooth[:, 1:2]) / (smooth[:, 0:1] + smooth[:, 1:2] + epsilon)
 
 
 def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
                    activity_scales: torch.Tensor | None = None, salient_base: torch.Tensor | None = None,
                    source_means: torch.Tensor | None = None,
-                   detail_consistency: torch.Tensor | None = None) -> torch.Tensor:
+                   detail_consistency: torch.Tensor | None = None,
+                   consistency_epsilon: float = ACTIVITY_EPSILON) -> torch.Tensor:
     """Band-wise fusion: per Laplacian level k, w_k a_k + (1 - w_k) b_k, detail levels times a gain g_k.
 
     Args:
@@ -173,6 +177,7 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
             base band's own mean).
         detail_consistency: optional (B,) weights c in [0, 1]: each detail level's activity is then
             c :func:`consistent_detail_logit` + (1 - c) its own :func:`activity_logit`.
+        consistency_epsilon: the ``epsilon`` of :func:`consistent_detail_logit`.
 
     Returns:
         (B, 1, H, W) the collapsed fused pyramid. With saturated logits (+inf: a, -inf: b), no activity scales
@@ -185,7 +190,7 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
     pyramid = laplacian_pyramid(torch.cat([image_a, image_b], dim=1), levels)
     consistent = None
     if activity_scales is not None and detail_consistency is not None and bool(detail_consistency.any()):
-        consistent = consistent_detail_logit(pyramid[0][:, 0:1], pyramid[0][:, 1:2])
+        consistent = consistent_detail_logit(pyramid[0][:, 0:1], pyramid[0][:, 1:2], epsilon=consistency_epsilon)
         weight = detail_consistency.view(-1, 1, 1, 1).to(consistent.dtype)
     fused = []
     for level, bands in enumerate(pyramid):
@@ -210,7 +215,7 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
 
 def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.Tensor,
                     gains: torch.Tensor | None = None, salient_base: bool = False,
-                    detail_consistency: float = 0.0) -> torch.Tensor:
+                    detail_consistency: float = 0.0, consistency_epsilon: float = ACTIVITY_EPSILON) -> torch.Tensor:
     """The activity prior alone (logits 0): what an untrained activity-prior head fuses.
 
     Args:
@@ -220,6 +225,7 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
         salient_base: the base band compares salience (:func:`salience_logit`, from the images' own means)
             instead of brightness.
         detail_consistency: weight of :func:`consistent_detail_logit` in the detail levels' activity (0: none).
+        consistency_epsilon: that map's ``epsilon``.
 
     Returns:
         (B, 1, H, W) in [0, 1].
@@ -229,4 +235,4 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
     return blend_pyramids(image_a, image_b, torch.zeros(1, levels, 1, 1), gains[:, :, None, None],
                           scales.reshape(-1, levels), torch.full((len(image_a),), salient_base),
                           mean_levels(image_a, image_b),
-                          torch.full((len(image_a),), float(detail_consistency))).clamp(0, 1)
+                          torch.full((len(image_a),), float(detail_consistency)), consistency_epsilon).clamp(0, 1)

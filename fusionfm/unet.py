@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from .pyramid import BASE_ACTIVITIES, blend_pyramids
+from .pyramid import ACTIVITY_EPSILON, BASE_ACTIVITIES, blend_pyramids
 from .tasks import NUM_TASK_CLASSES
 
 OUTPUT_HEADS = ("velocity", "weight", "gated", "pyramid")
@@ -58,8 +58,8 @@ _ACTIVITY_PYRAMID: dict[str, Any] = dict(
     block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8, mid_block_attention=False,
     output_head="pyramid", pyramid_levels=5, max_gain=2.0, smooth_weights=False, task_gates=True,
     activity_scales=[[16.0] * 4 + [base] for base in (4.0, 16.0, 2.0, 0.0)],
-    base_activity=["salient", "brighter", "brighter", "brighter"], detail_consistency=[0.0, 0.5, 0.0, 0.5],
-    detail_gains=[[gain] * 4 for gain in (1.04, 1.02, 1.04, 1.02)])
+    base_activity=["salient", "brighter", "brighter", "brighter"], detail_consistency=[0.75, 0.6, 0.0, 0.5],
+    consistency_epsilon=0.03, detail_gains=[[gain] * 4 for gain in (1.1, 1.02, 1.04, 1.02)])
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few thousand parameters, milliseconds per call.
@@ -68,9 +68,9 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # The shipped model: a 4x4 pixel unshuffle, widths 16-32-64-128 at 1/4, 1/8, 1/16 and 1/32 of the image, purely
     # convolutional, band-wise output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per
     # detail level) on top of the activity prior (detail strength 16; base: IVF the more salient source, strength 4,
-    # MIF and MEF the brighter one, strengths 16 and 2, MFF strength 0; the detail choice of MIF and MFF half from
-    # one consistent map) and starting detail gains (IVF 1.04, MIF 1.02, MEF 1.04, MFF 1.02), with per-task gates that
-    # start at 0.
+    # MIF and MEF the brighter one, strengths 16 and 2, MFF strength 0; the detail choice of IVF, MIF and MFF 0.75,
+    # 0.6 and 0.5 from one consistent map, even where both sources are flat) and starting detail gains (IVF 1.1,
+    # MIF 1.02, MEF 1.04, MFF 1.02), with per-task gates that start at 0.
     # Each choice scored highest on the validation split (docs/quality.md); the 4x4 unshuffle scored as high as the
     # 2x2 one ("patch2") over three seeds and takes about 1.5x less time. Mid-block attention: about 20 % more time.
     "default": dict(_ACTIVITY_PYRAMID, patch_size=4),
@@ -119,6 +119,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
         detail_consistency: (pyramid head, with ``activity_scales``) per task, the weight in [0, 1] of one choice
             for all detail levels (:func:`fusionfm.pyramid.consistent_detail_logit`) against each band's own;
             None: 0 for every task (models saved before it). Stacks of frames use each band's own.
+        consistency_epsilon: the ``epsilon`` of that consistent map (luminance units): above the finest bands'
+            noise, it leaves the choice even where both sources are flat. 0.001: models saved before it.
         detail_gains: (pyramid head) per task and detail level, the gain at a network output of 0 (each in
             (1 / max_gain, max_gain); 1 leaves the sources' contrast as it is). Held as a learned offset before the
             gain's tanh, trained with the network. None: every gain starts at 1 (models saved before it).
@@ -154,6 +156,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         detail_gains: list[list[float]] | None = None,
         base_activity: list[str] | None = None,
         detail_consistency: list[float] | None = None,
+        consistency_epsilon: float = ACTIVITY_EPSILON,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
@@ -178,6 +181,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
             if len(detail_consistency) != num_tasks or any(not 0 <= weight <= 1 for weight in detail_consistency):
                 raise ValueError(f"detail_consistency needs one weight in [0, 1] per task ({num_tasks}), "
                                  f"got {detail_consistency!r}.")
+        if not consistency_epsilon > 0:
+            raise ValueError(f"consistency_epsilon must be positive, got {consistency_epsilon!r}.")
         salient = [mode == "salient" for mode in base_activity or []] or [False] * num_tasks
         # Derived from the config, so not saved with the weights.
         self.register_buffer("salient_base", torch.tensor(salient), persistent=False)
@@ -329,7 +334,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
                 fused = blend_pyramids(image_a.float(), image_b.float(), logits, gains,
                                        self.activity_scales_for(task_ids), self.salient_base[task_ids.long()],
                                        None if source_means is None else source_means.float(),
-                                       self.consistency_weight[task_ids.long()])
+                                       self.consistency_weight[task_ids.long()], self.config.consistency_epsilon)
         else:
             weight = torch.sigmoid(output[:, :1])
             fused = weight * image_a.float() + (1 - weight) * image_b.float()
@@ -342,13 +347,14 @@ class FusionUNet(ModelMixin, ConfigMixin):
 def start_prior(config: Mapping[str, Any], task_id: int) -> dict[str, Any]:
     """The keyword arguments of :func:`fusionfm.pyramid.activity_fusion` that fuse as task ``task_id``'s untrained
     head in ``config`` (a preset of :data:`UNET_PRESETS` or a saved config with ``activity_scales``): ``scales``
-    (L,), ``gains`` (L - 1,), ``salient_base`` and ``detail_consistency``."""
+    (L,), ``gains`` (L - 1,), ``salient_base``, ``detail_consistency`` and ``consistency_epsilon``."""
     scales = torch.tensor(config["activity_scales"][task_id], dtype=torch.float32)
     gains, rules, consistency = (config.get(key) for key in ("detail_gains", "base_activity", "detail_consistency"))
     return dict(scales=scales,
                 gains=torch.tensor(gains[task_id]) if gains else torch.ones(len(scales) - 1),
                 salient_base=bool(rules) and rules[task_id] == "salient",
-                detail_consistency=float(consistency[task_id]) if consistency else 0.0)
+                detail_consistency=float(consistency[task_id]) if consistency else 0.0,
+                consistency_epsilon=float(config.get("consistency_epsilon", ACTIVITY_EPSILON)))
 
 
 def build_unet(preset: str = "default", **overrides: Any) -> FusionUNet:

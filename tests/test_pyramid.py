@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -158,6 +160,20 @@ def test_consistent_detail_logit_by_hand():
     finest_b = torch.full((1, 1, 2, 3), 0.1)
     expected = torch.full((1, 1, 2, 3), (0.3 - 0.1) / (0.4 + 1e-3))
     torch.testing.assert_close(consistent_detail_logit(finest_a, finest_b), expected)
+    torch.testing.assert_close(consistent_detail_logit(finest_a, finest_b, epsilon=0.03),
+                               torch.full((1, 1, 2, 3), (0.3 - 0.1) / (0.4 + 0.03)))
+
+
+def test_a_larger_consistency_epsilon_evens_the_choice_only_where_both_bands_are_weak():
+    """Weak bands (0.003 against 0.001, noise on flat ground): 0.4 with the old epsilon 0.001, 0.059 with 0.03;
+    a strong edge (0.3 against 0.1) stays at 0.47 either way."""
+    weak_a, weak_b = torch.full((1, 1, 4, 4), 0.003), torch.full((1, 1, 4, 4), 0.001)
+    assert consistent_detail_logit(weak_a, weak_b).mean().item() == pytest.approx(0.002 / 0.005, abs=1e-4)
+    assert consistent_detail_logit(weak_a, weak_b, epsilon=0.03).mean().item() == pytest.approx(0.002 / 0.034,
+                                                                                                abs=1e-4)
+    strong_a, strong_b = weak_a * 100, weak_b * 100
+    assert consistent_detail_logit(strong_a, strong_b, epsilon=0.03).mean().item() == pytest.approx(0.2 / 0.43,
+                                                                                                    abs=1e-4)
 
 
 def test_a_consistent_detail_choice_keeps_more_of_the_sources_edges_on_a_real_mri_ct_pair(real_pair):
@@ -205,6 +221,21 @@ def test_base_and_detail_rules_are_kept_on_save_and_wrong_ones_are_refused(tmp_p
                       detail_consistency=[0.0, 0.5, 0.0, 0.0])
     unet.save_pretrained(tmp_path / "consistent")
     assert FusionUNet.from_pretrained(tmp_path / "consistent").consistency_weight.tolist() == [0.0, 0.5, 0.0, 0.0]
+    with pytest.raises(ValueError, match="consistency_epsilon must be positive"):
+        build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4,
+                   consistency_epsilon=0.0)
+
+
+def test_models_saved_before_the_consistency_epsilon_keep_theirs(tmp_path):
+    """The default preset's epsilon (0.03) is saved; a config written before the field existed loads with the
+    epsilon those models were trained with (0.001), so their fusions do not change."""
+    build_unet("default").save_pretrained(tmp_path)
+    assert FusionUNet.from_pretrained(tmp_path).config.consistency_epsilon == 0.03
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["consistency_epsilon"]
+    config_path.write_text(json.dumps(config))
+    assert FusionUNet.from_pretrained(tmp_path).config.consistency_epsilon == 1e-3
 
 
 def test_a_strong_activity_prior_is_the_max_abs_laplacian_prior(sources):

@@ -23,6 +23,7 @@ from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import ranked_metrics
 from fusionfm.evaluation.validation import benchmark_score, validation_pairs
 from fusionfm.pyramid import (
+    ACTIVITY_EPSILON,
     activity_logit,
     collapse,
     consistent_detail_logit,
@@ -34,7 +35,7 @@ from fusionfm.pyramid import (
 from fusionfm.tasks import get_task
 from fusionfm.unet import start_prior
 
-SHOWN = ("SF", "AG", "Qabf", "VIF", "SSIM")
+SHOWN = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix); gain None: the preset's for the task
     "per band, strength 16, gain 1": (16.0, 1.0, 0.0, 0.0),
     "per band, strength 16, the preset's gain (the start)": (16.0, None, 0.0, 0.0),
@@ -42,10 +43,10 @@ BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix); 
 
 
 def fuse(a: torch.Tensor, b: torch.Tensor, base_strength: float, salient: bool, strength: float, gain: float,
-         sigma: float, mix: float, levels: int = 5) -> torch.Tensor:
+         sigma: float, mix: float, epsilon: float = ACTIVITY_EPSILON, levels: int = 5) -> torch.Tensor:
     """The head's activity prior (logits 0) with the consistent map's ``sigma`` free (the head fixes it; 0: none)."""
     pyramid = laplacian_pyramid(torch.cat([a, b], dim=1), levels)
-    shared = consistent_detail_logit(pyramid[0][:, :1], pyramid[0][:, 1:], sigma) if sigma else None
+    shared = consistent_detail_logit(pyramid[0][:, :1], pyramid[0][:, 1:], sigma, epsilon) if sigma else None
     means = mean_levels(a, b)
     fused = []
     for level, bands in enumerate(pyramid):
@@ -68,13 +69,15 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[2.0])
     parser.add_argument("--mixes", type=float, nargs="+", default=[1.0, 0.75, 0.5])
     parser.add_argument("--gains", type=float, nargs="+", default=[1.04, 1.1])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[ACTIVITY_EPSILON],
+                        help="the consistent map's denominator epsilon (larger: average where both are weak)")
     parser.add_argument("--no_baselines", action="store_true", help="only the consistent-map variants")
     parser.add_argument("--data", default="../shared/data")
     args = parser.parse_args()
     variants = {} if args.no_baselines else dict(BASELINES)
-    variants.update({f"consistent sigma {sigma:g}, strength {strength:g}, mix {mix:g}, gain {gain:g}":
-                     (strength, gain, sigma, mix) for strength in args.strengths for sigma in args.sigmas
-                     for mix in args.mixes for gain in args.gains})
+    variants.update({f"consistent sigma {sigma:g}, strength {strength:g}, mix {mix:g}, gain {gain:g}, eps {eps:g}":
+                     (strength, gain, sigma, mix, eps) for strength in args.strengths for sigma in args.sigmas
+                     for mix in args.mixes for gain in args.gains for eps in args.epsilons})
     pairs = validation_pairs(args.data, args.task, 256)
     start = start_prior(UNET_PRESETS["default"], get_task(args.task).class_id)
     base_strength, salient = float(start["scales"][-1]), start["salient_base"]
@@ -85,11 +88,11 @@ def main() -> None:
     print("| best built-in prior per metric | | " + " | ".join(
         f"{sum(p.prior_metrics[name][m] for p in pairs) / len(pairs):.3f} ({name})"
         for name, m in zip(best, SHOWN, strict=True)) + " |")
-    for name, (strength, gain, sigma, mix) in variants.items():
+    for name, (strength, gain, sigma, mix, *epsilon) in variants.items():
         gain = float(start["gains"][0]) if gain is None else gain
         score, totals = 0.0, dict.fromkeys(SHOWN, 0.0)
         for pair in pairs:
-            fused = fuse(pair.image_a, pair.image_b, base_strength, salient, strength, gain, sigma, mix)
+            fused = fuse(pair.image_a, pair.image_b, base_strength, salient, strength, gain, sigma, mix, *epsilon)
             score += benchmark_score(fused, pair) / len(pairs)
             metrics = ranked_metrics(fused, to_gray_255(pair.image_a), to_gray_255(pair.image_b))
             for metric in SHOWN:

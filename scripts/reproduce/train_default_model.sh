@@ -17,10 +17,10 @@ python -m fusionfm.pseudolabel --data "$DATA" --task MFF --synthetic --split tra
 
 # 2. Labels chosen per pair by the benchmark-aligned score among the label and variants of the network's start (the
 #    activity prior at several base strengths and detail gains, with the preset's base rule, salient for IVF, and
-#    detail choice, half consistent for MIF and MFF); for MFF among the variants only. About 3 minutes per task
-#    (MIF 8) of one thread.
+#    detail choice, partly consistent for IVF, MIF and MFF); for MFF among the variants only. About 3 minutes per
+#    task (MIF 8) of one thread.
 LABEL=scripts/reproduce/activity_labels.py
-python $LABEL "$WORK/labels/IVF-train" "$WORK/scorelabels/IVF-train" --select score --base_strengths 0,2,4,16 --gains 1,1.02,1.05,1.1
+python $LABEL "$WORK/labels/IVF-train" "$WORK/scorelabels/IVF-train" --select score --base_strengths 0,2,4,16 --gains 1,1.05,1.1,1.15
 python $LABEL "$WORK/labels/MEF-train" "$WORK/scorelabels/MEF-train" --select score --base_strengths 0,2,4,16 --gains 1,1.02,1.05,1.1
 python $LABEL "$WORK/labels/MIF-train" "$WORK/scorelabels/MIF-train" --select score --base_strengths 4,16 --gains 1,1.02
 python $LABEL "$WORK/labels/MFF-train" "$WORK/scorelabels/MFF-train" --select score --variants_only --base_strengths 0 \
