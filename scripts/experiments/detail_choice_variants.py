@@ -1,15 +1,15 @@
 """Qabf against the rest: the activity prior's detail choice made per band or from one consistent map.
 
     python scripts/experiments/detail_choice_variants.py [--task IVF] [--strengths 16 64] [--sigmas 2]
-        [--mixes 1 0.75 0.5] [--gains 1.04 1.1] [--no_baselines] [--data ../shared/data]
+        [--mixes 1 0.75 0.5] [--gains 1.04 1.1] [--epsilons 0.001 0.03] [--no_baselines] [--data ../shared/data]
 
 The prior alone (logits 0) on a task's validation pairs, with the default preset's base rule and strength. Per
 band (the head's rule): each detail coefficient leans to the source of larger magnitude. Consistent: every detail
 level takes its choice from one map, the finest band's magnitudes smoothed by a Gaussian of ``sigma`` pixels (as
-GFF decides from smoothed saliency), mixed with the per-band choice by ``mix`` (1: the map alone); one variant per
-combination of ``--strengths``, ``--sigmas``, ``--mixes`` and ``--gains``. Prints the
-benchmark-aligned score and the mean SF, AG, Qabf, VIF and SSIM of each variant and of the best built-in prior per
-metric (docs/quality.md, session 13).
+GFF decides from smoothed saliency; ``epsilon`` in its denominator evens it where both are weak), mixed with the
+per-band choice by ``mix`` (1: the map alone); one variant per combination of ``--strengths``, ``--sigmas``,
+``--mixes``, ``--gains`` and ``--epsilons``. Prints the benchmark-aligned score and the mean of the nine ranked
+metrics of each variant and of the best built-in prior per metric (docs/quality.md, sessions 13 and 14).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from fusionfm import UNET_PRESETS
 from fusionfm.evaluation.metrics import to_gray_255
-from fusionfm.evaluation.ranking import ranked_metrics
+from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.evaluation.validation import benchmark_score, validation_pairs
 from fusionfm.pyramid import (
     ACTIVITY_EPSILON,
@@ -35,10 +35,10 @@ from fusionfm.pyramid import (
 from fusionfm.tasks import get_task
 from fusionfm.unet import start_prior
 
-SHOWN = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+SHOWN = RANKED_METRICS
 BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix); gain None: the preset's for the task
     "per band, strength 16, gain 1": (16.0, 1.0, 0.0, 0.0),
-    "per band, strength 16, the preset's gain (the start)": (16.0, None, 0.0, 0.0),
+    "per band, strength 16, the preset's gain": (16.0, None, 0.0, 0.0),
 }
 
 

@@ -1,20 +1,48 @@
 """Validation scores of models and of the built-in priors: the benchmark-aligned score of every recipe choice.
 
-    python scripts/reports/validation_scores.py MODEL [MODEL ...] [--priors] [--resolution 256]
+    python scripts/reports/validation_scores.py MODEL [MODEL ...] [--priors] [--metrics Qabf SF AG]
+        [--resolution 256]
 
 Per task family: the mean benchmark score (share of the task's built-in priors beaten, averaged over the nine
 ranked metrics; fusionfm.evaluation.validation) of each model's one-step fusions of the validation pairs, and with
---priors of each built-in prior. Prints a Markdown table.
+--priors of each built-in prior. Prints a Markdown table; with --metrics, one more per metric: each model's mean
+value and the best built-in prior's (the issue-14 clause "at least the best built-in prior", on validation).
 """
 
 from __future__ import annotations
 
 import argparse
 
+import torch
+
 from fusionfm import FusionFMPipeline
-from fusionfm.evaluation.validation import benchmark_score, validation_pairs, validation_quality
+from fusionfm.color import luminance
+from fusionfm.evaluation.metrics import to_gray_255
+from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
+from fusionfm.evaluation.validation import ValidationPair, benchmark_score, validation_pairs, validation_quality
 from fusionfm.labels.priors import run_prior
 from fusionfm.tasks import FAMILIES
+
+
+@torch.no_grad()
+def mean_metrics(pipeline: FusionFMPipeline, pairs: list[ValidationPair], metrics: list[str]) -> dict[str, float]:
+    """Mean of each of ``metrics`` over a pipeline's one-step fp32 fusions of ``pairs``."""
+    totals = dict.fromkeys(metrics, 0.0)
+    for pair in pairs:
+        fused = pipeline(pair.image_a, pair.image_b, task=pair.task, processing_resolution=0, compute_dtype="fp32",
+                         output_type="pt", show_progress_bar=False).images
+        values = ranked_metrics(luminance(fused), to_gray_255(pair.image_a), to_gray_255(pair.image_b))
+        for metric in metrics:
+            totals[metric] += values[metric] / len(pairs)
+    return totals
+
+
+def best_prior_means(pairs: list[ValidationPair], metric: str) -> tuple[str, float]:
+    """The built-in prior with the highest mean ``metric`` over ``pairs``, and that mean."""
+    means = {name: sum(pair.prior_metrics[name][metric] for pair in pairs) / len(pairs)
+             for name in pairs[0].prior_metrics}
+    best = max(means, key=means.get)
+    return best, means[best]
 
 
 def main() -> None:
@@ -22,14 +50,19 @@ def main() -> None:
     parser.add_argument("models", nargs="*")
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--priors", action="store_true")
+    parser.add_argument("--metrics", nargs="+", default=[], choices=RANKED_METRICS, metavar="METRIC",
+                        help=f"also tabulate these metrics' means ({', '.join(RANKED_METRICS)})")
     parser.add_argument("--resolution", type=int, default=256)
     args = parser.parse_args()
     pairs = {family: validation_pairs(args.data, family, args.resolution) for family in FAMILIES}
     rows: dict[str, dict[str, float]] = {}
+    metric_rows: dict[str, dict[str, dict[str, float]]] = {}
     for name in args.models:
         pipeline = FusionFMPipeline.from_pretrained(name)
         pipeline.set_progress_bar_config(disable=True)
         rows[name] = {family: validation_quality(pipeline, pairs[family], "fp32") for family in FAMILIES}
+        if args.metrics:
+            metric_rows[name] = {family: mean_metrics(pipeline, pairs[family], args.metrics) for family in FAMILIES}
     if args.priors:
         for family in FAMILIES:
             for prior in pairs[family][0].prior_metrics:
@@ -40,6 +73,12 @@ def main() -> None:
         cells = [f"{scores[f]:.3f}" if f in scores else "" for f in FAMILIES]
         known = [scores[f] for f in FAMILIES if f in scores]
         print(f"| {name} | " + " | ".join(cells) + f" | {sum(known) / len(known):.3f} |")
+    for metric in args.metrics:
+        print(f"\n| {metric} (mean) | " + " | ".join(FAMILIES) + " |\n|---|" + "---:|" * len(FAMILIES))
+        for name, values in metric_rows.items():
+            print(f"| {name} | " + " | ".join(f"{values[f][metric]:.3f}" for f in FAMILIES) + " |")
+        best = [best_prior_means(pairs[f], metric) for f in FAMILIES]
+        print("| best built-in prior | " + " | ".join(f"{value:.3f} ({prior})" for prior, value in best) + " |")
     print("\nValidation pairs: " + ", ".join(f"{f} {len(pairs[f])}" for f in FAMILIES) + f"; {args.resolution} px.")
 
 
