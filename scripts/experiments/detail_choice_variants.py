@@ -36,9 +36,9 @@ from fusionfm.tasks import get_task
 from fusionfm.unet import start_prior
 
 SHOWN = RANKED_METRICS
-BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix); gain None: the preset's for the task
-    "per band, strength 16, gain 1": (16.0, 1.0, 0.0, 0.0),
-    "per band, strength 16, the preset's gain": (16.0, None, 0.0, 0.0),
+BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix, epsilon); gain None: the preset's
+    "per band, strength 16, gain 1": (16.0, 1.0, 0.0, 0.0, ACTIVITY_EPSILON),
+    "per band, strength 16, the preset's gain": (16.0, None, 0.0, 0.0, ACTIVITY_EPSILON),
 }
 
 
@@ -88,11 +88,11 @@ def main() -> None:
     print("| best built-in prior per metric | | " + " | ".join(
         f"{sum(p.prior_metrics[name][m] for p in pairs) / len(pairs):.3f} ({name})"
         for name, m in zip(best, SHOWN, strict=True)) + " |")
-    for name, (strength, gain, sigma, mix, *epsilon) in variants.items():
+    for name, (strength, gain, sigma, mix, epsilon) in variants.items():
         gain = float(start["gains"][0]) if gain is None else gain
         score, totals = 0.0, dict.fromkeys(SHOWN, 0.0)
         for pair in pairs:
-            fused = fuse(pair.image_a, pair.image_b, base_strength, salient, strength, gain, sigma, mix, *epsilon)
+            fused = fuse(pair.image_a, pair.image_b, base_strength, salient, strength, gain, sigma, mix, epsilon)
             score += benchmark_score(fused, pair) / len(pairs)
             metrics = ranked_metrics(fused, to_gray_255(pair.image_a), to_gray_255(pair.image_b))
             for metric in SHOWN:
