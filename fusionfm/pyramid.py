@@ -161,7 +161,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
                    activity_scales: torch.Tensor | None = None, salient_base: torch.Tensor | None = None,
                    source_means: torch.Tensor | None = None,
                    detail_consistency: torch.Tensor | None = None,
-                   consistency_epsilon: float = ACTIVITY_EPSILON) -> torch.Tensor:
+                   consistency_epsilon: float = ACTIVITY_EPSILON,
+                   consistency_sigma: float = CONSISTENT_SIGMA) -> torch.Tensor:
     """Band-wise fusion: per Laplacian level k, w_k a_k + (1 - w_k) b_k, detail levels times a gain g_k.
 
     Args:
@@ -177,7 +178,7 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
             base band's own mean).
         detail_consistency: optional (B,) weights c in [0, 1]: each detail level's activity is then
             c :func:`consistent_detail_logit` + (1 - c) its own :func:`activity_logit`.
-        consistency_epsilon: the ``epsilon`` of :func:`consistent_detail_logit`.
+        consistency_epsilon, consistency_sigma: the ``epsilon`` and ``sigma`` of :func:`consistent_detail_logit`.
 
     Returns:
         (B, 1, H, W) the collapsed fused pyramid. With saturated logits (+inf: a, -inf: b), no activity scales
@@ -190,7 +191,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
     pyramid = laplacian_pyramid(torch.cat([image_a, image_b], dim=1), levels)
     consistent = None
     if activity_scales is not None and detail_consistency is not None and bool(detail_consistency.any()):
-        consistent = consistent_detail_logit(pyramid[0][:, 0:1], pyramid[0][:, 1:2], epsilon=consistency_epsilon)
+        consistent = consistent_detail_logit(pyramid[0][:, 0:1], pyramid[0][:, 1:2], consistency_sigma,
+                                             consistency_epsilon)
         weight = detail_consistency.view(-1, 1, 1, 1).to(consistent.dtype)
     fused = []
     for level, bands in enumerate(pyramid):
@@ -215,7 +217,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
 
 def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.Tensor,
                     gains: torch.Tensor | None = None, salient_base: bool = False,
-                    detail_consistency: float = 0.0, consistency_epsilon: float = ACTIVITY_EPSILON) -> torch.Tensor:
+                    detail_consistency: float = 0.0, consistency_epsilon: float = ACTIVITY_EPSILON,
+                    consistency_sigma: float = CONSISTENT_SIGMA) -> torch.Tensor:
     """The activity prior alone (logits 0): what an untrained activity-prior head fuses.
 
     Args:
@@ -225,7 +228,8 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
         salient_base: the base band compares salience (:func:`salience_logit`, from the images' own means)
             instead of brightness.
         detail_consistency: weight of :func:`consistent_detail_logit` in the detail levels' activity (0: none).
-        consistency_epsilon: that map's ``epsilon``.
+        consistency_epsilon, consistency_sigma: that map's ``epsilon`` and ``sigma`` (the head's sigma is fixed;
+            others are for experiments).
 
     Returns:
         (B, 1, H, W) in [0, 1].
@@ -235,4 +239,5 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
     return blend_pyramids(image_a, image_b, torch.zeros(1, levels, 1, 1), gains[:, :, None, None],
                           scales.reshape(-1, levels), torch.full((len(image_a),), salient_base),
                           mean_levels(image_a, image_b),
-                          torch.full((len(image_a),), float(detail_consistency)), consistency_epsilon).clamp(0, 1)
+                          torch.full((len(image_a),), float(detail_consistency)), consistency_epsilon,
+                          consistency_sigma).clamp(0, 1)

@@ -22,16 +22,7 @@ from fusionfm import UNET_PRESETS
 from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.evaluation.validation import benchmark_score, validation_pairs
-from fusionfm.pyramid import (
-    ACTIVITY_EPSILON,
-    activity_logit,
-    collapse,
-    consistent_detail_logit,
-    fit_maps,
-    laplacian_pyramid,
-    mean_levels,
-    salience_logit,
-)
+from fusionfm.pyramid import ACTIVITY_EPSILON, CONSISTENT_SIGMA, activity_fusion
 from fusionfm.tasks import get_task
 from fusionfm.unet import start_prior
 
@@ -45,21 +36,9 @@ BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix, e
 def fuse(a: torch.Tensor, b: torch.Tensor, base_strength: float, salient: bool, strength: float, gain: float,
          sigma: float, mix: float, epsilon: float = ACTIVITY_EPSILON, levels: int = 5) -> torch.Tensor:
     """The head's activity prior (logits 0) with the consistent map's ``sigma`` free (the head fixes it; 0: none)."""
-    pyramid = laplacian_pyramid(torch.cat([a, b], dim=1), levels)
-    shared = consistent_detail_logit(pyramid[0][:, :1], pyramid[0][:, 1:], sigma, epsilon) if sigma else None
-    means = mean_levels(a, b)
-    fused = []
-    for level, bands in enumerate(pyramid):
-        band_a, band_b = bands[:, :1], bands[:, 1:]
-        if level == levels - 1:
-            prior = salience_logit(band_a, band_b, means) if salient else activity_logit(band_a, band_b, True)
-            fused.append(band_b + torch.sigmoid(base_strength * prior) * (band_a - band_b))
-            continue
-        prior = activity_logit(band_a, band_b, False)
-        if shared is not None:
-            prior = mix * fit_maps(shared, tuple(band_a.shape[-2:])) + (1 - mix) * prior
-        fused.append((band_b + torch.sigmoid(strength * prior) * (band_a - band_b)) * gain)
-    return collapse(fused).clamp(0, 1)
+    scales = torch.tensor([strength] * (levels - 1) + [base_strength])
+    return activity_fusion(a, b, scales, torch.full((levels - 1,), gain), salient, mix if sigma else 0.0, epsilon,
+                           sigma or CONSISTENT_SIGMA)
 
 
 def main() -> None:
