@@ -128,11 +128,12 @@ def salience_logit(base_a: torch.Tensor, base_b: torch.Tensor, means: torch.Tens
 
 
 CONSISTENT_SIGMA = 2.0
-"""Gaussian smoothing (finest-band pixels) of the magnitudes behind :func:`consistent_detail_logit`."""
+"""Gaussian smoothing (finest-band pixels) of the magnitudes behind :func:`consistent_detail_logit` in models saved
+before the U-Net's ``consistency_sigma`` (the default preset's is 5)."""
 
 
 def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor, sigma: float = CONSISTENT_SIGMA,
-                            epsilon: float = ACTIVITY_EPSILON) -> torch.Tensor:
+                            epsilon: float | torch.Tensor = ACTIVITY_EPSILON) -> torch.Tensor:
     """One choice for every detail level: which source's finest band is stronger over a neighbourhood, in [-1, 1].
 
     The per-band choice of :func:`activity_logit` can take an edge's fine part from one source and its coarser
@@ -143,10 +144,10 @@ def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor, sigm
 
     Args:
         finest_a, finest_b: (B, 1, H, W) finest Laplacian bands of the two sources.
-        sigma: the smoothing (the head uses :data:`CONSISTENT_SIGMA`; other values are for experiments).
-        epsilon: added to the denominator, in the bands' units (luminance in [0, 1]); larger values pull the
-            choice towards an even mix where both finest bands are weak (flat or noisy regions), which keeps the
-            similarity to both sources there, and leave it decisive at edges.
+        sigma: the smoothing, in finest-band pixels.
+        epsilon: added to the denominator, in the bands' units (luminance in [0, 1]); one value or (B,) one per
+            item. Larger values pull the choice towards an even mix where both finest bands are weak (flat or noisy
+            regions), which keeps the similarity to both sources there, and leave it decisive at edges.
 
     Returns:
         (B, 1, H, W); :func:`blend_pyramids` fits it to each detail level's size.
@@ -154,6 +155,8 @@ def consistent_detail_logit(finest_a: torch.Tensor, finest_b: torch.Tensor, sigm
     size = int(2 * round(3 * sigma) + 1)
     smooth = gaussian_blur2d(torch.cat([finest_a, finest_b], dim=1).abs(), (size, size), (sigma, sigma),
                              border_type="replicate")
+    if isinstance(epsilon, torch.Tensor):
+        epsilon = epsilon.to(smooth.dtype).view(-1, 1, 1, 1)
     return (smooth[:, 0:1] - smooth[:, 1:2]) / (smooth[:, 0:1] + smooth[:, 1:2] + epsilon)
 
 
@@ -161,7 +164,7 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
                    activity_scales: torch.Tensor | None = None, salient_base: torch.Tensor | None = None,
                    source_means: torch.Tensor | None = None,
                    detail_consistency: torch.Tensor | None = None,
-                   consistency_epsilon: float = ACTIVITY_EPSILON,
+                   consistency_epsilon: float | torch.Tensor = ACTIVITY_EPSILON,
                    consistency_sigma: float = CONSISTENT_SIGMA) -> torch.Tensor:
     """Band-wise fusion: per Laplacian level k, w_k a_k + (1 - w_k) b_k, detail levels times a gain g_k.
 
@@ -178,7 +181,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
             base band's own mean).
         detail_consistency: optional (B,) weights c in [0, 1]: each detail level's activity is then
             c :func:`consistent_detail_logit` + (1 - c) its own :func:`activity_logit`.
-        consistency_epsilon, consistency_sigma: the ``epsilon`` and ``sigma`` of :func:`consistent_detail_logit`.
+        consistency_epsilon, consistency_sigma: the ``epsilon`` (one value or (B,)) and ``sigma`` of
+            :func:`consistent_detail_logit`.
 
     Returns:
         (B, 1, H, W) the collapsed fused pyramid. With saturated logits (+inf: a, -inf: b), no activity scales
@@ -228,8 +232,7 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
         salient_base: the base band compares salience (:func:`salience_logit`, from the images' own means)
             instead of brightness.
         detail_consistency: weight of :func:`consistent_detail_logit` in the detail levels' activity (0: none).
-        consistency_epsilon, consistency_sigma: that map's ``epsilon`` and ``sigma`` (the head's sigma is fixed;
-            others are for experiments).
+        consistency_epsilon, consistency_sigma: that map's ``epsilon`` and ``sigma``.
 
     Returns:
         (B, 1, H, W) in [0, 1].

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from .pyramid import ACTIVITY_EPSILON, BASE_ACTIVITIES, blend_pyramids
+from .pyramid import ACTIVITY_EPSILON, BASE_ACTIVITIES, CONSISTENT_SIGMA, blend_pyramids
 from .tasks import NUM_TASK_CLASSES
 
 OUTPUT_HEADS = ("velocity", "weight", "gated", "pyramid")
@@ -45,6 +45,14 @@ def head_channels(output_head: str, pyramid_levels: int) -> int:
     """Output channels per pixel of a head: the pyramid head has a weight map per level and a gain map per
     detail level."""
     return {"velocity": 1, "weight": 1, "gated": 2, "pyramid": 2 * pyramid_levels - 1}[output_head]
+
+
+def _per_task(value: float | list[float], num_tasks: int) -> list[float] | None:
+    """A config value given once for every task or once per task, as one float per task (None: a list of
+    the wrong length)."""
+    if isinstance(value, (int, float)):
+        return [float(value)] * num_tasks
+    return [float(item) for item in value] if len(value) == num_tasks else None
 
 
 def _gain_offsets(detail_gains: list[list[float]], max_gain: float) -> torch.Tensor:
@@ -57,9 +65,10 @@ def _gain_offsets(detail_gains: list[list[float]], max_gain: float) -> torch.Ten
 _ACTIVITY_PYRAMID: dict[str, Any] = dict(
     block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8, mid_block_attention=False,
     output_head="pyramid", pyramid_levels=5, max_gain=2.0, smooth_weights=False, task_gates=True,
-    activity_scales=[[16.0] * 4 + [base] for base in (4.0, 16.0, 2.0, 0.0)],
-    base_activity=["salient", "brighter", "brighter", "brighter"], detail_consistency=[0.75, 0.6, 0.0, 1.0],
-    consistency_epsilon=0.03, detail_gains=[[gain] * 4 for gain in (1.1, 1.02, 1.04, 1.04)])
+    activity_scales=[[detail] * 4 + [base] for detail, base in ((128.0, 4.0), (64.0, 16.0), (16.0, 2.0), (16.0, 0.0))],
+    base_activity=["salient", "brighter", "brighter", "brighter"], detail_consistency=[0.95, 0.9, 0.0, 1.0],
+    consistency_epsilon=[0.1, 0.1, 0.03, 0.03], consistency_sigma=5.0,
+    detail_gains=[[gain] * 4 for gain in (1.1, 1.02, 1.04, 1.04)])
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few thousand parameters, milliseconds per call.
@@ -67,11 +76,13 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
                  mid_block_attention=False, output_head="weight"),
     # The shipped model: a 4x4 pixel unshuffle, widths 16-32-64-128 at 1/4, 1/8, 1/16 and 1/32 of the image, purely
     # convolutional, band-wise output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per
-    # detail level) on top of the activity prior (detail strength 16; base: IVF the more salient source, strength 4,
-    # MIF and MEF the brighter one, strengths 16 and 2, MFF strength 0; the detail choice of IVF, MIF and MFF 0.75,
-    # 0.6 and 1 from one consistent map, even where both sources are flat) and starting detail gains (IVF 1.1,
-    # MIF 1.02, MEF 1.04, MFF 1.04), with per-task gates that start at 0.
-    # Each choice scored highest on the validation split (docs/quality.md); the 4x4 unshuffle scored as high as the
+    # detail level) on top of the activity prior (detail strengths IVF 128, MIF 64, MEF and MFF 16; base: IVF the
+    # more salient source, strength 4, MIF and MEF the brighter one, strengths 16 and 2, MFF strength 0; the detail
+    # choice of IVF, MIF and MFF 0.95, 0.9 and 1 from one consistent map smoothed over 5 pixels, even where both
+    # sources are flat: epsilon 0.1, 0.1 and 0.03) and starting detail gains (IVF 1.1, MIF 1.02, MEF 1.04, MFF
+    # 1.04), with per-task gates that start at 0.
+    # Each choice scored highest on the validation split (docs/quality.md; IVF and MIF: the highest whose SF, AG and
+    # Qabf reach the best built-in prior's, as the quality goal asks); the 4x4 unshuffle scored as high as the
     # 2x2 one ("patch2") over three seeds and takes about 1.5x less time. Mid-block attention: about 20 % more time.
     "default": dict(_ACTIVITY_PYRAMID, patch_size=4),
     # The session-11 shipped model's architecture: the same on a 2x2 pixel unshuffle (to compare speed with).
@@ -119,8 +130,11 @@ class FusionUNet(ModelMixin, ConfigMixin):
         detail_consistency: (pyramid head, with ``activity_scales``) per task, the weight in [0, 1] of one choice
             for all detail levels (:func:`fusionfm.pyramid.consistent_detail_logit`) against each band's own;
             None: 0 for every task (models saved before it). Stacks of frames use each band's own.
-        consistency_epsilon: the ``epsilon`` of that consistent map (luminance units): above the finest bands'
-            noise, it leaves the choice even where both sources are flat. 0.001: models saved before it.
+        consistency_epsilon: the ``epsilon`` of that consistent map (luminance units), one for every task or one
+            per task: above the finest bands' noise, it leaves the choice even where both sources are flat. 0.001:
+            models saved before it.
+        consistency_sigma: the Gaussian smoothing (finest-band pixels) of that map's magnitudes.
+            :data:`fusionfm.pyramid.CONSISTENT_SIGMA` (2): models saved before it.
         detail_gains: (pyramid head) per task and detail level, the gain at a network output of 0 (each in
             (1 / max_gain, max_gain); 1 leaves the sources' contrast as it is). Held as a learned offset before the
             gain's tanh, trained with the network. None: every gain starts at 1 (models saved before it).
@@ -156,7 +170,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
         detail_gains: list[list[float]] | None = None,
         base_activity: list[str] | None = None,
         detail_consistency: list[float] | None = None,
-        consistency_epsilon: float = ACTIVITY_EPSILON,
+        consistency_epsilon: float | list[float] = ACTIVITY_EPSILON,
+        consistency_sigma: float = CONSISTENT_SIGMA,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
@@ -181,13 +196,18 @@ class FusionUNet(ModelMixin, ConfigMixin):
             if len(detail_consistency) != num_tasks or any(not 0 <= weight <= 1 for weight in detail_consistency):
                 raise ValueError(f"detail_consistency needs one weight in [0, 1] per task ({num_tasks}), "
                                  f"got {detail_consistency!r}.")
-        if not consistency_epsilon > 0:
-            raise ValueError(f"consistency_epsilon must be positive, got {consistency_epsilon!r}.")
+        epsilons = _per_task(consistency_epsilon, num_tasks)
+        if epsilons is None or any(not epsilon > 0 for epsilon in epsilons):
+            raise ValueError(f"consistency_epsilon must be positive, one value or one per task ({num_tasks}), "
+                             f"got {consistency_epsilon!r}.")
+        if not consistency_sigma > 0:
+            raise ValueError(f"consistency_sigma must be positive, got {consistency_sigma!r}.")
         salient = [mode == "salient" for mode in base_activity or []] or [False] * num_tasks
         # Derived from the config, so not saved with the weights.
         self.register_buffer("salient_base", torch.tensor(salient), persistent=False)
         self.register_buffer("consistency_weight", torch.tensor(detail_consistency or [0.0] * num_tasks),
                              persistent=False)
+        self.register_buffer("consistency_epsilons", torch.tensor(epsilons), persistent=False)
         if detail_gains is not None:
             if output_head != "pyramid":
                 raise ValueError("detail_gains applies to the pyramid head only.")
@@ -334,7 +354,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
                 fused = blend_pyramids(image_a.float(), image_b.float(), logits, gains,
                                        self.activity_scales_for(task_ids), self.salient_base[task_ids.long()],
                                        None if source_means is None else source_means.float(),
-                                       self.consistency_weight[task_ids.long()], self.config.consistency_epsilon)
+                                       self.consistency_weight[task_ids.long()],
+                                       self.consistency_epsilons[task_ids.long()], self.config.consistency_sigma)
         else:
             weight = torch.sigmoid(output[:, :1])
             fused = weight * image_a.float() + (1 - weight) * image_b.float()
@@ -347,14 +368,17 @@ class FusionUNet(ModelMixin, ConfigMixin):
 def start_prior(config: Mapping[str, Any], task_id: int) -> dict[str, Any]:
     """The keyword arguments of :func:`fusionfm.pyramid.activity_fusion` that fuse as task ``task_id``'s untrained
     head in ``config`` (a preset of :data:`UNET_PRESETS` or a saved config with ``activity_scales``): ``scales``
-    (L,), ``gains`` (L - 1,), ``salient_base``, ``detail_consistency`` and ``consistency_epsilon``."""
+    (L,), ``gains`` (L - 1,), ``salient_base``, ``detail_consistency``, ``consistency_epsilon`` and
+    ``consistency_sigma``."""
     scales = torch.tensor(config["activity_scales"][task_id], dtype=torch.float32)
     gains, rules, consistency = (config.get(key) for key in ("detail_gains", "base_activity", "detail_consistency"))
     return dict(scales=scales,
                 gains=torch.tensor(gains[task_id]) if gains else torch.ones(len(scales) - 1),
                 salient_base=bool(rules) and rules[task_id] == "salient",
                 detail_consistency=float(consistency[task_id]) if consistency else 0.0,
-                consistency_epsilon=float(config.get("consistency_epsilon", ACTIVITY_EPSILON)))
+                consistency_epsilon=_per_task(config.get("consistency_epsilon", ACTIVITY_EPSILON),
+                                              len(config["activity_scales"]))[task_id],
+                consistency_sigma=float(config.get("consistency_sigma", CONSISTENT_SIGMA)))
 
 
 def build_unet(preset: str = "default", **overrides: Any) -> FusionUNet:

@@ -12,6 +12,7 @@ from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import fusion_metrics, to_gray_255
 from fusionfm.labels.priors import laplacian_pyramid_fusion
 from fusionfm.pyramid import (
+    CONSISTENT_SIGMA,
     activity_fusion,
     activity_logit,
     blend_pyramids,
@@ -226,16 +227,50 @@ def test_base_and_detail_rules_are_kept_on_save_and_wrong_ones_are_refused(tmp_p
                    consistency_epsilon=0.0)
 
 
-def test_models_saved_before_the_consistency_epsilon_keep_theirs(tmp_path):
-    """The default preset's epsilon (0.03) is saved; a config written before the field existed loads with the
-    epsilon those models were trained with (0.001), so their fusions do not change."""
+def test_models_saved_before_the_consistency_epsilon_and_sigma_keep_theirs(tmp_path):
+    """The default preset's per-task epsilons and its sigma (5) are saved; a config written before the fields
+    existed loads with the values those models were trained with (epsilon 0.001, sigma 2), so their fusions do not
+    change."""
     build_unet("default").save_pretrained(tmp_path)
-    assert FusionUNet.from_pretrained(tmp_path).config.consistency_epsilon == 0.03
+    loaded = FusionUNet.from_pretrained(tmp_path)
+    assert loaded.config.consistency_epsilon == [0.1, 0.1, 0.03, 0.03]
+    assert loaded.consistency_epsilons.tolist() == pytest.approx([0.1, 0.1, 0.03, 0.03])
+    assert loaded.config.consistency_sigma == 5.0
+    assert start_prior(loaded.config, 2)["consistency_epsilon"] == 0.03
     config_path = tmp_path / "config.json"
     config = json.loads(config_path.read_text())
-    del config["consistency_epsilon"]
+    del config["consistency_epsilon"], config["consistency_sigma"]
     config_path.write_text(json.dumps(config))
-    assert FusionUNet.from_pretrained(tmp_path).config.consistency_epsilon == 1e-3
+    loaded = FusionUNet.from_pretrained(tmp_path)
+    assert loaded.consistency_epsilons.tolist() == pytest.approx([1e-3] * 4)
+    assert loaded.config.consistency_sigma == CONSISTENT_SIGMA == 2.0
+    assert start_prior(loaded.config, 0)["consistency_sigma"] == 2.0
+
+
+def test_per_task_consistency_epsilons_fuse_a_mixed_batch_as_each_task_alone(sources):
+    """An IVF item (epsilon 0.1) and an MFF item (0.03) in one batch fuse as each does alone, and a wrong number of
+    epsilons or a sigma <= 0 is refused."""
+    a, b = (x[..., :64, :64] for x in sources)
+    unet = build_unet("default").eval()
+    pair_a, pair_b = torch.cat([a, a]), torch.cat([b, b])
+    x0, zeros = (pair_a + pair_b) / 2, torch.zeros(2)
+    with torch.no_grad():
+        together = unet(x0, pair_a, pair_b, zeros, torch.tensor([0, 3]))
+        alone = [unet(x0[:1], a, b, zeros[:1], torch.tensor([task])) for task in (0, 3)]
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-6, rtol=0)
+    assert (alone[0] - alone[1]).abs().max() > 0.01  # the two tasks do fuse differently
+    tiny = dict(output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4)
+    with pytest.raises(ValueError, match="one value or one per task"):
+        build_unet("tiny", **tiny, consistency_epsilon=[0.1, 0.1])
+    with pytest.raises(ValueError, match="consistency_sigma must be positive"):
+        build_unet("tiny", **tiny, consistency_sigma=0.0)
+
+
+def test_consistent_detail_logit_takes_one_epsilon_per_item():
+    finest_a, finest_b = torch.full((2, 1, 4, 4), 0.003), torch.full((2, 1, 4, 4), 0.001)
+    both = consistent_detail_logit(finest_a, finest_b, epsilon=torch.tensor([0.001, 0.03]))
+    torch.testing.assert_close(both[:1], consistent_detail_logit(finest_a[:1], finest_b[:1], epsilon=0.001))
+    torch.testing.assert_close(both[1:], consistent_detail_logit(finest_a[1:], finest_b[1:], epsilon=0.03))
 
 
 def test_a_strong_activity_prior_is_the_max_abs_laplacian_prior(sources):

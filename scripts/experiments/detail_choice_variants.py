@@ -1,7 +1,8 @@
 """Qabf against the rest: the activity prior's detail choice made per band or from one consistent map.
 
     python scripts/experiments/detail_choice_variants.py [--task IVF] [--strengths 16 64] [--sigmas 2]
-        [--mixes 1 0.75 0.5] [--gains 1.04 1.1] [--epsilons 0.001 0.03] [--no_baselines] [--data ../shared/data]
+        [--mixes 1 0.75 0.5] [--gains 1.04 1.1] [--epsilons 0.001 0.03] [--resolution 0] [--no_baselines]
+        [--data ../shared/data]
 
 The prior alone (logits 0) on a task's validation pairs, with the default preset's base rule and strength. Per
 band (the head's rule): each detail coefficient leans to the source of larger magnitude. Consistent: every detail
@@ -9,7 +10,9 @@ level takes its choice from one map, the finest band's magnitudes smoothed by a 
 GFF decides from smoothed saliency; ``epsilon`` in its denominator evens it where both are weak), mixed with the
 per-band choice by ``mix`` (1: the map alone); one variant per combination of ``--strengths``, ``--sigmas``,
 ``--mixes``, ``--gains`` and ``--epsilons``. Prints the benchmark-aligned score and the mean of the nine ranked
-metrics of each variant and of the best built-in prior per metric (docs/quality.md, sessions 13 and 14).
+metrics of each variant and of the best built-in prior per metric (docs/quality.md, sessions 13 to 15). The pairs'
+long side is resized to ``--resolution`` (default 256, as in training; 0: each pair's own size, as the benchmarks
+and users fuse).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--gains", type=float, nargs="+", default=[1.04, 1.1])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[ACTIVITY_EPSILON],
                         help="the consistent map's denominator epsilon (larger: average where both are weak)")
+    parser.add_argument("--resolution", type=int, default=256, help="long side of the pairs (0: their own size)")
     parser.add_argument("--no_baselines", action="store_true", help="only the consistent-map variants")
     parser.add_argument("--data", default="../shared/data")
     args = parser.parse_args()
@@ -57,7 +61,7 @@ def main() -> None:
     variants.update({f"consistent sigma {sigma:g}, strength {strength:g}, mix {mix:g}, gain {gain:g}, eps {eps:g}":
                      (strength, gain, sigma, mix, eps) for strength in args.strengths for sigma in args.sigmas
                      for mix in args.mixes for gain in args.gains for eps in args.epsilons})
-    pairs = validation_pairs(args.data, args.task, 256)
+    pairs = validation_pairs(args.data, args.task, args.resolution or None)
     start = start_prior(UNET_PRESETS["default"], get_task(args.task).class_id)
     base_strength, salient = float(start["scales"][-1]), start["salient_base"]
     priors = pairs[0].prior_metrics
