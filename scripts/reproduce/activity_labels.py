@@ -10,12 +10,14 @@ with the task's starting strengths and gains). Two ways to choose, both on copie
   ``--base_strengths`` and ``--gains``; the one with the highest benchmark-aligned score
   (:func:`fusionfm.evaluation.validation.benchmark_score`: the share of the task's built-in priors beaten, as
   every recipe is chosen on the validation split) becomes the label. A label chosen per pair, so the network can
-  learn which variant suits which content. With ``--variants_only`` the label itself is not a candidate.
+  learn which variant suits which content. With ``--variants_only`` the label itself is not a candidate. With
+  ``--region_merge K`` one more candidate: the K highest-scoring ones merged region by region
+  (:func:`fusionfm.labels.regions.region_select`, the issue's "labels better than any single prior").
 
 Trains with ``training/train.py --labels TASK=OUT``.
 
 Usage: python scripts/reproduce/activity_labels.py LABELS_DIR OUT_DIR [--select score] [--config JSON]
-    [--base_strengths 0,2,4,16] [--gains 1,1.05,1.1,1.15] [--data ../shared/data]
+    [--base_strengths 0,2,4,16] [--gains 1,1.05,1.1,1.15] [--region_merge 4] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.evaluation.validation import benchmark_score, scored_pair
 from fusionfm.image_processor import FusionImageProcessor
+from fusionfm.labels.regions import region_select
 from fusionfm.pyramid import activity_fusion
 from fusionfm.training.datasets import LabelledPair, relabel_folder
 from fusionfm.unet import start_prior
@@ -58,6 +61,8 @@ def main() -> None:
                         help="(--select score) uniform detail gains of the candidates, comma-separated")
     parser.add_argument("--variants_only", action="store_true",
                         help="(--select score) the existing label is not a candidate: every label becomes a variant")
+    parser.add_argument("--region_merge", type=int, default=0, metavar="K",
+                        help="(--select score) also try the K best candidates merged region by region (0: no)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) if args.config else UNET_PRESETS["default"]
@@ -82,19 +87,21 @@ def main() -> None:
     def best_by_score(pair: LabelledPair) -> torch.Tensor | None:
         y_a, y_b, label = load_pair(pair)
         reference = scored_pair(pair.task, pair.dataset, pair.stem, small(y_a), small(y_b))
-        best, choice = None, "label"
-        best_score = -1.0 if args.variants_only else benchmark_score(small(label), reference)
+        scored = {} if args.variants_only else {"label": (benchmark_score(small(label), reference), label)}
         start = start_prior(config, pair.task.class_id)
         for base, gain in itertools.product(args.base_strengths, args.gains):
             scales = start["scales"].clone()
             scales[-1] = base
             candidate = activity_fusion(y_a, y_b, **{**start, "scales": scales,
                                                      "gains": torch.full_like(start["gains"], gain)})
-            score = benchmark_score(small(candidate), reference)
-            if score > best_score:
-                best, best_score, choice = candidate[0], score, f"base {base:g}, gain {gain:g}"
+            scored[f"base {base:g}, gain {gain:g}"] = (benchmark_score(small(candidate), reference), candidate)
+        if args.region_merge > 1:
+            top = sorted(scored, key=lambda name: scored[name][0], reverse=True)[:args.region_merge]
+            merged = region_select({name: scored[name][1] for name in top}, y_a, y_b, pair.task).label
+            scored["region merge"] = (benchmark_score(small(merged), reference), merged)
+        choice = max(scored, key=lambda name: scored[name][0])  # the first of equals: the label, then variants
         choices[choice] += 1
-        return best
+        return None if choice == "label" else scored[choice][1][0]
 
     new_label = best_by_score if args.select == "score" else prior_where_it_wins
     count, replaced = relabel_folder(args.labels_dir, args.out_dir, args.data, new_label)
