@@ -8,6 +8,7 @@ from conftest import DATA
 from fusionfm.evaluation.ranking import RANKED_METRICS
 from fusionfm.evaluation.validation import (
     benchmark_score,
+    best_prior_mean,
     validation_keys,
     validation_pairs,
 )
@@ -43,6 +44,15 @@ def test_a_prior_scores_its_share_of_the_field(mef_pairs):
             for v in table.values()) / len(table)
         for m in RANKED_METRICS) / len(RANKED_METRICS)
     assert benchmark_score(fused, pair) == pytest.approx(expected)
+
+
+def test_the_best_prior_mean_is_the_highest_mean_over_the_pairs(mef_pairs):
+    """On real MEF validation pairs: the named prior's mean is the largest of the priors' means, computed by hand."""
+    for metric in ("Qabf", "SF", "SSIM"):
+        means = {name: sum(p.prior_metrics[name][metric] for p in mef_pairs) / len(mef_pairs)
+                 for name in mef_pairs[0].prior_metrics}
+        name, value = best_prior_mean(mef_pairs, metric)
+        assert value == pytest.approx(means[name]) and value == pytest.approx(max(means.values()))
 
 
 def test_the_score_ranks_band_wise_fusion_above_the_plain_average(mef_pairs):

@@ -97,6 +97,15 @@ def benchmark_score(fused: torch.Tensor, pair: ValidationPair) -> float:
     return sum(shares) / len(shares)
 
 
+def best_prior_mean(pairs: list[ValidationPair], metric: str) -> tuple[str, float]:
+    """The built-in prior with the highest mean ``metric`` over ``pairs`` (one task family), and that mean: the
+    issue-14 clause's "best built-in prior" on validation."""
+    means = {name: sum(pair.prior_metrics[name][metric] for pair in pairs) / len(pairs)
+             for name in pairs[0].prior_metrics}
+    best = max(means, key=means.get)
+    return best, means[best]
+
+
 @torch.no_grad()
 def validation_quality(pipeline, pairs: list[ValidationPair], compute_dtype: torch.dtype | str | None = None) -> float:
     """Mean :func:`benchmark_score` of a pipeline's one-step fusions of ``pairs``."""

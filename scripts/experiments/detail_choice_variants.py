@@ -24,7 +24,7 @@ import torch
 from fusionfm import UNET_PRESETS
 from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
-from fusionfm.evaluation.validation import benchmark_score, validation_pairs
+from fusionfm.evaluation.validation import benchmark_score, best_prior_mean, validation_pairs
 from fusionfm.pyramid import ACTIVITY_EPSILON, CONSISTENT_SIGMA, activity_fusion
 from fusionfm.tasks import get_task
 from fusionfm.unet import start_prior
@@ -64,13 +64,10 @@ def main() -> None:
     pairs = validation_pairs(args.data, args.task, args.resolution or None)
     start = start_prior(UNET_PRESETS["default"], get_task(args.task).class_id)
     base_strength, salient = float(start["scales"][-1]), start["salient_base"]
-    priors = pairs[0].prior_metrics
     print(f"| {args.task}, prior alone ({len(pairs)} pairs) | score | " + " | ".join(SHOWN) + " |")
     print("|---|---:|" + "---:|" * len(SHOWN))
-    best = [max(priors, key=lambda name, m=m: sum(p.prior_metrics[name][m] for p in pairs)) for m in SHOWN]
-    print("| best built-in prior per metric | | " + " | ".join(
-        f"{sum(p.prior_metrics[name][m] for p in pairs) / len(pairs):.3f} ({name})"
-        for name, m in zip(best, SHOWN, strict=True)) + " |")
+    best = [best_prior_mean(pairs, metric) for metric in SHOWN]
+    print("| best built-in prior per metric | | " + " | ".join(f"{value:.3f} ({name})" for name, value in best) + " |")
     for name, (strength, gain, sigma, mix, epsilon) in variants.items():
         gain = float(start["gains"][0]) if gain is None else gain
         score, totals = 0.0, dict.fromkeys(SHOWN, 0.0)

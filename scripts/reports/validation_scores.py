@@ -21,7 +21,13 @@ from fusionfm import FusionFMPipeline
 from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
-from fusionfm.evaluation.validation import ValidationPair, benchmark_score, validation_pairs, validation_quality
+from fusionfm.evaluation.validation import (
+    ValidationPair,
+    benchmark_score,
+    best_prior_mean,
+    validation_pairs,
+    validation_quality,
+)
 from fusionfm.labels.priors import run_prior
 from fusionfm.tasks import FAMILIES
 
@@ -37,14 +43,6 @@ def mean_metrics(pipeline: FusionFMPipeline, pairs: list[ValidationPair], metric
         for metric in metrics:
             totals[metric] += values[metric] / len(pairs)
     return totals
-
-
-def best_prior_means(pairs: list[ValidationPair], metric: str) -> tuple[str, float]:
-    """The built-in prior with the highest mean ``metric`` over ``pairs``, and that mean."""
-    means = {name: sum(pair.prior_metrics[name][metric] for pair in pairs) / len(pairs)
-             for name in pairs[0].prior_metrics}
-    best = max(means, key=means.get)
-    return best, means[best]
 
 
 def main() -> None:
@@ -85,7 +83,7 @@ def main() -> None:
         print(f"\n| {metric} (mean) | " + " | ".join(groups) + " |\n|---|" + "---:|" * len(groups))
         for name, values in metric_rows.items():
             print(f"| {name} | " + " | ".join(f"{values[group][metric]:.3f}" for group in groups) + " |")
-        best = [best_prior_means(group_pairs, metric) for group_pairs in groups.values()]
+        best = [best_prior_mean(group_pairs, metric) for group_pairs in groups.values()]
         print("| best built-in prior | " + " | ".join(f"{value:.3f} ({prior})" for prior, value in best) + " |")
     print("\nValidation pairs: " + ", ".join(f"{f} {len(pairs[f])}" for f in FAMILIES) + f"; {args.resolution} px.")
 
