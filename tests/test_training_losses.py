@@ -5,14 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fusionfm.evaluation.metrics import qabf, to_gray_255
+from fusionfm.labels.priors import run_prior
 from fusionfm.tasks import get_task
 from fusionfm.training.losses import (
+    DEFAULT_ENDPOINT_TERMS,
     ENDPOINT_LOSS_WEIGHTS,
     ENDPOINT_TERMS,
     endpoint_terms,
     flow_matching_loss,
     fusion_loss,
     intensity_target,
+    soft_qabf,
 )
 
 
@@ -88,6 +92,35 @@ def test_structure_term_by_hand():
     torch.testing.assert_close(endpoint_terms(a, a, a, IVF)["structure"], torch.tensor([0.0]), atol=1e-6, rtol=0)
 
 
+def test_edge_term_by_hand():
+    """A vertical ramp a against a flat b (weight ~0): an endpoint equal to a keeps every edge (G = 1, A = 1), one
+    at half the slope has G = 0.5, and one turned by 90 degrees has A = 0 (within 1e-3: b's near-zero strengths,
+    kept off 0 for finite gradients, still weigh a little)."""
+    ramp = (torch.arange(12, dtype=torch.float32) * 0.05).expand(1, 1, 12, 12).contiguous()
+    flat = torch.full_like(ramp, 0.3)
+    kept = torch.sigmoid(torch.tensor(15 * 0.5)) * torch.sigmoid(torch.tensor(22 * 0.2))
+    torch.testing.assert_close(soft_qabf(ramp, ramp, flat), kept.reshape(1), atol=1e-3, rtol=0)
+    halved = 0.5 * torch.sigmoid(torch.tensor(22 * 0.2))  # sigmoid(15 (0.5 - 0.5)) = 0.5
+    torch.testing.assert_close(soft_qabf(ramp / 2, ramp, flat), halved.reshape(1), atol=1e-3, rtol=0)
+    turned = kept * torch.sigmoid(torch.tensor(-22 * 0.8)) / torch.sigmoid(torch.tensor(22 * 0.2))
+    torch.testing.assert_close(soft_qabf(ramp.transpose(-1, -2), ramp, flat), turned.reshape(1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(endpoint_terms(ramp, ramp, flat, IVF)["edges"], 1 - kept.reshape(1), atol=1e-3,
+                               rtol=0)
+
+
+def test_edge_term_ranks_real_fusions_as_the_benchmark_qabf_does(real_pair):
+    """On a real infrared-visible pair: GFF above the plain average, on both the soft term and the metric, and the
+    term has finite gradients everywhere (flat regions included), also under bf16 autocast."""
+    a, b = (to_gray_255(image).reshape(1, 1, *image.size[::-1])[..., :256, :256] / 255 for image in real_pair("IVF"))
+    average = ((a + b) / 2).requires_grad_()
+    gff = run_prior("gff", a, b, "IVF")
+    assert soft_qabf(gff, a, b) > soft_qabf(average, a, b) + 0.1
+    assert qabf(gff * 255, a * 255, b * 255) > qabf(average.detach() * 255, a * 255, b * 255) + 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as training runs it (bf16 alone gives NaN slopes)
+        soft_qabf(average, a, b).sum().backward()
+    assert torch.isfinite(average.grad).all() and average.grad.abs().max() > 0
+
+
 def test_fusion_loss_adds_the_weighted_endpoint_terms_of_the_one_step_endpoint():
     generator = torch.Generator().manual_seed(0)
     x0, x1, a, b = torch.rand(4, 2, 1, 16, 16, generator=generator)
@@ -100,8 +133,11 @@ def test_fusion_loss_adds_the_weighted_endpoint_terms_of_the_one_step_endpoint()
     loss = fusion_loss(exact, batch, endpoint_weight=2.0)
     terms = endpoint_terms(x1, a, b, task_id)
     expected = sum(2.0 * torch.tensor([ENDPOINT_LOSS_WEIGHTS[f][term] for f in ("IVF", "MEF")]) * terms[term]
-                   for term in ENDPOINT_TERMS)
+                   for term in DEFAULT_ENDPOINT_TERMS)  # edges is opt-in
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    every = fusion_loss(exact, batch, endpoint_weight=2.0, use_terms=ENDPOINT_TERMS)
+    edges = 2.0 * torch.tensor([ENDPOINT_LOSS_WEIGHTS[f]["edges"] for f in ("IVF", "MEF")]) * terms["edges"]
+    torch.testing.assert_close(every, expected + edges, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fusion_loss(exact, batch), torch.zeros(2), atol=1e-6, rtol=0)
     # The per-term ablation: only the named terms count.
     gradient_only = fusion_loss(exact, batch, endpoint_weight=2.0, use_terms=("gradient",))
@@ -123,5 +159,5 @@ def test_the_label_weight_scales_the_pseudo_label_term_only():
     torch.testing.assert_close(label_only, torch.tensor([0.03]), atol=1e-6, rtol=0)
     endpoint_only = fusion_loss(off_by_a_tenth, batch, endpoint_weight=1.0, label_weight=0.0)
     terms = endpoint_terms(x1 + 0.1, a, b, IVF)
-    expected = sum(ENDPOINT_LOSS_WEIGHTS["IVF"][term] * terms[term] for term in ENDPOINT_TERMS)
+    expected = sum(ENDPOINT_LOSS_WEIGHTS["IVF"][term] * terms[term] for term in DEFAULT_ENDPOINT_TERMS)
     torch.testing.assert_close(endpoint_only, expected, atol=1e-5, rtol=1e-5)
