@@ -546,6 +546,8 @@ class FusionFMPipeline(DiffusionPipeline):
             if exposure:  # an exposure stack's weights follow well-exposedness, not brightness, and detail less
                 activity_scales[-1] = 0.0
                 activity_scales[:-1] = MEF_DETAIL_STRENGTH
+            elif bool(self.unet.sharper_base[spec.class_id]):  # stacks compare brightness only: mean base instead
+                activity_scales[-1] = 0.0
         fused_y = blend_stack(padded.float(), logits, torch.cat(gains), activity_scales,
                               well_exposedness=MEF_WELL_EXPOSEDNESS if exposure else 0.0,
                               detail_well_exposedness=MEF_DETAIL_WELL_EXPOSEDNESS if exposure else 0.0)

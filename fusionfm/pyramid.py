@@ -92,9 +92,11 @@ def mean_levels(image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
     return torch.cat([image_a.mean(dim=(-2, -1)), image_b.mean(dim=(-2, -1))], dim=1)
 
 
-BASE_ACTIVITIES = ("brighter", "salient")
-"""How the activity prior compares the two sources' base bands: ``"brighter"`` (:func:`activity_logit`) or
-``"salient"`` (:func:`salience_logit`)."""
+BASE_ACTIVITIES = ("brighter", "salient", "sharper")
+"""How the activity prior compares the two sources' base bands: ``"brighter"`` (:func:`activity_logit`),
+``"salient"`` (:func:`salience_logit`) or ``"sharper"`` (the detail levels' :func:`consistent_detail_logit`: where
+one source is in focus its coarse bands are right too, and averaging them with the other's blurred ones leaves a
+blurred ghost of the sharp object around it)."""
 
 SALIENCE_SIGMA = 1.5
 """Gaussian smoothing (in base-band pixels, 5x5 kernel) of the salience maps: one base pixel stands for 2^(L-1)
@@ -165,7 +167,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
                    source_means: torch.Tensor | None = None,
                    detail_consistency: torch.Tensor | None = None,
                    consistency_epsilon: float | torch.Tensor = ACTIVITY_EPSILON,
-                   consistency_sigma: float = CONSISTENT_SIGMA) -> torch.Tensor:
+                   consistency_sigma: float = CONSISTENT_SIGMA,
+                   sharper_base: torch.Tensor | None = None) -> torch.Tensor:
     """Band-wise fusion: per Laplacian level k, w_k a_k + (1 - w_k) b_k, detail levels times a gain g_k.
 
     Args:
@@ -183,6 +186,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
             c :func:`consistent_detail_logit` + (1 - c) its own :func:`activity_logit`.
         consistency_epsilon, consistency_sigma: the ``epsilon`` (one value or (B,)) and ``sigma`` of
             :func:`consistent_detail_logit`.
+        sharper_base: optional (B,) bool: items whose base band follows :func:`consistent_detail_logit` (the
+            source with the stronger finest detail nearby) instead of brightness or salience.
 
     Returns:
         (B, 1, H, W) the collapsed fused pyramid. With saturated logits (+inf: a, -inf: b), no activity scales
@@ -194,10 +199,13 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
     # Both sources in one pass: the blur is per channel, and one call on two channels costs little more than one.
     pyramid = laplacian_pyramid(torch.cat([image_a, image_b], dim=1), levels)
     consistent = None
-    if activity_scales is not None and detail_consistency is not None and bool(detail_consistency.any()):
+    consistent_details = detail_consistency is not None and bool(detail_consistency.any())
+    sharper = sharper_base is not None and bool(sharper_base.any())
+    if activity_scales is not None and (consistent_details or sharper):
         consistent = consistent_detail_logit(pyramid[0][:, 0:1], pyramid[0][:, 1:2], consistency_sigma,
                                              consistency_epsilon)
-        weight = detail_consistency.view(-1, 1, 1, 1).to(consistent.dtype)
+        weight = (detail_consistency if consistent_details else consistent.new_zeros(len(consistent))).view(-1, 1, 1, 1)
+        weight = weight.to(consistent.dtype)
     fused = []
     for level, bands in enumerate(pyramid):
         size = tuple(bands.shape[-2:])
@@ -209,6 +217,8 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
             if level == levels - 1 and salient_base is not None and bool(salient_base.any()):
                 salient = salience_logit(band_a, band_b, source_means)
                 prior = torch.where(salient_base.view(-1, 1, 1, 1), salient, prior)
+            if level == levels - 1 and sharper:
+                prior = torch.where(sharper_base.view(-1, 1, 1, 1), fit_maps(consistent, size), prior)
             elif level < levels - 1 and consistent is not None:
                 prior = weight * fit_maps(consistent, size) + (1 - weight) * prior
             logit = logit + scale * prior
@@ -222,7 +232,7 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
 def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.Tensor,
                     gains: torch.Tensor | None = None, salient_base: bool = False,
                     detail_consistency: float = 0.0, consistency_epsilon: float = ACTIVITY_EPSILON,
-                    consistency_sigma: float = CONSISTENT_SIGMA) -> torch.Tensor:
+                    consistency_sigma: float = CONSISTENT_SIGMA, sharper_base: bool = False) -> torch.Tensor:
     """The activity prior alone (logits 0): what an untrained activity-prior head fuses.
 
     Args:
@@ -233,6 +243,7 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
             instead of brightness.
         detail_consistency: weight of :func:`consistent_detail_logit` in the detail levels' activity (0: none).
         consistency_epsilon, consistency_sigma: that map's ``epsilon`` and ``sigma``.
+        sharper_base: the base band follows that map too (instead of brightness or salience).
 
     Returns:
         (B, 1, H, W) in [0, 1].
@@ -243,4 +254,4 @@ def activity_fusion(image_a: torch.Tensor, image_b: torch.Tensor, scales: torch.
                           scales.reshape(-1, levels), torch.full((len(image_a),), salient_base),
                           mean_levels(image_a, image_b),
                           torch.full((len(image_a),), float(detail_consistency)), consistency_epsilon,
-                          consistency_sigma).clamp(0, 1)
+                          consistency_sigma, torch.full((len(image_a),), sharper_base)).clamp(0, 1)

@@ -65,8 +65,8 @@ def _gain_offsets(detail_gains: list[list[float]], max_gain: float) -> torch.Ten
 _ACTIVITY_PYRAMID: dict[str, Any] = dict(
     block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8, mid_block_attention=False,
     output_head="pyramid", pyramid_levels=5, max_gain=2.0, smooth_weights=False, task_gates=True,
-    activity_scales=[[detail] * 4 + [base] for detail, base in ((128.0, 4.0), (64.0, 16.0), (16.0, 2.0), (16.0, 0.0))],
-    base_activity=["salient", "brighter", "brighter", "brighter"], detail_consistency=[0.95, 0.9, 0.0, 1.0],
+    activity_scales=[[detail] * 4 + [base] for detail, base in ((128.0, 4.0), (64.0, 16.0), (16.0, 2.0), (16.0, 32.0))],
+    base_activity=["salient", "brighter", "brighter", "sharper"], detail_consistency=[0.95, 0.9, 0.0, 1.0],
     consistency_epsilon=[0.1, 0.1, 0.03, 0.03], consistency_sigma=5.0,
     detail_gains=[[gain] * 4 for gain in (1.1, 1.02, 1.04, 1.04)])
 
@@ -77,7 +77,8 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # The shipped model: a 4x4 pixel unshuffle, widths 16-32-64-128 at 1/4, 1/8, 1/16 and 1/32 of the image, purely
     # convolutional, band-wise output (a weight map per level of a 5-level Laplacian pyramid, a gain in [1/2, 2] per
     # detail level) on top of the activity prior (detail strengths IVF 128, MIF 64, MEF and MFF 16; base: IVF the
-    # more salient source, strength 4, MIF and MEF the brighter one, strengths 16 and 2, MFF strength 0; the detail
+    # more salient source, strength 4, MIF and MEF the brighter one, strengths 16 and 2, MFF the sharper one (the
+    # consistent detail map), strength 32; the detail
     # choice of IVF, MIF and MFF 0.95, 0.9 and 1 from one consistent map smoothed over 5 pixels, even where both
     # sources are flat: epsilon 0.1, 0.1 and 0.03) and starting detail gains (IVF 1.1, MIF 1.02, MEF 1.04, MFF
     # 1.04), with per-task gates that start at 0.
@@ -125,7 +126,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
             sources' bands (a softened max-abs choice of details, a brighter-source choice of the base). The
             strengths are trained with the network. None: the network's logits alone (models saved before it).
         base_activity: (pyramid head, with ``activity_scales``) per task, how the base band's prior compares the
-            sources: ``"brighter"`` or ``"salient"`` (:data:`fusionfm.pyramid.BASE_ACTIVITIES`). None: brighter for
+            sources: ``"brighter"``, ``"salient"`` or ``"sharper"`` (:data:`fusionfm.pyramid.BASE_ACTIVITIES`; the
+            last follows the consistent detail map below, with its epsilon and sigma). None: brighter for
             every task (models saved before it). Stacks of frames (MEF, MFF) always compare brightness.
         detail_consistency: (pyramid head, with ``activity_scales``) per task, the weight in [0, 1] of one choice
             for all detail levels (:func:`fusionfm.pyramid.consistent_detail_logit`) against each band's own;
@@ -202,9 +204,10 @@ class FusionUNet(ModelMixin, ConfigMixin):
                              f"got {consistency_epsilon!r}.")
         if not consistency_sigma > 0:
             raise ValueError(f"consistency_sigma must be positive, got {consistency_sigma!r}.")
-        salient = [mode == "salient" for mode in base_activity or []] or [False] * num_tasks
+        rules = base_activity or ["brighter"] * num_tasks
         # Derived from the config, so not saved with the weights.
-        self.register_buffer("salient_base", torch.tensor(salient), persistent=False)
+        self.register_buffer("salient_base", torch.tensor([rule == "salient" for rule in rules]), persistent=False)
+        self.register_buffer("sharper_base", torch.tensor([rule == "sharper" for rule in rules]), persistent=False)
         self.register_buffer("consistency_weight", torch.tensor(detail_consistency or [0.0] * num_tasks),
                              persistent=False)
         self.register_buffer("consistency_epsilons", torch.tensor(epsilons), persistent=False)
@@ -355,7 +358,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
                                        self.activity_scales_for(task_ids), self.salient_base[task_ids.long()],
                                        None if source_means is None else source_means.float(),
                                        self.consistency_weight[task_ids.long()],
-                                       self.consistency_epsilons[task_ids.long()], self.config.consistency_sigma)
+                                       self.consistency_epsilons[task_ids.long()], self.config.consistency_sigma,
+                                       self.sharper_base[task_ids.long()])
         else:
             weight = torch.sigmoid(output[:, :1])
             fused = weight * image_a.float() + (1 - weight) * image_b.float()
@@ -368,8 +372,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
 def start_prior(config: Mapping[str, Any], task_id: int) -> dict[str, Any]:
     """The keyword arguments of :func:`fusionfm.pyramid.activity_fusion` that fuse as task ``task_id``'s untrained
     head in ``config`` (a preset of :data:`UNET_PRESETS` or a saved config with ``activity_scales``): ``scales``
-    (L,), ``gains`` (L - 1,), ``salient_base``, ``detail_consistency``, ``consistency_epsilon`` and
-    ``consistency_sigma``."""
+    (L,), ``gains`` (L - 1,), ``salient_base``, ``detail_consistency``, ``consistency_epsilon``,
+    ``consistency_sigma`` and ``sharper_base``."""
     scales = torch.tensor(config["activity_scales"][task_id], dtype=torch.float32)
     gains, rules, consistency = (config.get(key) for key in ("detail_gains", "base_activity", "detail_consistency"))
     return dict(scales=scales,
@@ -378,7 +382,8 @@ def start_prior(config: Mapping[str, Any], task_id: int) -> dict[str, Any]:
                 detail_consistency=float(consistency[task_id]) if consistency else 0.0,
                 consistency_epsilon=_per_task(config.get("consistency_epsilon", ACTIVITY_EPSILON),
                                               len(config["activity_scales"]))[task_id],
-                consistency_sigma=float(config.get("consistency_sigma", CONSISTENT_SIGMA)))
+                consistency_sigma=float(config.get("consistency_sigma", CONSISTENT_SIGMA)),
+                sharper_base=bool(rules) and rules[task_id] == "sharper")
 
 
 def build_unet(preset: str = "default", **overrides: Any) -> FusionUNet:

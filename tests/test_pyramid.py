@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import PIL.Image
 import pytest
 import torch
+from conftest import DATA, make_pipeline
 
 from fusionfm import UNET_PRESETS, FusionImageProcessor, FusionUNet, build_unet
 from fusionfm.color import luminance
@@ -24,6 +26,7 @@ from fusionfm.pyramid import (
     salience_logit,
 )
 from fusionfm.stacks import blend_stack
+from fusionfm.tasks import get_task
 from fusionfm.unet import start_prior
 
 
@@ -205,12 +208,51 @@ def test_start_prior_fuses_as_the_untrained_default_head_of_every_task(sources):
         torch.testing.assert_close(head.clamp(0, 1), prior, atol=1e-5, rtol=0)
 
 
+def test_a_sharper_base_keeps_the_in_focus_source_without_the_others_blurred_ghost(real_pair):
+    """A real multi-focus pair (MFIFB lytro_01): where one source's detail is clearly the stronger (consistent map
+    beyond +-0.2, a fifth of the image each), the default MFF prior with its sharper-source base stays closer to
+    that source than the same prior with an averaged base (the previous MFF rule), whose coarse bands mix in the
+    other source's blurred copy of the object. Measured: 1.40 vs 2.41 grey levels where a is sharp, 0.32 vs 0.43
+    where b is."""
+    processor = FusionImageProcessor()
+    a, b = (luminance(processor.to_tensor_list(image)[0][None]) for image in real_pair("MFF"))
+    start = start_prior(UNET_PRESETS["default"], get_task("MFF").class_id)
+    assert start["sharper_base"] and start["scales"][-1] > 0
+    averaged_base = dict(start, sharper_base=False, scales=torch.cat([start["scales"][:-1], torch.zeros(1)]))
+    sharper, averaged = activity_fusion(a, b, **start), activity_fusion(a, b, **averaged_base)
+    finest = laplacian_pyramid(torch.cat([a, b], dim=1), 5)[0]
+    choice = consistent_detail_logit(finest[:, :1], finest[:, 1:], start["consistency_sigma"],
+                                     start["consistency_epsilon"])
+    for region, source, share in ((choice > 0.2, a, 0.7), (choice < -0.2, b, 0.9)):
+        assert region.float().mean() > 0.15
+        assert (sharper - source).abs()[region].mean() < share * (averaged - source).abs()[region].mean()
+
+
+def test_a_stack_keeps_an_averaged_base_for_a_sharper_base_task():
+    """Stacks compare frames by brightness only: a task whose pair base follows the sharper source fuses a stack
+    as if its base strength were 0 (the LytroTriple triple-1 focus stack, downscaled)."""
+    frames = [PIL.Image.open(path).convert("RGB").reduce(4)
+              for path in sorted((DATA / "MFF" / "LytroTriple" / "triple-1").glob("*.jpg"))]
+    fused = {}
+    for rule, base in (("sharper", 32.0), ("brighter", 0.0)):
+        pipe = make_pipeline()
+        scales = [[16.0] * 4 + [base]] * 4
+        pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4,
+                               activity_scales=scales, base_activity=["brighter"] * 3 + [rule]).eval()
+        fused[rule] = pipe(frames, task="MFF", output_type="pt", compute_dtype="fp32").images
+    torch.testing.assert_close(fused["sharper"], fused["brighter"])
+
+
 def test_base_and_detail_rules_are_kept_on_save_and_wrong_ones_are_refused(tmp_path):
     unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4,
                       base_activity=["salient", "brighter", "brighter", "brighter"])
     unet.save_pretrained(tmp_path)
     assert FusionUNet.from_pretrained(tmp_path).salient_base.tolist() == [True, False, False, False]
-    with pytest.raises(ValueError, match="one of brighter, salient per task"):
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4,
+                      base_activity=["salient", "brighter", "brighter", "sharper"])
+    unet.save_pretrained(tmp_path / "sharper")
+    assert FusionUNet.from_pretrained(tmp_path / "sharper").sharper_base.tolist() == [False, False, False, True]
+    with pytest.raises(ValueError, match="one of brighter, salient, sharper per task"):
         build_unet("tiny", output_head="pyramid", pyramid_levels=3, activity_scales=[[8.0] * 3] * 4,
                    base_activity=["loudest"] * 4)
     with pytest.raises(ValueError, match="needs activity_scales"):

@@ -23,7 +23,7 @@ LABEL=scripts/reproduce/activity_labels.py
 python $LABEL "$WORK/labels/IVF-train" "$WORK/scorelabels/IVF-train" --select score --base_strengths 0,2,4,16 --gains 1,1.05,1.1,1.15
 python $LABEL "$WORK/labels/MEF-train" "$WORK/scorelabels/MEF-train" --select score --base_strengths 0,2,4,16 --gains 1,1.02,1.05,1.1
 python $LABEL "$WORK/labels/MIF-train" "$WORK/scorelabels/MIF-train" --select score --base_strengths 4,16 --gains 1,1.02
-python $LABEL "$WORK/labels/MFF-train" "$WORK/scorelabels/MFF-train" --select score --variants_only --base_strengths 0 \
+python $LABEL "$WORK/labels/MFF-train" "$WORK/scorelabels/MFF-train" --select score --variants_only --base_strengths 32 \
   --gains 1,1.02,1.04,1.06
 
 # 3. Joint training from the activity prior (the default preset: detail gains, task gates at 0), labels only,
