@@ -214,12 +214,13 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
         if activity_scales is not None:
             scale = activity_scales[:, level].view(-1, 1, 1, 1)
             prior = activity_logit(band_a, band_b, base=level == levels - 1)
-            if level == levels - 1 and salient_base is not None and bool(salient_base.any()):
-                salient = salience_logit(band_a, band_b, source_means)
-                prior = torch.where(salient_base.view(-1, 1, 1, 1), salient, prior)
-            if level == levels - 1 and sharper:
-                prior = torch.where(sharper_base.view(-1, 1, 1, 1), fit_maps(consistent, size), prior)
-            elif level < levels - 1 and consistent is not None:
+            if level == levels - 1:
+                if salient_base is not None and bool(salient_base.any()):
+                    salient = salience_logit(band_a, band_b, source_means)
+                    prior = torch.where(salient_base.view(-1, 1, 1, 1), salient, prior)
+                if sharper:
+                    prior = torch.where(sharper_base.view(-1, 1, 1, 1), fit_maps(consistent, size), prior)
+            elif consistent is not None:
                 prior = weight * fit_maps(consistent, size) + (1 - weight) * prior
             logit = logit + scale * prior
         band = band_b + torch.sigmoid(logit) * (band_a - band_b)

@@ -93,7 +93,7 @@ def test_structure_term_by_hand():
 
 
 def test_edge_term_by_hand():
-    """A vertical ramp a against a flat b (weight ~0): an endpoint equal to a keeps every edge (G = 1, A = 1), one
+    """A ramp along x as a against a flat b (weight ~0): an endpoint equal to a keeps every edge (G = 1, A = 1), one
     at half the slope has G = 0.5, and one turned by 90 degrees has A = 0 (within 1e-3: b's near-zero strengths,
     kept off 0 for finite gradients, still weigh a little)."""
     ramp = (torch.arange(12, dtype=torch.float32) * 0.05).expand(1, 1, 12, 12).contiguous()
