@@ -198,14 +198,14 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
         raise ValueError(f"{levels} weight maps need {levels - 1} gain maps, got {gains.shape[1]}.")
     # Both sources in one pass: the blur is per channel, and one call on two channels costs little more than one.
     pyramid = laplacian_pyramid(torch.cat([image_a, image_b], dim=1), levels)
-    consistent = None
+    consistent = weight = None  # the consistent map, and its (B, 1, 1, 1) share in the detail levels' activity
     consistent_details = detail_consistency is not None and bool(detail_consistency.any())
     sharper = sharper_base is not None and bool(sharper_base.any())
     if activity_scales is not None and (consistent_details or sharper):
         consistent = consistent_detail_logit(pyramid[0][:, 0:1], pyramid[0][:, 1:2], consistency_sigma,
                                              consistency_epsilon)
-        weight = (detail_consistency if consistent_details else consistent.new_zeros(len(consistent))).view(-1, 1, 1, 1)
-        weight = weight.to(consistent.dtype)
+        if consistent_details:
+            weight = detail_consistency.view(-1, 1, 1, 1).to(consistent.dtype)
     fused = []
     for level, bands in enumerate(pyramid):
         size = tuple(bands.shape[-2:])
@@ -220,7 +220,7 @@ def blend_pyramids(image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.T
                     prior = torch.where(salient_base.view(-1, 1, 1, 1), salient, prior)
                 if sharper:
                     prior = torch.where(sharper_base.view(-1, 1, 1, 1), fit_maps(consistent, size), prior)
-            elif consistent is not None:
+            elif weight is not None:
                 prior = weight * fit_maps(consistent, size) + (1 - weight) * prior
             logit = logit + scale * prior
         band = band_b + torch.sigmoid(logit) * (band_a - band_b)

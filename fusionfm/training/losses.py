@@ -70,17 +70,17 @@ The script's ``--endpoint_loss_weight`` scales the whole table (0: plain flow ma
 """
 
 
+def _sobel(image: torch.Tensor, epsilon: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sobel responses gx, gy and strength sqrt(gx^2 + gy^2 + epsilon) of (B, 1, H, W), each (B, 1, H, W); the
+    epsilon keeps the strength's slope finite where the image is flat."""
+    gradient = spatial_gradient(image, mode="sobel", normalized=True)  # (B, 1, 2, H, W)
+    gx, gy = gradient[:, :, 0], gradient[:, :, 1]
+    return gx, gy, (gx.square() + gy.square()).add(epsilon).sqrt()
+
+
 def _gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude of (B, 1, H, W): (B, 1, H, W)."""
-    gradient = spatial_gradient(image, mode="sobel", normalized=True)  # (B, 1, 2, H, W)
-    return gradient.square().sum(dim=2).add(1e-12).sqrt()
-
-
-def _sobel(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sobel responses gx, gy and strength of (B, 1, H, W), each (B, 1, H, W) (strength kept off 0 for gradients)."""
-    gradient = spatial_gradient(image, mode="sobel", normalized=True)
-    gx, gy = gradient[:, :, 0], gradient[:, :, 1]
-    return gx, gy, (gx.square() + gy.square()).add(1e-10).sqrt()
+    return _sobel(image)[2]
 
 
 def soft_qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
@@ -93,10 +93,10 @@ def soft_qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor)
     """
     # float32 even under bf16 autocast: near-parallel edges need acos's slope just below 1, where bf16 rounds to 1.
     with torch.autocast(fused.device.type, enabled=False):
-        gx_f, gy_f, g_f = _sobel(fused.float())
+        gx_f, gy_f, g_f = _sobel(fused.float(), 1e-10)
         total, weight = 0.0, 0.0
         for source in (image_a, image_b):
-            gx_s, gy_s, g_s = _sobel(source.float())
+            gx_s, gy_s, g_s = _sobel(source.float(), 1e-10)
             ratio = torch.minimum(g_s, g_f) / torch.maximum(g_s, g_f)
             cosine = ((gx_s * gx_f + gy_s * gy_f).abs() / (g_s * g_f)).clamp(0.0, 1.0 - 1e-6)
             alignment = 1 - torch.acos(cosine) * (2 / math.pi)
