@@ -7,7 +7,8 @@ with the task's starting strengths and gains). Two ways to choose, both on copie
 - ``--select head-to-head`` (the session-10 labels): the prior's fusion replaces the label when it is higher on
   more than half of the nine ranked metrics.
 - ``--select score``: the candidates are the label and the activity prior at every combination of
-  ``--base_strengths`` and ``--gains``; the one with the highest benchmark-aligned score
+  ``--base_strengths`` and ``--gains`` (and, with ``--finest_gains``, of those gains with the finest detail level's
+  gain replaced); the one with the highest benchmark-aligned score
   (:func:`fusionfm.evaluation.validation.benchmark_score`: the share of the task's built-in priors beaten, as
   every recipe is chosen on the validation split) becomes the label. A label chosen per pair, so the network can
   learn which variant suits which content. With ``--variants_only`` the label itself is not a candidate. With
@@ -17,7 +18,8 @@ with the task's starting strengths and gains). Two ways to choose, both on copie
 Trains with ``training/train.py --labels TASK=OUT``.
 
 Usage: python scripts/reproduce/activity_labels.py LABELS_DIR OUT_DIR [--select score] [--config JSON]
-    [--base_strengths 0,2,4,16] [--gains 1,1.05,1.1,1.15] [--region_merge 4] [--data ../shared/data]
+    [--base_strengths 0,2,4,16] [--gains 1,1.05,1.1,1.15] [--finest_gains 1.3] [--region_merge 4]
+    [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def main() -> None:
                         help="(--select score) base-level strengths of the candidates, comma-separated")
     parser.add_argument("--gains", type=_floats, default=[1.0, 1.05, 1.1, 1.15],
                         help="(--select score) uniform detail gains of the candidates, comma-separated")
+    parser.add_argument("--finest_gains", type=_floats, default=[],
+                        help="(--select score) also each candidate with its finest detail level at each of these gains")
     parser.add_argument("--variants_only", action="store_true",
                         help="(--select score) the existing label is not a candidate: every label becomes a variant")
     parser.add_argument("--region_merge", type=int, default=0, metavar="K",
@@ -89,12 +93,14 @@ def main() -> None:
         reference = scored_pair(pair.task, pair.dataset, pair.stem, small(y_a), small(y_b))
         scored = {} if args.variants_only else {"label": (benchmark_score(small(label), reference), label)}
         start = start_prior(config, pair.task.class_id)
-        for base, gain in itertools.product(args.base_strengths, args.gains):
-            scales = start["scales"].clone()
+        for base, gain, finest in itertools.product(args.base_strengths, args.gains, [None, *args.finest_gains]):
+            scales, gains = start["scales"].clone(), torch.full_like(start["gains"], gain)
             scales[-1] = base
-            candidate = activity_fusion(y_a, y_b, **{**start, "scales": scales,
-                                                     "gains": torch.full_like(start["gains"], gain)})
-            scored[f"base {base:g}, gain {gain:g}"] = (benchmark_score(small(candidate), reference), candidate)
+            if finest is not None:
+                gains[0] = finest
+            candidate = activity_fusion(y_a, y_b, **{**start, "scales": scales, "gains": gains})
+            name = f"base {base:g}, gain {gain:g}" + ("" if finest is None else f", finest {finest:g}")
+            scored[name] = (benchmark_score(small(candidate), reference), candidate)
         if args.region_merge > 1:
             top = sorted(scored, key=lambda name: scored[name][0], reverse=True)[:args.region_merge]
             merged = region_select({name: scored[name][1] for name in top}, y_a, y_b, pair.task).label
