@@ -1,16 +1,17 @@
 """Qabf against the rest: the activity prior's detail choice made per band or from one consistent map.
 
     python scripts/experiments/detail_choice_variants.py [--task IVF] [--strengths 16 64] [--sigmas 2]
-        [--mixes 1 0.75 0.5] [--gains 1.04 1.1] [--epsilons 0.001 0.03] [--base_strengths 0 32] [--resolution 0]
-        [--no_baselines] [--data ../shared/data]
+        [--mixes 1 0.75 0.5] [--gains 1.04 1.1 | --gain_profiles 1.04,1.04,1.04,1.1] [--epsilons 0.001 0.03]
+        [--base_strengths 0 32] [--resolution 0] [--no_baselines] [--data ../shared/data]
 
 The prior alone (logits 0) on a task's validation pairs, with the default preset's base rule and strength. Per
 band (the head's rule): each detail coefficient leans to the source of larger magnitude. Consistent: every detail
 level takes its choice from one map, the finest band's magnitudes smoothed by a Gaussian of ``sigma`` pixels (as
 GFF decides from smoothed saliency; ``epsilon`` in its denominator evens it where both are weak), mixed with the
 per-band choice by ``mix`` (1: the map alone); one variant per combination of ``--strengths``, ``--sigmas``,
-``--mixes``, ``--gains``, ``--epsilons`` and ``--base_strengths`` (the strength of the preset's base rule; 0
-averages the bases; default the preset's). Prints the benchmark-aligned score and the mean of the nine ranked
+``--mixes``, ``--gains`` (every detail level's; or ``--gain_profiles``, one gain per detail level, finest first),
+``--epsilons`` and ``--base_strengths`` (the strength of the preset's base rule; 0 averages the bases; default the
+preset's). Prints the benchmark-aligned score and the mean of the nine ranked
 metrics of each variant and of the best built-in prior per metric (docs/quality.md, sessions 13 to 15). The pairs'
 long side is resized to ``--resolution`` (default 256, as in training; 0: each pair's own size, as the benchmarks
 and users fuse).
@@ -37,12 +38,13 @@ BASELINES = {  # name: (detail strength, gain, consistent-map sigma or 0, mix, e
 }
 
 
-def fuse(a: torch.Tensor, b: torch.Tensor, base_strength: float, salient: bool, strength: float, gain: float,
-         sigma: float, mix: float, epsilon: float = ACTIVITY_EPSILON, levels: int = 5,
+def fuse(a: torch.Tensor, b: torch.Tensor, base_strength: float, salient: bool, strength: float,
+         gains: tuple[float, ...], sigma: float, mix: float, epsilon: float = ACTIVITY_EPSILON,
          sharper: bool = False) -> torch.Tensor:
-    """The head's activity prior (logits 0) with the consistent map's ``sigma`` free (the head fixes it; 0: none)."""
-    scales = torch.tensor([strength] * (levels - 1) + [base_strength])
-    return activity_fusion(a, b, scales, torch.full((levels - 1,), gain), salient, mix if sigma else 0.0, epsilon,
+    """The head's activity prior (logits 0) with the consistent map's ``sigma`` free (the head fixes it; 0: none);
+    ``gains`` one per detail level, finest first (their number sets the levels)."""
+    scales = torch.tensor([strength] * len(gains) + [base_strength])
+    return activity_fusion(a, b, scales, torch.tensor(gains), salient, mix if sigma else 0.0, epsilon,
                            sigma or CONSISTENT_SIGMA, sharper)
 
 
@@ -53,6 +55,8 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[2.0])
     parser.add_argument("--mixes", type=float, nargs="+", default=[1.0, 0.75, 0.5])
     parser.add_argument("--gains", type=float, nargs="+", default=[1.04, 1.1])
+    parser.add_argument("--gain_profiles", type=lambda text: tuple(float(v) for v in text.split(",")), nargs="+",
+                        default=None, help="instead of --gains: per-level detail gains, comma-separated, finest first")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[ACTIVITY_EPSILON],
                         help="the consistent map's denominator epsilon (larger: average where both are weak)")
     parser.add_argument("--base_strengths", type=float, nargs="+", default=None,
@@ -64,21 +68,28 @@ def main() -> None:
     start = start_prior(UNET_PRESETS["default"], get_task(args.task).class_id)
     salient, sharper = start["salient_base"], start["sharper_base"]
     base_strengths = args.base_strengths or [float(start["scales"][-1])]
-    variants = {} if args.no_baselines else {name: (*cell, base_strengths[0]) for name, cell in BASELINES.items()}
-    variants.update({f"consistent sigma {sigma:g}, strength {strength:g}, mix {mix:g}, gain {gain:g}, eps {eps:g}, "
-                     f"base {base:g}": (strength, gain, sigma, mix, eps, base) for strength in args.strengths
-                     for sigma in args.sigmas for mix in args.mixes for gain in args.gains for eps in args.epsilons
+    levels = len(start["gains"])
+    preset_gains = tuple(start["gains"].tolist())
+    profiles = args.gain_profiles or [(gain,) * levels for gain in args.gains]
+    if any(len(profile) != levels for profile in profiles):
+        parser.error(f"--gain_profiles needs {levels} gains each (one per detail level).")
+    variants = {} if args.no_baselines else {
+        name: (strength, preset_gains if gain is None else (gain,) * levels, sigma, mix, eps, base_strengths[0])
+        for name, (strength, gain, sigma, mix, eps) in BASELINES.items()}
+    variants.update({f"consistent sigma {sigma:g}, strength {strength:g}, mix {mix:g}, "
+                     f"gains {'/'.join(f'{gain:g}' for gain in gains)}, eps {eps:g}, base {base:g}":
+                     (strength, gains, sigma, mix, eps, base) for strength in args.strengths
+                     for sigma in args.sigmas for mix in args.mixes for gains in profiles for eps in args.epsilons
                      for base in base_strengths})
     pairs = validation_pairs(args.data, args.task, args.resolution or None)
     print(f"| {args.task}, prior alone ({len(pairs)} pairs) | score | " + " | ".join(SHOWN) + " |")
     print("|---|---:|" + "---:|" * len(SHOWN))
     best = [best_prior_mean(pairs, metric) for metric in SHOWN]
     print("| best built-in prior per metric | | " + " | ".join(f"{value:.3f} ({name})" for name, value in best) + " |")
-    for name, (strength, gain, sigma, mix, epsilon, base_strength) in variants.items():
-        gain = float(start["gains"][0]) if gain is None else gain
+    for name, (strength, gains, sigma, mix, epsilon, base_strength) in variants.items():
         score, totals = 0.0, dict.fromkeys(SHOWN, 0.0)
         for pair in pairs:
-            fused = fuse(pair.image_a, pair.image_b, base_strength, salient, strength, gain, sigma, mix, epsilon,
+            fused = fuse(pair.image_a, pair.image_b, base_strength, salient, strength, gains, sigma, mix, epsilon,
                          sharper=sharper)
             score += benchmark_score(fused, pair) / len(pairs)
             metrics = ranked_metrics(fused, to_gray_255(pair.image_a), to_gray_255(pair.image_b))
