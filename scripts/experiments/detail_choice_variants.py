@@ -11,10 +11,9 @@ GFF decides from smoothed saliency; ``epsilon`` in its denominator evens it wher
 per-band choice by ``mix`` (1: the map alone); one variant per combination of ``--strengths``, ``--sigmas``,
 ``--mixes``, ``--gains`` (every detail level's; or ``--gain_profiles``, one gain per detail level, finest first),
 ``--epsilons`` and ``--base_strengths`` (the strength of the preset's base rule; 0 averages the bases; default the
-preset's). Prints the benchmark-aligned score and the mean of the nine ranked
-metrics of each variant and of the best built-in prior per metric (docs/quality.md, sessions 13 to 15). The pairs'
-long side is resized to ``--resolution`` (default 256, as in training; 0: each pair's own size, as the benchmarks
-and users fuse).
+preset's). Prints the benchmark-aligned score and the mean of the nine ranked metrics of each variant and of the
+best built-in prior per metric (docs/quality.md, sessions 13 to 17). The pairs' long side is resized to
+``--resolution`` (default 256, as in training; 0: each pair's own size, as the benchmarks and users fuse).
 """
 
 from __future__ import annotations
