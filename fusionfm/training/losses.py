@@ -116,15 +116,22 @@ def intensity_target(image_a: torch.Tensor, image_b: torch.Tensor, family: torch
     return torch.where(mef, better_exposed, torch.where(mff, (image_a + image_b) / 2, brighter))
 
 
-def endpoint_terms(endpoint: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor,
-                   family: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The unsupervised objectives (:data:`ENDPOINT_TERMS`) of an endpoint (B, 1, H, W), each per sample (B,)."""
-    intensity = (endpoint - intensity_target(image_a, image_b, family)).abs().mean(dim=(1, 2, 3))
-    strongest = torch.maximum(_gradient_magnitude(image_a), _gradient_magnitude(image_b))
-    gradient = (_gradient_magnitude(endpoint) - strongest).abs().mean(dim=(1, 2, 3))
-    similarity = (ssim(endpoint, image_a, 11) + ssim(endpoint, image_b, 11)).mean(dim=(1, 2, 3)) / 2
-    return {"intensity": intensity, "gradient": gradient, "structure": 1 - similarity,
-            "edges": 1 - soft_qabf(endpoint, image_a, image_b)}
+def endpoint_terms(endpoint: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, family: torch.Tensor,
+                   terms: Sequence[str] = ENDPOINT_TERMS) -> dict[str, torch.Tensor]:
+    """The unsupervised objectives ``terms`` (of :data:`ENDPOINT_TERMS`) of an endpoint (B, 1, H, W), each per
+    sample (B,); only the named ones are computed (a training step pays for the terms it uses)."""
+    computed = {}
+    if "intensity" in terms:
+        computed["intensity"] = (endpoint - intensity_target(image_a, image_b, family)).abs().mean(dim=(1, 2, 3))
+    if "gradient" in terms:
+        strongest = torch.maximum(_gradient_magnitude(image_a), _gradient_magnitude(image_b))
+        computed["gradient"] = (_gradient_magnitude(endpoint) - strongest).abs().mean(dim=(1, 2, 3))
+    if "structure" in terms:
+        similarity = (ssim(endpoint, image_a, 11) + ssim(endpoint, image_b, 11)).mean(dim=(1, 2, 3)) / 2
+        computed["structure"] = 1 - similarity
+    if "edges" in terms:
+        computed["edges"] = 1 - soft_qabf(endpoint, image_a, image_b)
+    return computed
 
 
 def endpoint_weights(task_ids: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -149,7 +156,8 @@ def fusion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], gradient
     loss = label_weight * _flow_terms(prediction, x0, x1, gradient_weight)
     if endpoint_weight > 0:
         endpoint = x_t + (1 - t.float()).view(-1, 1, 1, 1) * prediction
-        terms = endpoint_terms(endpoint, batch["image_a"].float(), batch["image_b"].float(), batch["task_id"])
+        terms = endpoint_terms(endpoint, batch["image_a"].float(), batch["image_b"].float(), batch["task_id"],
+                               use_terms)
         weights = endpoint_weights(batch["task_id"], endpoint_weight)
         loss = loss + sum(weights[term] * terms[term] for term in use_terms)
     return loss
