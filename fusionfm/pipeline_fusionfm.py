@@ -579,42 +579,46 @@ class FusionFMPipeline(DiffusionPipeline):
         y_a = torch.stack([p.y_a for p in pairs])
         y_b = torch.stack([p.y_b for p in pairs])
         task_ids = torch.tensor([p.task.class_id for p in pairs], dtype=torch.long)
+        gain_shifts = self.unet.gain_shifts_for([p.task.name for p in pairs])  # variants' starts (MIF-CT, ...)
         # The whole sources' mean levels, so that every tile measures salience (a "salient" base prior) alike.
         source_means = mean_levels(y_a, y_b)
         height, width = y_a.shape[-2:]
         return fuse_in_tiles(lambda box: self._integrate(y_a[..., box[0]:box[2], box[1]:box[3]],
                                                          y_b[..., box[0]:box[2], box[1]:box[3]], task_ids,
-                                                         source_means, generator, dtype, num_inference_steps),
+                                                         source_means, gain_shifts, generator, dtype,
+                                                         num_inference_steps),
                              height, width, tile_size, tile_size // TILE_OVERLAP_DIVISOR)
 
     def _integrate(self, y_a: torch.Tensor, y_b: torch.Tensor, task_ids: torch.Tensor, source_means: torch.Tensor,
-                   generator: torch.Generator | None, dtype: torch.dtype, num_inference_steps: int) -> torch.Tensor:
-        """Integrate the flow from the coupling of (B, 1, h, w) sources (whole-image means (B, 2)): (B, 1, h, w) in
-        [0, 1], on the CPU."""
+                   gain_shifts: torch.Tensor | None, generator: torch.Generator | None, dtype: torch.dtype,
+                   num_inference_steps: int) -> torch.Tensor:
+        """Integrate the flow from the coupling of (B, 1, h, w) sources (whole-image means (B, 2); the task
+        variants' gain shifts (B, L - 1) or None): (B, 1, h, w) in [0, 1], on the CPU."""
         device = self._execution_device
         multiple, margin = self.unet.size_multiple, self.image_processor.config.border_margin
         y_a, box = self.image_processor.pad_to_multiple(y_a.to(device), multiple, margin)
         y_b, _ = self.image_processor.pad_to_multiple(y_b.to(device), multiple, margin)
         task_ids, source_means = task_ids.to(device), source_means.to(device)
+        gain_shifts = None if gain_shifts is None else gain_shifts.to(device)
         compiled = self._compiled_unet
         unet = compiled.module if compiled is not None and compiled.dtype == dtype else self.unet
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = self.scheduler.source_point(y_a, y_b, generator)
         for t in self.scheduler.timesteps:
             velocity = self._run_unet(unet, dtype, x, y_a, y_b, t.expand(len(task_ids)).to(device), task_ids,
-                                      source_means)
+                                      source_means, gain_shifts)
             x = self.scheduler.step(velocity.float(), t, x).prev_sample
         return self.image_processor.crop(x, box).clamp(0.0, 1.0).cpu()
 
     def _run_unet(self, unet: torch.nn.Module, dtype: torch.dtype, x: torch.Tensor, y_a: torch.Tensor,
-                  y_b: torch.Tensor, t: torch.Tensor, task_ids: torch.Tensor,
-                  source_means: torch.Tensor) -> torch.Tensor:
+                  y_b: torch.Tensor, t: torch.Tensor, task_ids: torch.Tensor, source_means: torch.Tensor,
+                  gain_shifts: torch.Tensor | None = None) -> torch.Tensor:
         """One velocity evaluation in ``dtype`` (autocast when the weights are in another precision)."""
         weights_dtype = self.unet.dtype
         enabled = dtype != weights_dtype and dtype != torch.float32
         with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
             return unet(x.to(weights_dtype), y_a.to(weights_dtype), y_b.to(weights_dtype), t, task_ids,
-                        source_means=source_means)
+                        source_means=source_means, gain_shifts=gain_shifts)
 
     def _finish_pair(self, pair: _PreparedPair, fused_y: torch.Tensor, match_input_resolution: bool) -> torch.Tensor:
         """Resize the fused luminance and put colour back: (C, H, W) in [0, 1]."""

@@ -27,7 +27,7 @@ Laplacian-pyramid fusion and learns what to change, instead of learning the per-
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from .pyramid import ACTIVITY_EPSILON, BASE_ACTIVITIES, CONSISTENT_SIGMA, blend_pyramids
-from .tasks import NUM_TASK_CLASSES
+from .tasks import NUM_TASK_CLASSES, get_task
 
 OUTPUT_HEADS = ("velocity", "weight", "gated", "pyramid")
 
@@ -60,6 +60,30 @@ def _gain_offsets(detail_gains: list[list[float]], max_gain: float) -> torch.Ten
     (gain = max_gain ** tanh(output + offset))."""
     gains = torch.tensor(detail_gains, dtype=torch.float64)
     return torch.atanh(torch.log(gains) / math.log(max_gain)).float()
+
+
+def _variant_gain_shifts(variant_detail_gains: dict[str, list[float]] | None, detail_gains: list[list[float]] | None,
+                         max_gain: float, num_tasks: int) -> dict[str, torch.Tensor]:
+    """Task name -> (levels - 1,) shift of its class's gain pre-activation that starts it at its own gains."""
+    if not variant_detail_gains:
+        return {}
+    if detail_gains is None:
+        raise ValueError("variant_detail_gains needs detail_gains (it shifts a class's starting gains).")
+    shifts = {}
+    for name, gains in variant_detail_gains.items():
+        task = get_task(name)  # an unknown name is refused with the list of known tasks
+        if task.class_id >= num_tasks:
+            raise ValueError(f"variant_detail_gains: task {name!r} has class id {task.class_id}, but the model "
+                             f"embeds {num_tasks} tasks.")
+        if len(gains) != len(detail_gains[task.class_id]):
+            raise ValueError(f"variant_detail_gains[{name!r}] needs {len(detail_gains[task.class_id])} gains, one per "
+                             f"detail level, got {len(gains)}.")
+        if any(not 1 / max_gain < gain < max_gain for gain in gains):
+            raise ValueError(f"variant_detail_gains[{name!r}] must lie strictly between 1 / max_gain and max_gain "
+                             f"({max_gain}), got {gains!r}.")
+        class_row = _gain_offsets([detail_gains[task.class_id]], max_gain)[0]
+        shifts[task.name] = _gain_offsets([gains], max_gain)[0] - class_row
+    return shifts
 
 
 _ACTIVITY_PYRAMID: dict[str, Any] = dict(
@@ -140,6 +164,11 @@ class FusionUNet(ModelMixin, ConfigMixin):
         detail_gains: (pyramid head) per task and detail level, the gain at a network output of 0 (each in
             (1 / max_gain, max_gain); 1 leaves the sources' contrast as it is). Held as a learned offset before the
             gain's tanh, trained with the network. None: every gain starts at 1 (models saved before it).
+        variant_detail_gains: (with ``detail_gains``) start gains of task variants that share a class id (the keys
+            are task names such as ``"MIF-CT"``; the Harvard modalities share the MIF class), one per detail level.
+            A variant's gain pre-activation is its class's shifted by the difference of the two rows' offsets
+            (:meth:`gain_shifts_for`), so it starts at these gains and a trained class's corrections carry over.
+            None or a variant not named: the class's gains.
         task_gates: multiply the output maps by learned per-task, per-channel gates that start at 0, so every task
             starts at logits 0 and gains 1 (with ``activity_scales``: the activity prior) and a task's outputs move
             only as far as its own data asks, not with the weights shared with the other tasks.
@@ -174,6 +203,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         detail_consistency: list[float] | None = None,
         consistency_epsilon: float | list[float] = ACTIVITY_EPSILON,
         consistency_sigma: float = CONSISTENT_SIGMA,
+        variant_detail_gains: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         if output_head not in OUTPUT_HEADS:
@@ -220,6 +250,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
             if any(not 1 / max_gain < gain < max_gain for row in detail_gains for gain in row):
                 raise ValueError(f"detail_gains must lie strictly between 1 / max_gain and max_gain ({max_gain}).")
             self.gain_offset = torch.nn.Parameter(_gain_offsets(detail_gains, max_gain))
+        self._variant_gain_shifts = _variant_gain_shifts(variant_detail_gains, detail_gains, max_gain, num_tasks)
         if smooth_weights and output_head == "velocity":
             raise ValueError("smooth_weights applies to the weight heads, not to output_head='velocity'.")
         levels = len(block_out_channels)
@@ -280,8 +311,10 @@ class FusionUNet(ModelMixin, ConfigMixin):
         return output.float().contiguous()
 
     def source_maps(self, x_t: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, t: torch.Tensor,
-                    task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The weight and weight-head maps behind the fused estimate, for fusing more than two sources.
+                    task_ids: torch.Tensor,
+                    gain_shifts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight and weight-head maps behind the fused estimate, for fusing more than two sources
+        (``gain_shifts`` as in :meth:`forward`).
 
         Returns:
             logits (B, L, h, w): source-a weight logits, one map per pyramid level (L = 1 for the weight head);
@@ -296,7 +329,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         output = self._raw_output(x_t, image_a, image_b, t, task_ids)
         if self.config.output_head == "weight":
             return output[:, :1], output[:, :0]
-        return self._pyramid_maps(output, task_ids)
+        return self._pyramid_maps(output, task_ids, gain_shifts)
 
     @torch.no_grad()
     def reset_task(self, task_id: int) -> None:
@@ -317,12 +350,25 @@ class FusionUNet(ModelMixin, ConfigMixin):
             return None
         return self.activity_scale.float()[task_ids.long()]
 
-    def _pyramid_maps(self, output: torch.Tensor, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gain_shifts_for(self, task_names: Sequence[str]) -> torch.Tensor | None:
+        """(B, L - 1) float32 shifts of each item's gain pre-activation that start a task variant at its own gains
+        (``variant_detail_gains``; zeros for a task without them), for :meth:`forward`. None when the config
+        names no variant."""
+        if not self._variant_gain_shifts:
+            return None
+        zeros = torch.zeros(self.config.pyramid_levels - 1)
+        rows = [self._variant_gain_shifts.get(get_task(name).name, zeros) for name in task_names]
+        return torch.stack(rows).to(self.gain_offset.device)
+
+    def _pyramid_maps(self, output: torch.Tensor, task_ids: torch.Tensor,
+                      gain_shifts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pyramid head's output split into weight logits and gains bounded to [1 / max_gain, max_gain]."""
         levels = self.config.pyramid_levels
         gain_input = output[:, levels:]
         if self.config.detail_gains is not None:
             gain_input = gain_input + self.gain_offset.float()[task_ids.long()][:, :, None, None]
+        if gain_shifts is not None:
+            gain_input = gain_input + gain_shifts.float()[:, :, None, None]
         return output[:, :levels], torch.exp(math.log(self.config.max_gain) * torch.tanh(gain_input))
 
     def forward(
@@ -333,6 +379,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         t: torch.Tensor,
         task_ids: torch.Tensor,
         source_means: torch.Tensor | None = None,
+        gain_shifts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Velocity at x_t.
 
@@ -344,6 +391,8 @@ class FusionUNet(ModelMixin, ConfigMixin):
             source_means: optional (B, 2) mean luminances of the whole sources, for a ``"salient"`` base prior
                 (:func:`fusionfm.pyramid.salience_logit`); the pipeline passes them so that tiles agree. None: the
                 means of the inputs.
+            gain_shifts: optional (B, L - 1) shifts of the pyramid head's gain pre-activations, the task variants'
+                starts (:meth:`gain_shifts_for`); None: every item starts at its class's gains.
 
         Returns:
             (B, 1, H, W) velocity. H and W must be multiples of :attr:`size_multiple`.
@@ -352,7 +401,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         if self.config.output_head == "velocity":
             return output
         if self.config.output_head == "pyramid":
-            logits, gains = self._pyramid_maps(output, task_ids)
+            logits, gains = self._pyramid_maps(output, task_ids, gain_shifts)
             with torch.autocast(device_type=output.device.type, enabled=False):
                 fused = blend_pyramids(image_a.float(), image_b.float(), logits, gains,
                                        self.activity_scales_for(task_ids), self.salient_base[task_ids.long()],
@@ -369,15 +418,21 @@ class FusionUNet(ModelMixin, ConfigMixin):
         return (fused - x_t.float()) / remaining
 
 
-def start_prior(config: Mapping[str, Any], task_id: int) -> dict[str, Any]:
+def start_prior(config: Mapping[str, Any], task_id: int, variant: str | None = None) -> dict[str, Any]:
     """The keyword arguments of :func:`fusionfm.pyramid.activity_fusion` that fuse as task ``task_id``'s untrained
     head in ``config`` (a preset of :data:`UNET_PRESETS` or a saved config with ``activity_scales``): ``scales``
     (L,), ``gains`` (L - 1,), ``salient_base``, ``detail_consistency``, ``consistency_epsilon``,
-    ``consistency_sigma`` and ``sharper_base``."""
+    ``consistency_sigma`` and ``sharper_base``; with ``variant`` (a task name such as ``"MIF-CT"``), that variant's
+    start gains where ``variant_detail_gains`` has them."""
     scales = torch.tensor(config["activity_scales"][task_id], dtype=torch.float32)
-    gains, rules, consistency = (config.get(key) for key in ("detail_gains", "base_activity", "detail_consistency"))
-    return dict(scales=scales,
-                gains=torch.tensor(gains[task_id]) if gains else torch.ones(len(scales) - 1),
+    gain_rows, rules, consistency = (config.get(key) for key in ("detail_gains", "base_activity", "detail_consistency"))
+    gains = torch.tensor(gain_rows[task_id]) if gain_rows else torch.ones(len(scales) - 1)
+    if variant is not None:
+        if get_task(variant).class_id != task_id:
+            raise ValueError(f"Task {variant!r} is not a variant of class {task_id}.")
+        variant_gains = {get_task(name).name: row for name, row in (config.get("variant_detail_gains") or {}).items()}
+        gains = torch.tensor(variant_gains.get(get_task(variant).name, gains.tolist()))
+    return dict(scales=scales, gains=gains,
                 salient_base=bool(rules) and rules[task_id] == "salient",
                 detail_consistency=float(consistency[task_id]) if consistency else 0.0,
                 consistency_epsilon=_per_task(config.get("consistency_epsilon", ACTIVITY_EPSILON),

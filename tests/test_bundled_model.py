@@ -98,7 +98,7 @@ def test_no_checkerboard_and_no_border_band_of_its_own(bundled, task, index):
     assert nyquist_ratio(fused_y, a_y, b_y) < MAX_NYQUIST_RATIO
     band_wise_prior = border_band(to_gray_255(run_prior("laplacian", image_a, image_b, task)), a_y, b_y)
     start = activity_fusion(luminance(image_a), luminance(image_b),
-                            **start_prior(bundled.unet.config, get_task(task).class_id))
+                            **start_prior(bundled.unet.config, get_task(task).class_id, task))
     start_rule = border_band(to_gray_255(start), a_y, b_y) + START_BAND_MARGIN
     assert border_band(fused_y, a_y, b_y) < max(MAX_BORDER_BAND, band_wise_prior, start_rule)
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 
 import PIL.Image
 import pytest
 import torch
 from conftest import DATA, make_pipeline
 
-from fusionfm import UNET_PRESETS, FusionImageProcessor, FusionUNet, build_unet
+from fusionfm import (
+    UNET_PRESETS,
+    FlowMatchFusionScheduler,
+    FusionFMPipeline,
+    FusionImageProcessor,
+    FusionUNet,
+    build_unet,
+)
 from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import fusion_metrics, to_gray_255
 from fusionfm.labels.priors import laplacian_pyramid_fusion
@@ -395,6 +403,83 @@ def test_detail_gains_that_cannot_work_are_refused():
         build_unet("tiny", output_head="pyramid", pyramid_levels=3, detail_gains=[[1.0]] * 4)
     with pytest.raises(ValueError, match="strictly between"):
         build_unet("tiny", output_head="pyramid", pyramid_levels=3, max_gain=2.0, detail_gains=[[2.0, 1.0]] * 4)
+
+
+def _variant_unet(**overrides) -> FusionUNet:
+    """A tiny pyramid U-Net whose MIF-CT variant starts at gain 1.3 on its finest level (its class MIF at 1.05)."""
+    torch.manual_seed(0)
+    config = dict(output_head="pyramid", pyramid_levels=3, task_gates=True, activity_scales=[[16.0, 16.0, 2.0]] * 4,
+                  detail_gains=[[1.05, 1.05]] * 4, variant_detail_gains={"MIF-CT": [1.3, 1.05]})
+    return build_unet("tiny", **{**config, **overrides}).eval()
+
+
+def test_a_task_variant_starts_at_its_own_gains_and_shares_what_its_class_learned(sources, tmp_path):
+    a, b = (x[..., :96, :112] for x in sources)
+    unet, mif, zeros = _variant_unet(), torch.tensor([1]), torch.zeros(1)
+    x0, scales = (a + b) / 2, torch.tensor([16.0, 16.0, 2.0])
+    with torch.no_grad():
+        ct, pet, family = (x0 + unet(x0, a, b, zeros, mif, gain_shifts=unet.gain_shifts_for([name]))
+                           for name in ("MIF-CT", "mif_pet", "MIF"))
+        unshifted = x0 + unet(x0, a, b, zeros, mif)
+    torch.testing.assert_close(ct.clamp(0, 1), activity_fusion(a, b, scales, torch.tensor([1.3, 1.05])),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(ct.clamp(0, 1), activity_fusion(a, b, **start_prior(unet.config, 1, "MIF-CT")),
+                               atol=1e-5, rtol=0)
+    for other in (pet, family):  # the class's other variants and the family name keep the class's gains
+        torch.testing.assert_close(other, unshifted, atol=0, rtol=0)
+    torch.testing.assert_close(pet.clamp(0, 1), activity_fusion(a, b, scales, torch.tensor([1.05, 1.05])),
+                               atol=1e-5, rtol=0)
+    assert (ct - pet).abs().mean() > 1e-3
+    # A trained class (gates open, offsets moved): the variant's gain pre-activation stays the class's plus the shift.
+    with torch.no_grad():
+        unet.task_gate.fill_(0.5)
+        unet.gain_offset.add_(0.1)
+        ct_gains, pet_gains = (unet.source_maps(x0, a, b, zeros, mif, unet.gain_shifts_for([name]))[1]
+                               for name in ("MIF-CT", "MIF-PET"))
+    assert ct_gains.std() > 0  # the network's gains vary per pixel
+    pre_activation = lambda gains: torch.atanh(torch.log(gains.double()) / math.log(2.0))  # noqa: E731
+    shift = math.atanh(math.log(1.3) / math.log(2.0)) - math.atanh(math.log(1.05) / math.log(2.0))
+    difference = pre_activation(ct_gains) - pre_activation(pet_gains)
+    torch.testing.assert_close(difference[:, 0], torch.full_like(difference[:, 0], shift), atol=1e-4, rtol=0)
+    torch.testing.assert_close(difference[:, 1], torch.zeros_like(difference[:, 1]), atol=1e-4, rtol=0)
+    unet.save_pretrained(tmp_path)
+    loaded = FusionUNet.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.gain_shifts_for(["MIF-CT", "IVF"]), unet.gain_shifts_for(["MIF-CT", "IVF"]))
+    assert unet.gain_shifts_for(["MIF-CT", "IVF"])[1].abs().max() == 0
+    assert build_unet("tiny").gain_shifts_for(["MIF-CT"]) is None
+
+
+def test_task_variant_gains_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="needs detail_gains"):
+        _variant_unet(detail_gains=None)
+    with pytest.raises(ValueError, match="Unknown task 'MIF-XR'"):
+        _variant_unet(variant_detail_gains={"MIF-XR": [1.3, 1.05]})
+    with pytest.raises(ValueError, match=r"needs 2 gains, one per detail level, got 3"):
+        _variant_unet(variant_detail_gains={"MIF-CT": [1.3, 1.05, 1.05]})
+    with pytest.raises(ValueError, match="strictly between"):
+        _variant_unet(variant_detail_gains={"MIF-CT": [2.5, 1.05]})
+    with pytest.raises(ValueError, match="not a variant of class 0"):
+        start_prior(_variant_unet().config, 0, "MIF-CT")
+
+
+def test_the_pipeline_starts_each_pair_of_a_mixed_batch_at_its_variants_gains(real_pair):
+    """A real MRI-CT pair fused as MIF-CT and as MIF-PET in one batch: the CT item is what a model whose MIF class
+    starts at the CT gains makes of it, the PET item what the model without variants makes."""
+    mri, ct = real_pair("MIF-CT")
+
+    def pipeline(unet: FusionUNet) -> FusionFMPipeline:
+        pipe = FusionFMPipeline(unet=unet, scheduler=FlowMatchFusionScheduler())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    options = dict(output_type="pt", compute_dtype="fp32", processing_resolution=0)
+    both = pipeline(_variant_unet())([mri, mri], [ct, ct], task=["MIF-CT", "MIF-PET"], batch_size=2, **options)
+    as_ct = pipeline(_variant_unet(variant_detail_gains=None, detail_gains=[[1.05, 1.05], [1.3, 1.05]] +
+                                   [[1.05, 1.05]] * 2))(mri, ct, task="MIF", **options).images[0]
+    as_pet = pipeline(_variant_unet(variant_detail_gains=None))(mri, ct, task="MIF", **options).images[0]
+    torch.testing.assert_close(both.images[0], as_ct, atol=1e-6, rtol=0)
+    torch.testing.assert_close(both.images[1], as_pet, atol=1e-6, rtol=0)
+    assert (as_ct - as_pet).abs().mean() > 1e-3
 
 
 def test_reset_task_returns_one_task_to_its_start_and_leaves_the_others(sources):

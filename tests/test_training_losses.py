@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fusionfm import FusionImageProcessor, build_unet
+from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import qabf, to_gray_255
 from fusionfm.labels.priors import run_prior
+from fusionfm.pyramid import activity_fusion
+from fusionfm.scheduler import FlowMatchFusionScheduler
 from fusionfm.tasks import get_task
+from fusionfm.training.continual import ReplayBuffer
 from fusionfm.training.losses import (
     DEFAULT_ENDPOINT_TERMS,
     ENDPOINT_LOSS_WEIGHTS,
@@ -18,6 +23,7 @@ from fusionfm.training.losses import (
     intensity_target,
     soft_qabf,
 )
+from fusionfm.training.sampler import BatchSampler
 
 
 def test_gradient_loss_term_penalises_edge_errors_only():
@@ -161,3 +167,42 @@ def test_the_label_weight_scales_the_pseudo_label_term_only():
     terms = endpoint_terms(x1 + 0.1, a, b, IVF)
     expected = sum(ENDPOINT_LOSS_WEIGHTS["IVF"][term] * terms[term] for term in DEFAULT_ENDPOINT_TERMS)
     torch.testing.assert_close(endpoint_only, expected, atol=1e-5, rtol=1e-5)
+
+
+class _OneCrop:
+    """Stands in for :class:`fusionfm.training.datasets.LabelledPairs`: one real MRI-CT crop labelled MIF-CT."""
+
+    def __init__(self, crop: dict) -> None:
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return 1
+
+    def random_crop(self, index, size, generator, flip=True) -> dict:
+        return self.crop
+
+
+def test_training_starts_a_task_variant_where_inference_does(real_pair):
+    """A batch of MRI-CT crops whose label is the CT variant's start (finest gain 1.3, the MIF class 1.05): the
+    sampler adds the variant's gain shifts, and with them the untrained model's flow loss is ~0; without them (the
+    class's start) it is not."""
+    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, task_gates=True,
+                      activity_scales=[[16.0, 16.0, 2.0]] * 4, detail_gains=[[1.05, 1.05]] * 4,
+                      variant_detail_gains={"MIF-CT": [1.3, 1.05]})
+    processor = FusionImageProcessor()
+    # Squeezed into [0.25, 0.75], so that no fused value leaves [0, 1] (the label is clipped there, the model's
+    # estimate is not: the gain's overshoot along the skull reaches about 0.12 at half contrast).
+    mri, ct = (0.25 + 0.5 * luminance(processor.to_tensor_list(image)[0][None])[0, :, 64:128, 64:128]
+               for image in real_pair("MIF-CT"))
+    label = activity_fusion(mri[None], ct[None], torch.tensor([16.0, 16.0, 2.0]), torch.tensor([1.3, 1.05]))[0]
+    crop = {"image_a": mri, "image_b": ct, "target": label, "task_id": get_task("MIF").class_id, "task": "MIF-CT"}
+    sampler = BatchSampler({"MIF": _OneCrop(crop)}, ReplayBuffer(0), FlowMatchFusionScheduler(), 64, flip=False,
+                           gain_shifts_for=unet.gain_shifts_for)
+    batch, _ = sampler.draw(["MIF"], 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(batch["gain_shifts"], unet.gain_shifts_for(["MIF-CT", "MIF-CT"]))
+    assert batch["gain_shifts"][:, 0].min() > 0.3 and batch["gain_shifts"][:, 1].abs().max() == 0
+    batch["t"] = torch.tensor([0.0, 0.5])  # away from t = 1, where the velocity's 1 / (1 - t) is bounded
+    with torch.no_grad():
+        shifted = fusion_loss(unet, batch)
+        unshifted = fusion_loss(unet, {key: value for key, value in batch.items() if key != "gain_shifts"})
+    assert shifted.max() < 1e-6 < 1e-5 < unshifted.min()

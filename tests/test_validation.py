@@ -13,6 +13,7 @@ from fusionfm.evaluation.validation import (
     validation_pairs,
 )
 from fusionfm.labels.priors import run_prior
+from fusionfm.tasks import get_task
 from fusionfm.training.datasets import LabelledPairs
 
 
@@ -72,3 +73,4 @@ def test_training_pairs_leave_the_validation_pairs_out(tmp_path):
     kept = LabelledPairs(out, DATA, "MIF", exclude=held_out)
     assert len(everything) == 5 and len(kept) == 4  # the 4th PET training pair is a validation pair
     assert not {(p.dataset, p.stem) for p in kept.pairs} & held_out
+    assert kept[0]["task"] == "MIF-PET" and kept[0]["task_id"] == get_task("MIF").class_id  # variant and class

@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.log_with:
         accelerator.init_trackers("fusionfm", config={k: str(v) for k, v in vars(args).items()})
 
-    sampler = BatchSampler(datasets, replay, noise_scheduler, args.resolution, flip=not args.no_flip)
+    sampler = BatchSampler(datasets, replay, noise_scheduler, args.resolution, flip=not args.no_flip,
+                           gain_shifts_for=unwrapped.gain_shifts_for)
     loss_function = functools.partial(fusion_loss, gradient_weight=args.gradient_loss_weight,
                                       endpoint_weight=args.endpoint_loss_weight,
                                       use_terms=tuple(args.endpoint_terms), label_weight=args.label_loss_weight)

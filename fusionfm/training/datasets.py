@@ -44,7 +44,8 @@ class LabelledPairs(torch.utils.data.Dataset):
         task: keep only this task's pairs (a family name such as ``"MIF"`` keeps all its variants).
         exclude: (dataset, stem) of pairs to leave out (the validation split).
 
-    Items are dicts of ``image_a``, ``image_b``, ``target``: (1, H, W) uint8, and ``task_id``: int.
+    Items are dicts of ``image_a``, ``image_b``, ``target``: (1, H, W) uint8, ``task_id``: int and ``task``: the
+    task's name (a variant such as ``"MIF-CT"`` where the data says which).
     """
 
     def __init__(self, labels_dir: str | Path, data_root: str | Path | None = None,
@@ -97,7 +98,8 @@ class LabelledPairs(torch.utils.data.Dataset):
                 raise ValueError(f"{pair.dataset}/{pair.stem}: sources and label differ in size.")
             gray = [(luminance(image[None])[0] * 255).round().to(torch.uint8) for image in images]
             self._cache[index] = {"image_a": gray[0], "image_b": gray[1], "target": gray[2]}
-        return {**self._cache[index], "task_id": self.pairs[index].task.class_id}
+        task = self.pairs[index].task
+        return {**self._cache[index], "task_id": task.class_id, "task": task.name}
 
     def random_crop(self, index: int, size: int, generator: torch.Generator, flip: bool = True) -> dict:
         """A random ``size`` x ``size`` crop of one item as float in [0, 1] (edge-padded when smaller),
@@ -113,7 +115,8 @@ class LabelledPairs(torch.utils.data.Dataset):
         crop = stacked[0, :, top : top + size, left : left + size]
         if flip and bool(torch.rand((), generator=generator) < 0.5):
             crop = crop.flip(-1)
-        return {"image_a": crop[0:1], "image_b": crop[1:2], "target": crop[2:3], "task_id": item["task_id"]}
+        return {"image_a": crop[0:1], "image_b": crop[1:2], "target": crop[2:3], "task_id": item["task_id"],
+                "task": item["task"]}
 
 
 def parse_label_folders(items: list[str]) -> dict[str, Path]:

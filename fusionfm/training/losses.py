@@ -20,7 +20,8 @@ def flow_matching_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     ``gradient_weight`` times the mean squared error of their horizontal and vertical differences.
 
     ``batch`` holds ``x0``, ``target`` (x1), ``image_a``, ``image_b``: (B, 1, H, W) in [0, 1] (x0 per the
-    coupling), ``t``: (B,) in [0, 1) and ``task_id``: (B,) long.
+    coupling), ``t``: (B,) in [0, 1), ``task_id``: (B,) long and, for task variants with their own start gains,
+    ``gain_shifts``: (B, L - 1) (:meth:`fusionfm.unet.FusionUNet.gain_shifts_for`).
 
     The gradient term is an edge loss on the predicted image, since v - v* = (x1_hat - x1) / (1 - t).
     Plain MSE lets a model soften the strongest source edges at little cost, which edge metrics such as
@@ -28,8 +29,14 @@ def flow_matching_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     """
     x0, x1 = batch["x0"], batch["target"]
     x_t = FlowMatchFusionScheduler.interpolate(x0, x1, batch["t"])
-    prediction = model(x_t, batch["image_a"], batch["image_b"], batch["t"], batch["task_id"])
+    prediction = model(x_t, batch["image_a"], batch["image_b"], batch["t"], batch["task_id"],
+                       **_variant_kwargs(batch))
     return _flow_terms(prediction.float(), x0, x1, gradient_weight)
+
+
+def _variant_kwargs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Only a model that starts task variants at their own gains gets them (the other heads take no such input).
+    return {"gain_shifts": batch["gain_shifts"]} if "gain_shifts" in batch else {}
 
 
 def _flow_terms(prediction: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, gradient_weight: float) -> torch.Tensor:
@@ -152,7 +159,7 @@ def fusion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], gradient
         raise ValueError(f"Unknown endpoint terms {sorted(unknown)}; known: {', '.join(ENDPOINT_TERMS)}.")
     x0, x1, t = batch["x0"], batch["target"], batch["t"]
     x_t = FlowMatchFusionScheduler.interpolate(x0, x1, t)
-    prediction = model(x_t, batch["image_a"], batch["image_b"], t, batch["task_id"]).float()
+    prediction = model(x_t, batch["image_a"], batch["image_b"], t, batch["task_id"], **_variant_kwargs(batch)).float()
     loss = label_weight * _flow_terms(prediction, x0, x1, gradient_weight)
     if endpoint_weight > 0:
         endpoint = x_t + (1 - t.float()).view(-1, 1, 1, 1) * prediction

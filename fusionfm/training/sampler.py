@@ -6,6 +6,8 @@ batches an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from ..scheduler import FlowMatchFusionScheduler
@@ -21,18 +23,22 @@ def step_generator(seed: int, process: int, step: int, stream: int = 0) -> torch
 
 class BatchSampler:
     """Draws batches of ``resolution`` x ``resolution`` crops (flipped left-right at random unless ``flip`` is
-    off) from ``datasets`` (task -> pairs) and the replay buffer, with x0 and t from the noise scheduler."""
+    off) from ``datasets`` (task -> pairs) and the replay buffer, with x0 and t from the noise scheduler, and
+    with ``gain_shifts_for`` (the model's :meth:`fusionfm.unet.FusionUNet.gain_shifts_for`) the task variants'
+    gain shifts, so that training starts each variant where inference does."""
 
     def __init__(self, datasets: dict[str, LabelledPairs], replay: ReplayBuffer,
-                 noise_scheduler: FlowMatchFusionScheduler, resolution: int, flip: bool = True) -> None:
+                 noise_scheduler: FlowMatchFusionScheduler, resolution: int, flip: bool = True,
+                 gain_shifts_for: Callable[[Sequence[str]], torch.Tensor | None] | None = None) -> None:
         self.datasets, self.replay, self.noise_scheduler = datasets, replay, noise_scheduler
-        self.resolution, self.flip = resolution, flip
+        self.resolution, self.flip, self.gain_shifts_for = resolution, flip, gain_shifts_for
 
     def draw(self, tasks: list[str], batch_size: int, generator: torch.Generator,
              replay_share: float = 0.0) -> tuple[dict[str, torch.Tensor], int]:
         """A batch whose fresh samples come from ``tasks`` (uniformly); returns it and the replayed count.
 
-        The batch: ``image_a``, ``image_b``, ``target``, ``x0``: (B, 1, R, R) float; ``t``: (B,); ``task_id``: (B,).
+        The batch: ``image_a``, ``image_b``, ``target``, ``x0``: (B, 1, R, R) float; ``t``: (B,); ``task_id``: (B,);
+        ``gain_shifts``: (B, L - 1) where the model starts task variants at their own gains.
         """
         fresh, replayed = self.replay.split_batch(batch_size, replay_share)
         picks = []
@@ -44,6 +50,9 @@ class BatchSampler:
                  for task, index in picks]
         batch = {key: torch.stack([crop[key] for crop in crops]) for key in ("image_a", "image_b", "target")}
         batch["task_id"] = torch.tensor([crop["task_id"] for crop in crops], dtype=torch.long)
+        gain_shifts = self.gain_shifts_for([crop["task"] for crop in crops]) if self.gain_shifts_for else None
+        if gain_shifts is not None:
+            batch["gain_shifts"] = gain_shifts.cpu()
         batch["x0"] = self.noise_scheduler.source_point(batch["image_a"], batch["image_b"], generator)
         batch["t"] = self.noise_scheduler.sample_time(batch_size, generator)
         return batch, replayed
