@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--no_baselines", action="store_true", help="only the consistent-map variants")
     parser.add_argument("--data", default="../shared/data")
     args = parser.parse_args()
-    start = start_prior(UNET_PRESETS["default"], get_task(args.task).class_id)
+    start = start_prior(UNET_PRESETS["default"], get_task(args.task).class_id, args.task)
     salient, sharper = start["salient_base"], start["sharper_base"]
     base_strengths = args.base_strengths or [float(start["scales"][-1])]
     levels = len(start["gains"])

@@ -81,7 +81,7 @@ def main() -> None:
 
     def prior_where_it_wins(pair: LabelledPair) -> torch.Tensor | None:
         y_a, y_b, label = load_pair(pair)
-        ours = activity_fusion(y_a, y_b, **start_prior(config, pair.task.class_id))
+        ours = activity_fusion(y_a, y_b, **start_prior(config, pair.task.class_id, pair.task.name))
         small_a, small_b = small(y_a), small(y_b)
         gray_a, gray_b = to_gray_255(small_a), to_gray_255(small_b)
         ours_metrics, label_metrics = (ranked_metrics(small(image), gray_a, gray_b) for image in (ours, label))
@@ -92,7 +92,7 @@ def main() -> None:
         y_a, y_b, label = load_pair(pair)
         reference = scored_pair(pair.task, pair.dataset, pair.stem, small(y_a), small(y_b))
         scored = {} if args.variants_only else {"label": (benchmark_score(small(label), reference), label)}
-        start = start_prior(config, pair.task.class_id)
+        start = start_prior(config, pair.task.class_id, pair.task.name)
         for base, gain, finest in itertools.product(args.base_strengths, args.gains, [None, *args.finest_gains]):
             scales, gains = start["scales"].clone(), torch.full_like(start["gains"], gain)
             scales[-1] = base
