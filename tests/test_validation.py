@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from conftest import DATA
 
 from fusionfm.evaluation.ranking import RANKED_METRICS
 from fusionfm.evaluation.validation import (
+    CHOICE_LEVELS,
+    NEAR_COPY_LEVELS,
     benchmark_score,
     best_prior_mean,
+    distance_to_nearer_source,
     validation_keys,
     validation_pairs,
 )
@@ -60,6 +65,21 @@ def test_the_score_ranks_band_wise_fusion_above_the_plain_average(mef_pairs):
     laplacian = sum(benchmark_score(run_prior("laplacian", p.image_a, p.image_b, p.task), p) for p in mef_pairs)
     average = sum(benchmark_score((p.image_a + p.image_b) / 2, p) for p in mef_pairs)
     assert laplacian > average + 0.1 * len(mef_pairs)
+
+
+def test_a_source_is_a_near_copy_and_real_fusions_are_not(mef_pairs):
+    """Real exposure pairs: either source is 0 grey levels from itself; the plain average is half the sources'
+    difference away (more than CHOICE_LEVELS / 2 where they differ by more than CHOICE_LEVELS); the Laplacian prior
+    is a fusion, not a copy; identical sources leave no choice to judge."""
+    for pair in mef_pairs:
+        assert distance_to_nearer_source(pair.image_a, pair) == 0 == distance_to_nearer_source(pair.image_b, pair)
+        assert distance_to_nearer_source((pair.image_a + pair.image_b) / 2, pair) > CHOICE_LEVELS / 2 - 0.5
+        fused = run_prior("laplacian", pair.image_a, pair.image_b, pair.task)
+        assert distance_to_nearer_source(fused, pair) > NEAR_COPY_LEVELS
+        slightly_off = (pair.image_a + 1.5 / 255).clamp(0, 1)  # a copy of a, 1.5 grey levels brighter
+        assert distance_to_nearer_source(slightly_off, pair) < NEAR_COPY_LEVELS
+    same = dataclasses.replace(mef_pairs[0], image_b=mef_pairs[0].image_a)
+    assert distance_to_nearer_source(same.image_a, same) == float("inf")
 
 
 def test_training_pairs_leave_the_validation_pairs_out(tmp_path):

@@ -97,6 +97,30 @@ def benchmark_score(fused: torch.Tensor, pair: ValidationPair) -> float:
     return sum(shares) / len(shares)
 
 
+NEAR_COPY_LEVELS = 2.0
+"""A fusion nearer than this to one of its sources (:func:`distance_to_nearer_source`, grey levels 0-255) is a
+near-copy of it. :func:`benchmark_score` can reward one (where a source already beats the priors on most metrics: a
+MIF base strength of 64 made the first SPECT example pair 1.6 grey levels from its MRI, docs/quality.md session 17),
+so validation reports count them (``scripts/reports/validation_scores.py``), as the bundled-model tests do for the
+examples. A count is a reason to look at the images, not a verdict: for MRI-PET and MRI-SPECT the colour carries the
+functional image, so a luminance near the MRI's can still be a fusion (the session-18 model: 12 of the 30 SPECT
+validation pairs at 256 px, GFF 6)."""
+
+CHOICE_LEVELS = 10.0
+"""Sources differing by more than this many grey levels at a pixel leave fusion a choice there."""
+
+
+def distance_to_nearer_source(fused: torch.Tensor, pair: ValidationPair) -> float:
+    """Mean absolute difference in grey levels (0-255) between ``fused`` (1, 1, h, w) in [0, 1] and the nearer of
+    the two sources, over the pixels where the sources differ by more than :data:`CHOICE_LEVELS` (where fusion has
+    a choice; elsewhere every method agrees). ``inf`` where the sources never differ that much."""
+    fused_y, a_y, b_y = (to_gray_255(image).double() for image in (fused, pair.image_a, pair.image_b))
+    choice = (a_y - b_y).abs() > CHOICE_LEVELS
+    if not choice.any():
+        return float("inf")
+    return min(float((fused_y - source).abs()[choice].mean()) for source in (a_y, b_y))
+
+
 def best_prior_mean(pairs: list[ValidationPair], metric: str) -> tuple[str, float]:
     """The built-in prior with the highest mean ``metric`` over ``pairs`` (one task family), and that mean: the
     issue-14 clause's "best built-in prior" on validation."""

@@ -8,7 +8,8 @@ ranked metrics; fusionfm.evaluation.validation) of each model's one-step fusions
 --priors of each built-in prior. Prints a Markdown table; with --metrics, one more per metric: each model's mean
 value and the best built-in prior's (the issue-14 clause "at least the best built-in prior", on validation); with
 --by_dataset those tables have a column per data set instead of per task family (a family's mean can hide a data
-set below the prior: MRI-CT's AG in session 15).
+set below the prior: MRI-CT's AG in session 15). A last table counts the near-copies: pairs whose fusion lies within
+NEAR_COPY_LEVELS grey levels of one source where the sources differ (a weakness of the score, which can reward them).
 """
 
 from __future__ import annotations
@@ -22,27 +23,39 @@ from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.evaluation.validation import (
+    NEAR_COPY_LEVELS,
     ValidationPair,
     benchmark_score,
     best_prior_mean,
+    distance_to_nearer_source,
     validation_pairs,
-    validation_quality,
 )
 from fusionfm.labels.priors import run_prior
 from fusionfm.tasks import FAMILIES
 
 
 @torch.no_grad()
-def mean_metrics(pipeline: FusionFMPipeline, pairs: list[ValidationPair], metrics: list[str]) -> dict[str, float]:
-    """Mean of each of ``metrics`` over a pipeline's one-step fp32 fusions of ``pairs``."""
+def fuse_all(pipeline: FusionFMPipeline, pairs: list[ValidationPair]) -> dict[int, torch.Tensor]:
+    """A pipeline's one-step fp32 fusions (luminance, (1, 1, h, w)) of ``pairs``, by ``id`` of the pair (as
+    :func:`fusionfm.evaluation.validation.validation_quality` fuses them)."""
+    return {id(pair): luminance(pipeline(pair.image_a, pair.image_b, task=pair.task, processing_resolution=0,
+                                         compute_dtype="fp32", output_type="pt", show_progress_bar=False).images)
+            for pair in pairs}
+
+
+def mean_metrics(fusions: dict[int, torch.Tensor], pairs: list[ValidationPair], metrics: list[str]) -> dict[str, float]:
+    """Mean of each of ``metrics`` over the fusions of ``pairs``."""
     totals = dict.fromkeys(metrics, 0.0)
     for pair in pairs:
-        fused = pipeline(pair.image_a, pair.image_b, task=pair.task, processing_resolution=0, compute_dtype="fp32",
-                         output_type="pt", show_progress_bar=False).images
-        values = ranked_metrics(luminance(fused), to_gray_255(pair.image_a), to_gray_255(pair.image_b))
+        values = ranked_metrics(fusions[id(pair)], to_gray_255(pair.image_a), to_gray_255(pair.image_b))
         for metric in metrics:
             totals[metric] += values[metric] / len(pairs)
     return totals
+
+
+def near_copies(fusions: dict[int, torch.Tensor], pairs: list[ValidationPair]) -> int:
+    """How many of ``pairs`` were fused into a near-copy of one source."""
+    return sum(distance_to_nearer_source(fusions[id(pair)], pair) < NEAR_COPY_LEVELS for pair in pairs)
 
 
 def main() -> None:
@@ -62,18 +75,26 @@ def main() -> None:
                   for family in FAMILIES for dataset in dict.fromkeys(pair.dataset for pair in pairs[family])}
     rows: dict[str, dict[str, float]] = {}
     metric_rows: dict[str, dict[str, dict[str, float]]] = {}
+    copy_rows: dict[str, dict[str, int]] = {}
     for name in args.models:
         pipeline = FusionFMPipeline.from_pretrained(name)
         pipeline.set_progress_bar_config(disable=True)
-        rows[name] = {family: validation_quality(pipeline, pairs[family], "fp32") for family in FAMILIES}
+        fusions = {key: fused for family in FAMILIES for key, fused in fuse_all(pipeline, pairs[family]).items()}
+        rows[name] = {family: sum(benchmark_score(fusions[id(p)], p) for p in pairs[family]) / len(pairs[family])
+                      for family in FAMILIES}
+        copy_rows[name] = {group: near_copies(fusions, group_pairs) for group, group_pairs in groups.items()}
         if args.metrics:
-            metric_rows[name] = {group: mean_metrics(pipeline, group_pairs, args.metrics)
+            metric_rows[name] = {group: mean_metrics(fusions, group_pairs, args.metrics)
                                  for group, group_pairs in groups.items()}
     if args.priors:
         for family in FAMILIES:
             for prior in pairs[family][0].prior_metrics:
-                score = sum(benchmark_score(run_prior(prior, p.image_a, p.image_b, p.task), p) for p in pairs[family])
+                fusions = {id(p): run_prior(prior, p.image_a, p.image_b, p.task) for p in pairs[family]}
+                score = sum(benchmark_score(fusions[id(p)], p) for p in pairs[family])
                 rows.setdefault(f"prior: {prior}", {})[family] = score / len(pairs[family])
+                copies = {group: near_copies(fusions, group_pairs) for group, group_pairs in groups.items()
+                          if group_pairs[0].task.family == family}
+                copy_rows.setdefault(f"prior: {prior}", {}).update(copies)
     print("| method | " + " | ".join(FAMILIES) + " | mean |\n|---|" + "---:|" * (len(FAMILIES) + 1))
     for name, scores in rows.items():
         cells = [f"{scores[f]:.3f}" if f in scores else "" for f in FAMILIES]
@@ -85,6 +106,11 @@ def main() -> None:
             print(f"| {name} | " + " | ".join(f"{values[group][metric]:.3f}" for group in groups) + " |")
         best = [best_prior_mean(group_pairs, metric) for group_pairs in groups.values()]
         print("| best built-in prior | " + " | ".join(f"{value:.3f} ({prior})" for prior, value in best) + " |")
+    print(f"\n| near-copies (< {NEAR_COPY_LEVELS:g} grey levels from a source) | "
+          + " | ".join(f"{group} ({len(group_pairs)})" for group, group_pairs in groups.items())
+          + " |\n|---|" + "---:|" * len(groups))
+    for name, counts in copy_rows.items():
+        print(f"| {name} | " + " | ".join(str(counts[group]) if group in counts else "" for group in groups) + " |")
     print("\nValidation pairs: " + ", ".join(f"{f} {len(pairs[f])}" for f in FAMILIES) + f"; {args.resolution} px.")
 
 
