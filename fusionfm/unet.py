@@ -72,6 +72,9 @@ def _variant_gain_shifts(variant_detail_gains: dict[str, list[float]] | None, de
     shifts = {}
     for name, gains in variant_detail_gains.items():
         task = get_task(name)  # an unknown name is refused with the list of known tasks
+        if task.name == task.family:
+            raise ValueError(f"variant_detail_gains: {name!r} names a whole task class, not a variant of one (such as "
+                             f"'MIF-CT'); set that class's start in detail_gains.")
         if task.class_id >= num_tasks:
             raise ValueError(f"variant_detail_gains: task {name!r} has class id {task.class_id}, but the model "
                              f"embeds {num_tasks} tasks.")

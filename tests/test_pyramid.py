@@ -452,6 +452,8 @@ def test_a_task_variant_starts_at_its_own_gains_and_shares_what_its_class_learne
 def test_task_variant_gains_that_cannot_work_are_refused():
     with pytest.raises(ValueError, match="needs detail_gains"):
         _variant_unet(detail_gains=None)
+    with pytest.raises(ValueError, match="names a whole task class"):
+        _variant_unet(variant_detail_gains={"IVF": [1.3, 1.05]})
     with pytest.raises(ValueError, match="Unknown task 'MIF-XR'"):
         _variant_unet(variant_detail_gains={"MIF-XR": [1.3, 1.05]})
     with pytest.raises(ValueError, match=r"needs 2 gains, one per detail level, got 3"):
