@@ -201,8 +201,8 @@ def test_training_starts_a_task_variant_where_inference_does(real_pair):
     batch, _ = sampler.draw(["MIF"], 2, torch.Generator().manual_seed(0))
     torch.testing.assert_close(batch["gain_shifts"], unet.gain_shifts_for(["MIF-CT", "MIF-CT"]))
     assert batch["gain_shifts"][:, 0].min() > 0.3 and batch["gain_shifts"][:, 1].abs().max() == 0
-    batch["t"] = torch.tensor([0.0, 0.5])  # away from t = 1, where the velocity's 1 / (1 - t) is bounded
+    batch["t"] = torch.tensor([0.0, 0.5])  # near t = 1 the model bounds 1 / (1 - t): its velocity misses the label
     with torch.no_grad():
         shifted = fusion_loss(unet, batch)
         unshifted = fusion_loss(unet, {key: value for key, value in batch.items() if key != "gain_shifts"})
-    assert shifted.max() < 1e-6 < 1e-5 < unshifted.min()
+    assert shifted.max() < 1e-6 and unshifted.min() > 1e-5  # measured: 1e-15 against 4e-4 and 1.4e-3
