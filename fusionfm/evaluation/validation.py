@@ -131,11 +131,15 @@ def best_prior_mean(pairs: list[ValidationPair], metric: str) -> tuple[str, floa
 
 
 @torch.no_grad()
+def validation_fusions(pipeline, pairs: list[ValidationPair],
+                       compute_dtype: torch.dtype | str | None = None) -> list[torch.Tensor]:
+    """A pipeline's one-step fusions of ``pairs`` at their validation size, as luminance (1, 1, h, w) in [0, 1]."""
+    return [luminance(pipeline(pair.image_a, pair.image_b, task=pair.task, processing_resolution=0,
+                               compute_dtype=compute_dtype, output_type="pt", show_progress_bar=False).images)
+            for pair in pairs]
+
+
 def validation_quality(pipeline, pairs: list[ValidationPair], compute_dtype: torch.dtype | str | None = None) -> float:
     """Mean :func:`benchmark_score` of a pipeline's one-step fusions of ``pairs``."""
-    scores = []
-    for pair in pairs:
-        fused = pipeline(pair.image_a, pair.image_b, task=pair.task, processing_resolution=0,
-                         compute_dtype=compute_dtype, output_type="pt", show_progress_bar=False).images
-        scores.append(benchmark_score(luminance(fused), pair))
-    return sum(scores) / len(scores)
+    fusions = validation_fusions(pipeline, pairs, compute_dtype)
+    return sum(benchmark_score(fused, pair) for fused, pair in zip(fusions, pairs, strict=True)) / len(pairs)

@@ -15,13 +15,13 @@ best built-in prior's SF, AG and Qabf (docs/quality.md, session 18).
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import torch
 
 from fusionfm import UNET_PRESETS, FusionImageProcessor
 from fusionfm.color import luminance
+from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, rank_methods, ranked_metrics
 from fusionfm.evaluation.validation import (
@@ -39,14 +39,12 @@ from fusionfm.unet import start_prior
 
 def unseen_training_pairs(data: Path, task_name: str) -> list[ValidationPair]:
     """The variant's training pairs that the validation split does not hold, at their own size, with priors."""
-    task, held_out, processor = get_task(task_name), validation_keys(task_name), FusionImageProcessor()
-    with (data / "manifest.csv").open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == "train" and row["task"] == task.family
-                and row["modality_b"] == task.modality_b and (row["dataset"], row["stem"]) not in held_out]
+    held_out, processor = validation_keys(task_name), FusionImageProcessor()
     pairs = []
-    for row in rows:
-        y_a, y_b = (luminance(processor.load(data / row[key])[None]) for key in ("path_a", "path_b"))
-        pairs.append(scored_pair(task, row["dataset"], row["stem"], y_a, y_b))
+    for record in find_pairs(data, task_name, "train"):
+        if (record.dataset, record.stem) not in held_out:
+            y_a, y_b = (luminance(image) for image in load_pair(record, processor))
+            pairs.append(scored_pair(record.task, record.dataset, record.stem, y_a, y_b))
     return pairs
 
 

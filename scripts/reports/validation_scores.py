@@ -19,7 +19,6 @@ import argparse
 import torch
 
 from fusionfm import FusionFMPipeline
-from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.evaluation.validation import (
@@ -28,19 +27,11 @@ from fusionfm.evaluation.validation import (
     benchmark_score,
     best_prior_mean,
     distance_to_nearer_source,
+    validation_fusions,
     validation_pairs,
 )
 from fusionfm.labels.priors import run_prior
 from fusionfm.tasks import FAMILIES
-
-
-@torch.no_grad()
-def fuse_all(pipeline: FusionFMPipeline, pairs: list[ValidationPair]) -> dict[int, torch.Tensor]:
-    """A pipeline's one-step fp32 fusions (luminance, (1, 1, h, w)) of ``pairs``, by ``id`` of the pair (as
-    :func:`fusionfm.evaluation.validation.validation_quality` fuses them)."""
-    return {id(pair): luminance(pipeline(pair.image_a, pair.image_b, task=pair.task, processing_resolution=0,
-                                         compute_dtype="fp32", output_type="pt", show_progress_bar=False).images)
-            for pair in pairs}
 
 
 def mean_metrics(fusions: dict[int, torch.Tensor], pairs: list[ValidationPair], metrics: list[str]) -> dict[str, float]:
@@ -79,7 +70,10 @@ def main() -> None:
     for name in args.models:
         pipeline = FusionFMPipeline.from_pretrained(name)
         pipeline.set_progress_bar_config(disable=True)
-        fusions = {key: fused for family in FAMILIES for key, fused in fuse_all(pipeline, pairs[family]).items()}
+        # Fused once (fp32, as training's evaluation scores them) for the score, the metrics and the near-copies.
+        fusions = {id(pair): fused for family in FAMILIES
+                   for pair, fused in zip(pairs[family], validation_fusions(pipeline, pairs[family], "fp32"),
+                                          strict=True)}
         rows[name] = {family: sum(benchmark_score(fusions[id(p)], p) for p in pairs[family]) / len(pairs[family])
                       for family in FAMILIES}
         copy_rows[name] = {group: near_copies(fusions, group_pairs) for group, group_pairs in groups.items()}
