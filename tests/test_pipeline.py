@@ -396,6 +396,30 @@ def test_a_stack_of_frames_fuses_in_any_order(tiny_pipe, exposure_bracket):
         assert (fused - frames.mean(dim=0)).abs().mean() > 1e-3  # not the plain mean
 
 
+def test_black_and_white_that_every_source_shares_stay_so(exposure_bracket, monkeypatch):
+    """Real frames with one patch black and one white in every frame, as a stack of three and as a pair: the
+    untrained pyramid head carries grey into both patches (spill of their surroundings' coarse bands); the pipeline
+    keeps them black and white."""
+    pipe = make_pipeline()
+    pipe.unet = build_unet("pyramid", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    frames = [np.asarray(frame).copy() for frame in exposure_bracket]
+    for frame in frames:
+        frame[10:30, 20:50], frame[60:80, 90:120] = 0, 255
+    frames = [PIL.Image.fromarray(frame) for frame in frames]
+
+    def patches(images):
+        fused = (pipe(*images, task="MEF", output_type="pt", **FP32).images[0] * 255).round()
+        return fused[:, 10:30, 20:50], fused[:, 60:80, 90:120]
+
+    for images in ([frames], frames[:2]):
+        black, white = patches(images)
+        assert black.max() == 0 and white.min() == 255
+        with monkeypatch.context() as patch:
+            patch.setattr("fusionfm.pipeline_fusionfm.keep_shared_extremes", lambda fused_y, sources_y: fused_y)
+            black, white = patches(images)
+        assert black.max() > 0 and white.min() < 255
+
+
 def test_the_well_exposedness_term_leads_a_stacks_base_by_hand():
     """Flat frames of 0.2, 0.5 and 0.95, no network logits: the base weights are exp(-(v - 0.5)^2 / 0.08)."""
     from fusionfm.stacks import blend_stack
