@@ -58,9 +58,10 @@ EXTREME_TOLERANCE = 0.5 / 255.0
 def keep_shared_extremes(fused_y: torch.Tensor, sources_y: list[torch.Tensor]) -> torch.Tensor:
     """Black where every source is black, white where every source is white.
 
-    A band-wise fusion can carry a little of a bright object's coarse bands into the black around it (a faint glow
-    of 1-10 grey levels around a CT skull: the base band follows the brighter source while the detail bands that
-    would cancel its blur there are mixed). Nothing in the sources is there, so the fusion keeps their black (white).
+    A band-wise fusion can carry a little of a bright object's coarse bands into the black around it (a glow around a
+    CT skull, a few grey levels and up to 69 right next to it on the MRI-CT validation pairs: the base band follows
+    the brighter source while the detail bands that would cancel its blur there are mixed). Nothing in the sources
+    is there, so the fusion keeps their black (white).
 
     Args:
         fused_y: (B, 1, H, W) fused luminance in [0, 1].
