@@ -1,4 +1,4 @@
-"""Luminance extraction, colour recombination (DESIGN.md, "Colour") and the fused luminance's shared extremes.
+"""Luminance extraction and colour recombination (DESIGN.md, "Colour").
 
 All functions take float tensors in [0, 1] shaped (B, C, H, W) with C = 1 (gray) or 3 (RGB).
 YCbCr is the full-range BT.601 variant (as OpenCV's RGB2YCrCb and kornia use): Y in [0, 1],
@@ -49,32 +49,6 @@ def saturation_weighted_chroma(*chromas: torch.Tensor) -> torch.Tensor:
     total = weights.sum(dim=0)
     blended = (stacked * weights).sum(dim=0) / total.clamp_min(1e-12)
     return torch.where(total > 1e-12, blended, torch.full_like(blended, 0.5))
-
-
-EXTREME_TOLERANCE = 0.5 / 255.0
-"""A source pixel within this of 0 (of 1) is black (white): it rounds to 0 (255) in 8 bits."""
-
-
-def keep_shared_extremes(fused_y: torch.Tensor, sources_y: list[torch.Tensor]) -> torch.Tensor:
-    """Black where every source is black, white where every source is white.
-
-    A band-wise fusion can carry a little of a bright object's coarse bands into the black around it (a glow around a
-    CT skull, a few grey levels and up to 69 right next to it on the MRI-CT validation pairs: the base band follows
-    the brighter source while the detail bands that would cancel its blur there are mixed). Nothing in the sources
-    is there, so the fusion keeps their black (white).
-
-    Args:
-        fused_y: (B, 1, H, W) fused luminance in [0, 1].
-        sources_y: the sources' luminances, each (B, 1, H, W) in [0, 1].
-
-    Returns:
-        (B, 1, H, W): ``fused_y`` at most the brightest source where all are within :data:`EXTREME_TOLERANCE` of 0,
-        at least the darkest where all are within it of 1; unchanged elsewhere.
-    """
-    stacked = torch.stack(sources_y)
-    brightest, darkest = stacked.amax(dim=0), stacked.amin(dim=0)
-    fused_y = torch.where(brightest <= EXTREME_TOLERANCE, torch.minimum(fused_y, brightest), fused_y)
-    return torch.where(darkest >= 1.0 - EXTREME_TOLERANCE, torch.maximum(fused_y, darkest), fused_y)
 
 
 def recombine_frames(fused_y: torch.Tensor, frames: list[torch.Tensor]) -> torch.Tensor:

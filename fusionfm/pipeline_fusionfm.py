@@ -22,8 +22,9 @@ from .alignment import (
     misregistration,
     misregistration_threshold,
 )
-from .color import keep_shared_extremes, luminance, recombine, recombine_frames
+from .color import luminance, recombine, recombine_frames
 from .compilation import CompiledUNet, compile_unet
+from .finishing import favour_the_lit_source, keep_shared_extremes
 from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
 from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
 from .pyramid import mean_levels
@@ -93,8 +94,8 @@ class FusionFMPipeline(DiffusionPipeline):
 
     The U-Net predicts the velocity of a straight flow from x0 = coupling(a, b) to the fused
     luminance; the scheduler integrates it (one Euler step by default). Where every source is black (white), so is
-    the fused luminance (:func:`fusionfm.color.keep_shared_extremes`). Colour is put back from the inputs according
-    to the task (DESIGN.md, "Colour").
+    the fused luminance, and for scans (MIF) the fusion moves to the other source where one is black all around
+    (:mod:`fusionfm.finishing`). Colour is put back from the inputs according to the task (DESIGN.md, "Colour").
 
     Precision: ``default_compute_dtype`` (in ``pipe.config``) is ``"auto"``: bf16 autocast where the device
     runs it natively (a CPU with AVX512-BF16 or AMX, a GPU with bf16), which is about 2-3x faster than fp32
@@ -623,8 +624,8 @@ class FusionFMPipeline(DiffusionPipeline):
                         source_means=source_means, gain_shifts=gain_shifts)
 
     def _finish_pair(self, pair: _PreparedPair, fused_y: torch.Tensor, match_input_resolution: bool) -> torch.Tensor:
-        """Resize the fused luminance, keep the black (white) the sources share and put colour back: (C, H, W) in
-        [0, 1]."""
+        """Resize the fused luminance, finish it against the sources (:mod:`fusionfm.finishing`) and put colour back:
+        (C, H, W) in [0, 1]."""
         image_a, image_b = pair.image_a[None], pair.image_b[None]
         if match_input_resolution:
             fused_y = self.image_processor.resize(fused_y[None], tuple(image_a.shape[-2:]))
@@ -632,7 +633,10 @@ class FusionFMPipeline(DiffusionPipeline):
             fused_y = fused_y[None]
             image_a = self.image_processor.resize(image_a, tuple(fused_y.shape[-2:]))
             image_b = self.image_processor.resize(image_b, tuple(fused_y.shape[-2:]))
-        fused_y = keep_shared_extremes(fused_y, [luminance(image_a), luminance(image_b)])
+        y_a, y_b = luminance(image_a), luminance(image_b)
+        if pair.task.black_is_empty:
+            fused_y = favour_the_lit_source(fused_y, y_a, y_b)
+        fused_y = keep_shared_extremes(fused_y, [y_a, y_b])
         return recombine(fused_y, image_a, image_b, pair.task.color_policy)[0]
 
     def _resolve_compute_dtype(self, compute_dtype: torch.dtype | str | None) -> torch.dtype:

@@ -35,6 +35,9 @@ class FusionTask:
     label_b: str
     color_policy: ColorPolicy
     description: str
+    black_is_empty: bool = False
+    """Black in a source is no signal (a scan's background, a CT's air), so the fusion takes the other source there
+    (:func:`fusionfm.finishing.favour_the_lit_source`)."""
 
 
 NUM_TASK_CLASSES = 4
@@ -46,11 +49,13 @@ TASKS: dict[str, FusionTask] = {
         FusionTask("IVF", "IVF", 0, "ir", "vi", "Infrared", "Visible", ColorPolicy.CHROMA_FROM_B,
                    "infrared + visible"),
         FusionTask("MIF", "MIF", 1, "mri", "functional", "MRI", "CT / PET / SPECT",
-                   ColorPolicy.CHROMA_FROM_B, "MRI + CT, PET or SPECT"),
-        FusionTask("MIF-CT", "MIF", 1, "mri", "ct", "MRI", "CT", ColorPolicy.CHROMA_FROM_B, "MRI + CT"),
-        FusionTask("MIF-PET", "MIF", 1, "mri", "pet", "MRI", "PET", ColorPolicy.CHROMA_FROM_B, "MRI + PET"),
+                   ColorPolicy.CHROMA_FROM_B, "MRI + CT, PET or SPECT", black_is_empty=True),
+        FusionTask("MIF-CT", "MIF", 1, "mri", "ct", "MRI", "CT", ColorPolicy.CHROMA_FROM_B, "MRI + CT",
+                   black_is_empty=True),
+        FusionTask("MIF-PET", "MIF", 1, "mri", "pet", "MRI", "PET", ColorPolicy.CHROMA_FROM_B, "MRI + PET",
+                   black_is_empty=True),
         FusionTask("MIF-SPECT", "MIF", 1, "mri", "spect", "MRI", "SPECT", ColorPolicy.CHROMA_FROM_B,
-                   "MRI + SPECT"),
+                   "MRI + SPECT", black_is_empty=True),
         FusionTask("MEF", "MEF", 2, "under", "over", "Under-exposed", "Over-exposed",
                    ColorPolicy.SATURATION_WEIGHTED, "under- + over-exposed"),
         FusionTask("MFF", "MFF", 3, "a", "b", "Near focus", "Far focus", ColorPolicy.SATURATION_WEIGHTED,

@@ -96,7 +96,7 @@ _ACTIVITY_PYRAMID: dict[str, Any] = dict(
     base_activity=["salient", "brighter", "brighter", "sharper"], detail_consistency=[0.95, 0.9, 0.0, 1.0],
     consistency_epsilon=[0.1, 0.1, 0.03, 0.03], consistency_sigma=5.0,
     detail_gains=[[1.1] * 4, [1.02] * 4, [1.04] * 4, [1.04, 1.04, 1.04, 1.1]],
-    variant_detail_gains={"MIF-CT": [1.3, 1.02, 1.02, 1.02]})
+    variant_detail_gains={"MIF-CT": [1.35, 1.02, 1.02, 1.02]})
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few thousand parameters, milliseconds per call.
@@ -108,7 +108,7 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # more salient source, strength 4, MIF and MEF the brighter one, strengths 16 and 2, MFF the sharper one (the
     # consistent detail map), strength 32; the detail
     # choice of IVF, MIF and MFF 0.95, 0.9 and 1 from one consistent map smoothed over 5 pixels, even where both
-    # sources are flat: epsilon 0.1, 0.1 and 0.03) and starting detail gains (IVF 1.1, MIF 1.02 and MRI-CT 1.3 on
+    # sources are flat: epsilon 0.1, 0.1 and 0.03) and starting detail gains (IVF 1.1, MIF 1.02 and MRI-CT 1.35 on
     # its finest detail level, MEF 1.04, MFF 1.04 and 1.1 on its coarsest detail level), with per-task gates that
     # start at 0.
     # Each choice scored highest on the validation split (docs/quality.md; IVF and MIF: the highest whose SF, AG and

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fusionfm.color import chroma, is_gray, keep_shared_extremes, luminance, recombine, saturation_weighted_chroma
+from fusionfm.color import chroma, is_gray, luminance, recombine, saturation_weighted_chroma
 from fusionfm.tasks import ColorPolicy
 
 
@@ -49,15 +49,3 @@ def test_saturation_policy_with_one_gray_input_takes_the_colour_one(real_pair):
     torch.testing.assert_close(chroma(fused), chroma(colour), atol=2e-3, rtol=0)
     assert recombine(y, gray, gray, ColorPolicy.SATURATION_WEIGHTED).shape[1] == 1
 
-
-def test_shared_black_and_white_are_kept_by_hand():
-    """Pixels: both black, one black, both white, one white, mid-grey; a fused glow of 0.03 or a dip of 0.97."""
-    source_a = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.5]).view(1, 1, 1, 5)
-    source_b = torch.tensor([0.001, 0.4, 1.0, 0.6, 0.5]).view(1, 1, 1, 5)  # 0.001 still rounds to black
-    fused = torch.tensor([0.03, 0.03, 0.97, 0.97, 0.03]).view(1, 1, 1, 5)
-    kept = keep_shared_extremes(fused, [source_a, source_b]).flatten()
-    torch.testing.assert_close(kept, torch.tensor([0.001, 0.03, 1.0, 0.97, 0.03]))
-    # Any number of sources: black only where every one is.
-    third = torch.tensor([0.2, 0.0, 1.0, 1.0, 0.5]).view(1, 1, 1, 5)
-    torch.testing.assert_close(keep_shared_extremes(fused, [source_a, source_b, third]).flatten(),
-                               torch.tensor([0.03, 0.03, 1.0, 0.97, 0.03]))

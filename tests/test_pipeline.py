@@ -17,6 +17,7 @@ from conftest import REPO_ROOT, make_pipeline
 
 from fusionfm import FusionFMPipeline, build_unet, get_task
 from fusionfm.color import chroma, luminance
+from fusionfm.finishing import favour_the_lit_source, keep_shared_extremes
 from fusionfm.pipeline_fusionfm import SizeMismatchError
 
 FP32 = dict(compute_dtype="fp32")
@@ -31,7 +32,8 @@ def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
 
 
 def _hand_flow(pipe: FusionFMPipeline, y_a: torch.Tensor, y_b: torch.Tensor, task: str, steps: int) -> torch.Tensor:
-    """The Euler integration written out independently of the pipeline: (1, 1, H, W) in [0, 1]."""
+    """The Euler integration written out independently of the pipeline, then the pipeline's finishing against the
+    sources (:mod:`fusionfm.finishing`): (1, 1, H, W) in [0, 1]."""
     height, width = y_a.shape[-2:]
     multiple, margin = pipe.unet.size_multiple, pipe.image_processor.config.border_margin
     a, b = (F.pad(y, (margin,) * 4, mode="reflect") for y in (y_a, y_b))
@@ -43,7 +45,10 @@ def _hand_flow(pipe: FusionFMPipeline, y_a: torch.Tensor, y_b: torch.Tensor, tas
         for k in range(steps):
             t = torch.tensor([k / steps])
             x = x + (1.0 / steps) * pipe.unet(x, a, b, t, task_id)
-    return x[..., margin : margin + height, margin : margin + width].clamp(0, 1)
+    fused = x[..., margin : margin + height, margin : margin + width].clamp(0, 1)
+    if get_task(task).black_is_empty:
+        fused = favour_the_lit_source(fused, y_a, y_b)
+    return keep_shared_extremes(fused, [y_a, y_b])
 
 
 def test_odd_size_comes_back_at_its_size(tiny_pipe, real_pair):
