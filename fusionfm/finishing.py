@@ -60,8 +60,27 @@ def favour_the_lit_source(fused_y: torch.Tensor, y_a: torch.Tensor, y_b: torch.T
         power: the shares' exponent.
     """
     black = torch.cat([y_a, y_b], dim=1).le(BLACK_LEVEL).float()
-    shares = F.avg_pool2d(black, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False).pow_(power)
+    shares = _box_mean(black, radius).pow_(power)
     share_a, share_b = shares[:, 0:1], shares[:, 1:2]
     both = torch.minimum(share_a, share_b)
     weight_a, weight_b = share_b - both, share_a - both
     return weight_a * y_a + weight_b * y_b + (1 - weight_a - weight_b) * fused_y
+
+
+def _box_mean(maps: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean of (B, C, H, W) ``maps`` over the (2r + 1)^2 box around each pixel, the box cut at the image's edges (what
+    ``avg_pool2d(..., count_include_pad=False)`` gives). By running sums: 3 ms for two 640x480 maps against 10 ms for
+    ``avg_pool2d`` (2 threads), and exact for the 0/1 maps counted here."""
+    height, width = maps.shape[-2:]
+    sums = _running_box_sum(_running_box_sum(maps, radius, -1), radius, -2)
+    rows = _running_box_sum(maps.new_ones(1, 1, height, 1), radius, -2)
+    columns = _running_box_sum(maps.new_ones(1, 1, 1, width), radius, -1)
+    return sums / (rows * columns)
+
+
+def _running_box_sum(maps: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Sums over the 2r + 1 entries around each one along ``dim`` (-1 or -2), zero beyond the edges."""
+    padding = (radius + 1, radius) if dim == -1 else (0, 0, radius + 1, radius)
+    cumulative = F.pad(maps, padding).cumsum(dim)
+    size = maps.shape[dim]
+    return cumulative.narrow(dim, 2 * radius + 1, size) - cumulative.narrow(dim, 0, size)

@@ -32,3 +32,20 @@ def test_the_lit_source_is_taken_where_the_other_is_black_all_around_by_hand():
     torch.testing.assert_close(favour_the_lit_source(fused, y_b, y_a, radius=1, power=2).flatten(), result)
     black = torch.zeros(1, 1, 1, 7)
     torch.testing.assert_close(favour_the_lit_source(fused, black, black, radius=1, power=2), fused)
+
+
+def test_the_lit_source_on_a_real_pair_matches_a_pooled_reference(real_pair):
+    """On a real MRI-PET pair (the PET black around the brain), against box shares from ``avg_pool2d``."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    mri, pet = (torch.from_numpy(np.asarray(image.convert("L"), np.float32) / 255)[None, None]
+                for image in real_pair("MIF-PET"))
+    fused = (mri + pet) / 2
+    shares = F.avg_pool2d(torch.cat([mri, pet], 1).le(0.5 / 255).float(), 9, 1, 4, count_include_pad=False) ** 3
+    both = shares.amin(dim=1, keepdim=True)
+    weight_mri, weight_pet = shares[:, 1:] - both, shares[:, :1] - both
+    expected = weight_mri * mri + weight_pet * pet + (1 - weight_mri - weight_pet) * fused
+    result = favour_the_lit_source(fused, mri, pet, radius=4, power=3)
+    torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
+    assert (weight_mri == 1).float().mean() > 0.05 and (result - fused).abs().max() > 0.1  # the rule does act here
