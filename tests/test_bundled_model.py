@@ -51,6 +51,12 @@ def _example(task: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     return processor.to_tensor_list(load_image(path_a))[0][None], processor.to_tensor_list(load_image(path_b))[0][None]
 
 
+def _start_rule(bundled, task: str, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+    """What the bundled model's untrained head for ``task`` fuses (its activity prior): (1, 1, H, W) in [0, 1]."""
+    return activity_fusion(luminance(image_a), luminance(image_b),
+                           **start_prior(bundled.unet.config, get_task(task).class_id, task))
+
+
 def test_the_bundled_model_is_what_loads_by_default(bundled):
     assert (BUNDLED_MODEL_DIR / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not list(BUNDLED_MODEL_DIR.rglob("*.bin")) and not list(BUNDLED_MODEL_DIR.rglob("*.pt"))
@@ -81,8 +87,7 @@ def test_the_black_around_a_head_stays_black(bundled, task, index):
     fused = bundled(image_a, image_b, task=task, output_type="pt").images
     fused_y, a_y, b_y = (to_gray_255(x) for x in (fused, image_a, image_b))
     black = (a_y == 0) & (b_y == 0)
-    start = activity_fusion(luminance(image_a), luminance(image_b),
-                            **start_prior(bundled.unet.config, get_task(task).class_id, task))
+    start = _start_rule(bundled, task, image_a, image_b)
     assert black.float().mean() > 0.2 and (to_gray_255(start)[black] > 0).any()  # a glow there to keep out
     assert fused_y[black].max() == 0
 
@@ -98,8 +103,7 @@ def test_where_a_scan_is_black_all_around_the_other_one_shows(bundled, task):
     black_a, black_b = (torch.nn.functional.avg_pool2d((y == 0).double(), 9, stride=1, padding=4,
                                                         count_include_pad=False) for y in (a_y, b_y))
     only_mri = (black_b == 1) & (black_a == 0)
-    start = to_gray_255(activity_fusion(luminance(image_a), luminance(image_b),
-                                        **start_prior(bundled.unet.config, get_task(task).class_id, task)))
+    start = to_gray_255(_start_rule(bundled, task, image_a, image_b))
     assert only_mri.sum() > 100 and (start - a_y).abs()[only_mri].max() >= 1  # the MRI alone is not the start's
     assert (fused_y - a_y).abs()[only_mri].max() == 0
     assert not get_task("IVF").black_is_empty
@@ -130,8 +134,7 @@ def test_no_checkerboard_and_no_border_band_of_its_own(bundled, task, index):
     fused_y, a_y, b_y = (to_gray_255(x) for x in (fused, image_a, image_b))
     assert nyquist_ratio(fused_y, a_y, b_y) < MAX_NYQUIST_RATIO
     band_wise_prior = border_band(to_gray_255(run_prior("laplacian", image_a, image_b, task)), a_y, b_y)
-    start = activity_fusion(luminance(image_a), luminance(image_b),
-                            **start_prior(bundled.unet.config, get_task(task).class_id, task))
+    start = _start_rule(bundled, task, image_a, image_b)
     start_rule = border_band(to_gray_255(start), a_y, b_y) + START_BAND_MARGIN
     assert border_band(fused_y, a_y, b_y) < max(MAX_BORDER_BAND, band_wise_prior, start_rule)
 

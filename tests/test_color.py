@@ -48,4 +48,3 @@ def test_saturation_policy_with_one_gray_input_takes_the_colour_one(real_pair):
     fused = recombine(y, gray, colour, ColorPolicy.SATURATION_WEIGHTED)
     torch.testing.assert_close(chroma(fused), chroma(colour), atol=2e-3, rtol=0)
     assert recombine(y, gray, gray, ColorPolicy.SATURATION_WEIGHTED).shape[1] == 1
-
