@@ -8,7 +8,7 @@ Cb/Cr in [0, 1] with 0.5 neutral.
 from __future__ import annotations
 
 import torch
-from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
+from kornia.color import rgb_to_ycbcr
 
 from .tasks import ColorPolicy
 
@@ -51,13 +51,33 @@ def saturation_weighted_chroma(*chromas: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 1e-12, blended, torch.full_like(blended, 0.5))
 
 
+def luminance_with_chroma(fused_y: torch.Tensor, fused_chroma: torch.Tensor) -> torch.Tensor:
+    """RGB with exactly the luminance ``fused_y`` (B, 1, H, W) and the hue of ``fused_chroma`` (B, 2, H, W).
+
+    Where the colour does not fit in [0, 1] at that luminance (a saturated PET red at a bright MRI pixel),
+    its saturation is reduced towards gray until it fits, rather than each channel clipped: clipping would
+    change the luminance the fusion chose (by up to 50 grey levels in MRI-PET fusions) and the hue with it.
+
+    Returns:
+        (B, 3, H, W) RGB in [0, 1] whose BT.601 luma is ``fused_y``.
+    """
+    fused_y = fused_y.clamp(0.0, 1.0)
+    # The chroma's contribution to R, G, B (kornia's inverse coefficients; its ycbcr_to_rgb clips, so it cannot
+    # give the unclipped colour) has zero luma, so any fraction of it keeps the luminance.
+    cb, cr = fused_chroma[..., 0:1, :, :] - 0.5, fused_chroma[..., 1:2, :, :] - 0.5
+    colour = torch.cat([1.4025245442 * cr, -0.7144034731 * cr - 0.3443401356 * cb, 1.7730496454 * cb], dim=-3)
+    headroom = torch.where(colour > 0, (1.0 - fused_y) / colour.clamp_min(1e-12),
+                           torch.where(colour < 0, fused_y / (-colour).clamp_min(1e-12), torch.ones_like(colour)))
+    fraction = headroom.amin(dim=-3, keepdim=True).clamp(0.0, 1.0)
+    return (fused_y + fraction * colour).clamp(0.0, 1.0)
+
+
 def recombine_frames(fused_y: torch.Tensor, frames: list[torch.Tensor]) -> torch.Tensor:
     """Colour for a fusion of several frames (exposure brackets, focus stacks): the saturation-weighted chroma
     of all frames on ``fused_y`` (B, 1, H, W); frames (B, C, H, W) of that size. Gray when every frame is."""
     if all(is_gray(frame) for frame in frames):
         return fused_y
-    fused_chroma = saturation_weighted_chroma(*(chroma(frame) for frame in frames))
-    return ycbcr_to_rgb(torch.cat([fused_y, fused_chroma], dim=-3)).clamp(0.0, 1.0)
+    return luminance_with_chroma(fused_y, saturation_weighted_chroma(*(chroma(frame) for frame in frames)))
 
 
 def recombine(
@@ -81,4 +101,4 @@ def recombine(
         return recombine_frames(fused_y, [image_a, image_b])
     else:
         raise ValueError(f"Unknown colour policy {policy!r}.")
-    return ycbcr_to_rgb(torch.cat([fused_y, fused_chroma], dim=-3)).clamp(0.0, 1.0)
+    return luminance_with_chroma(fused_y, fused_chroma)

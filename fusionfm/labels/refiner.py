@@ -26,12 +26,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 from kornia.filters import gaussian_blur2d
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..color import luminance
+from ..color import chroma, luminance, luminance_with_chroma
 
 
 @dataclass
@@ -180,5 +179,4 @@ def refine_image(
     refined_y = refine_luminance(luminance(label), luminance(image_a), luminance(image_b), net, config)
     if label.shape[1] != 3:
         return refined_y
-    ycbcr = rgb_to_ycbcr(label)
-    return ycbcr_to_rgb(torch.cat([refined_y, ycbcr[:, 1:]], dim=1)).clamp(0, 1)
+    return luminance_with_chroma(refined_y, chroma(label))
