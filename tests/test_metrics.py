@@ -57,6 +57,17 @@ def test_fusing_a_source_with_itself_is_perfect_on_reference_metrics():
     assert metrics["Qabf"].item() > 0.9  # the sigmoid constants cap a perfect match just below 1
 
 
+def test_a_fusion_that_copies_one_source_has_a_finite_scd():
+    # F = A makes F - A constant, whose correlation with B is undefined; it counts as 0 (no shared information),
+    # so SCD is corr(A, A - B) alone and rankings stay defined (the GFF prior copies the MRI of some PET pairs).
+    a, b = _gray(ROWS[0]["image_a"]), _gray(ROWS[0]["image_b"])
+    metrics = fusion_metrics(a, a, b)
+    a64, b64 = a.double() - a.double().mean(), b.double()
+    diff = (a.double() - b64) - (a.double() - b64).mean()
+    expected = (a64 * diff).sum() / torch.sqrt((a64 * a64).sum() * (diff * diff).sum())
+    assert metrics["SCD"].item() == pytest.approx(expected.item(), rel=1e-9)
+
+
 def test_to_gray_255_matches_pil_luma(real_pair):
     _, vi = real_pair("IVF")
     from_pil = to_gray_255(vi)

@@ -131,10 +131,12 @@ def mutual_information(fused: torch.Tensor, image_a: torch.Tensor, image_b: torc
 
 
 def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation over all pixels, per batch element."""
+    """Pearson correlation over all pixels, per batch element; 0 where either image is constant (undefined there:
+    SCD of a fusion that copies a source's gray exactly correlates the other source with a constant)."""
     x = x - _mean(x).view(-1, 1, 1, 1)
     y = y - _mean(y).view(-1, 1, 1, 1)
-    return _sum(x * y) / torch.sqrt(_sum(x * x) * _sum(y * y))
+    spread = torch.sqrt(_sum(x * x) * _sum(y * y))
+    return torch.where(spread > 0, _sum(x * y) / spread.clamp_min(torch.finfo(spread.dtype).tiny), 0.0)
 
 
 def scd(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
