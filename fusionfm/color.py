@@ -66,10 +66,10 @@ def luminance_with_chroma(fused_y: torch.Tensor, fused_chroma: torch.Tensor) -> 
     # give the unclipped colour) has zero luma, so any fraction of it keeps the luminance.
     cb, cr = fused_chroma[..., 0:1, :, :] - 0.5, fused_chroma[..., 1:2, :, :] - 0.5
     colour = torch.cat([1.4025245442 * cr, -0.7144034731 * cr - 0.3443401356 * cb, 1.7730496454 * cb], dim=-3)
-    headroom = torch.where(colour > 0, (1.0 - fused_y) / colour.clamp_min(1e-12),
-                           torch.where(colour < 0, fused_y / (-colour).clamp_min(1e-12), torch.ones_like(colour)))
-    fraction = headroom.amin(dim=-3, keepdim=True).clamp(0.0, 1.0)
-    return (fused_y + fraction * colour).clamp(0.0, 1.0)
+    # Each channel may move up by 1 - Y or down by Y; the largest fraction that fits all three (1 where it all fits).
+    room = torch.where(colour > 0, 1.0 - fused_y, fused_y).div_(colour.abs().clamp_min(1e-12))
+    fraction = room.amin(dim=-3, keepdim=True).clamp_(0.0, 1.0)
+    return colour.mul_(fraction).add_(fused_y).clamp_(0.0, 1.0)
 
 
 def recombine_frames(fused_y: torch.Tensor, frames: list[torch.Tensor]) -> torch.Tensor:
