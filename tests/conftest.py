@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.functional import max_pool2d
 
-from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet, load_image
+from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet, get_task, load_image
+from fusionfm.finishing import BLACK_LEVEL, LIT_SOURCE_RADIUS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FUSIONFM_SHARED", REPO_ROOT.parent / "shared")).resolve()
@@ -92,6 +94,20 @@ def load_app_module():
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
     return sys.modules["fusionfm_app"]
+
+
+def fusion_choice(y_a: torch.Tensor, y_b: torch.Tensor, task: str) -> torch.Tensor:
+    """Where a fusion of 8-bit luminances (any shape ending in H, W; grey levels) has a choice to make: the inputs
+    differ by more than 10 grey levels, and, for scans (black is no signal), neither is black within the
+    lit-source rule's box, where the fusion shows the other scan by design (fusionfm.finishing). Bool, same shape."""
+    y_a, y_b = torch.as_tensor(y_a, dtype=torch.float64), torch.as_tensor(y_b, dtype=torch.float64)
+    choice = (y_a - y_b).abs() > 10
+    if get_task(task).black_is_empty:
+        black = ((y_a <= BLACK_LEVEL * 255) | (y_b <= BLACK_LEVEL * 255)).double()
+        near_black = max_pool2d(black.reshape(1, 1, *black.shape[-2:]), 2 * LIT_SOURCE_RADIUS + 1, 1,
+                                LIT_SOURCE_RADIUS).reshape(choice.shape)
+        choice &= near_black == 0
+    return choice
 
 
 def free_port() -> int:

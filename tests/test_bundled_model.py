@@ -12,14 +12,12 @@ import zipfile
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-from torch.nn.functional import max_pool2d
+from conftest import REPO_ROOT, fusion_choice
 
 from fusionfm import UNET_PRESETS, FusionFMPipeline, get_task, load_image
 from fusionfm.color import luminance
 from fusionfm.evaluation.artifacts import border_band, nyquist_ratio
 from fusionfm.evaluation.metrics import qabf, spatial_frequency, to_gray_255
-from fusionfm.finishing import BLACK_LEVEL, LIT_SOURCE_RADIUS
 from fusionfm.hub import BUNDLED_MODEL_DIR
 from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.labels.priors import priors_for, run_prior
@@ -72,14 +70,10 @@ def test_fuses_an_example_of_every_task_into_something_new(bundled, task):
     assert fused.shape[-2:] == image_a.shape[-2:]
     fused_y, a_y, b_y = ((luminance(x).double() * 255).round() for x in (fused, image_a, image_b))
     average_y = ((a_y + b_y) / 2).round()
-    # Not a copy of either input nor of their mean, where fusion has a choice: the mean absolute difference in
-    # grey levels over the pixels where the inputs differ by more than 10 (from 491 pixels to all of these images;
-    # the rest is mostly black background in the medical pairs, where every method agrees). In a scan black is no
-    # signal, and near it the fusion shows the other scan by design (fusionfm.finishing): no choice there.
-    choice = (a_y - b_y).abs() > 10
-    if get_task(task).black_is_empty:
-        black = ((a_y <= BLACK_LEVEL * 255) | (b_y <= BLACK_LEVEL * 255)).double()
-        choice &= max_pool2d(black, 2 * LIT_SOURCE_RADIUS + 1, 1, LIT_SOURCE_RADIUS) == 0
+    # Not a copy of either input nor of their mean, where fusion has a choice (conftest.fusion_choice): the mean
+    # absolute difference in grey levels there (from 491 pixels to all of these images; the rest is mostly black
+    # background in the medical pairs, where every method agrees).
+    choice = fusion_choice(a_y, b_y, task)
     for other in (a_y, b_y, average_y):
         assert (fused_y - other).abs()[choice].mean() > 2.0
 
