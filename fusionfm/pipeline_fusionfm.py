@@ -29,7 +29,14 @@ from .hub import DOWNLOAD_KWARGS, default_model, resolve_pipeline_path
 from .image_processor import FusionImageProcessor, OutputType, PipelineImageInput
 from .pyramid import mean_levels
 from .scheduler import FlowMatchFusionScheduler
-from .stacks import MAX_FRAMES, MEF_DETAIL_STRENGTH, MEF_DETAIL_WELL_EXPOSEDNESS, MEF_WELL_EXPOSEDNESS, blend_stack
+from .stacks import (
+    MAX_FRAMES,
+    MEF_DETAIL_STRENGTH,
+    MEF_DETAIL_WELL_EXPOSEDNESS,
+    MEF_STACK_DETAIL_GAINS,
+    MEF_WELL_EXPOSEDNESS,
+    blend_stack,
+)
 from .tasks import FusionTask, get_task
 from .tiling import fuse_in_tiles
 from .unet import FusionUNet
@@ -528,6 +535,11 @@ class FusionFMPipeline(DiffusionPipeline):
         image_b = torch.where(brighter, padded, reference)
         weights_dtype = self.unet.dtype
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != weights_dtype and dtype != torch.float32)
+        exposure = spec.family == "MEF"
+        gain_shift = None
+        if exposure and self.unet.config.detail_gains is not None:
+            levels = len(self.unet.config.detail_gains[spec.class_id])
+            gain_shift = self.unet.gain_shift_to(spec.class_id, [MEF_STACK_DETAIL_GAINS] * levels)
         logits, gains = [], []
         for start in range(0, len(luma), batch_size):
             chunk = slice(start, start + batch_size)
@@ -537,13 +549,13 @@ class FusionFMPipeline(DiffusionPipeline):
                 chunk_logits, chunk_gains = self.unet.source_maps(
                     x0.to(weights_dtype), image_a[chunk].to(weights_dtype), image_b[chunk].to(weights_dtype),
                     torch.zeros(count, device=device),
-                    torch.full((count,), spec.class_id, dtype=torch.long, device=device))
+                    torch.full((count,), spec.class_id, dtype=torch.long, device=device),
+                    gain_shifts=None if gain_shift is None else gain_shift.expand(count, -1))
             logits.append(chunk_logits.float())
             gains.append(chunk_gains.float())
         # The logit is the a-slot's weight: a frame in the b slot scores with its negative.
         logits = torch.where(brighter, -1.0, 1.0) * torch.cat(logits)
         activity_scales = self.unet.activity_scales_for(torch.tensor([spec.class_id], device=device))
-        exposure = spec.family == "MEF"
         if activity_scales is not None:
             activity_scales = activity_scales[0].detach().clone()
             if exposure:  # an exposure stack's weights follow well-exposedness, not brightness, and detail less

@@ -27,6 +27,11 @@ MEF_DETAIL_WELL_EXPOSEDNESS = 1.0
 """Strength of the well-exposedness term on an exposure stack's detail levels (each frame's per-pixel term,
 averaged down to the level's size, as Mertens et al. blend with the Gaussian pyramid of their weights)."""
 
+MEF_STACK_DETAIL_GAINS = 1.04
+"""Start gain of an exposure stack's detail levels, whatever the MEF pair start: the stack blend was chosen with this
+start (the pair start until session 20, the network's learned correction on top); the pair start 1.12 of session 20
+lowered the Merianos validation stacks' MEF-SSIM from 0.9599 to 0.9542 (docs/stacks.md)."""
+
 MEF_DETAIL_STRENGTH = 4.0
 """Detail levels' activity strength for exposure stacks (the pair network's is 16): with well-exposedness on the
 detail levels, a softer max-abs choice scored higher on both kinds of validation stack (docs/stacks.md)."""

@@ -93,9 +93,9 @@ _ACTIVITY_PYRAMID: dict[str, Any] = dict(
     block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8, mid_block_attention=False,
     output_head="pyramid", pyramid_levels=5, max_gain=2.0, smooth_weights=False, task_gates=True,
     activity_scales=[[detail] * 4 + [base] for detail, base in ((128.0, 4.0), (64.0, 16.0), (16.0, 2.0), (16.0, 32.0))],
-    base_activity=["salient", "brighter", "brighter", "sharper"], detail_consistency=[0.95, 0.9, 0.0, 1.0],
+    base_activity=["salient", "brighter", "brighter", "sharper"], detail_consistency=[0.95, 0.9, 0.9, 1.0],
     consistency_epsilon=[0.1, 0.1, 0.03, 0.03], consistency_sigma=5.0,
-    detail_gains=[[1.1] * 4, [1.02] * 4, [1.04] * 4, [1.04, 1.04, 1.04, 1.1]],
+    detail_gains=[[1.1] * 4, [1.02] * 4, [1.12] * 4, [1.04, 1.04, 1.04, 1.1]],
     variant_detail_gains={"MIF-CT": [1.35, 1.02, 1.02, 1.02]})
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
@@ -349,6 +349,36 @@ class FusionUNet(ModelMixin, ConfigMixin):
         if self.config.detail_gains is not None:
             self.gain_offset[task_id] = _gain_offsets(self.config.detail_gains, self.config.max_gain)[task_id]
 
+    @torch.no_grad()
+    def move_task_start(self, task_id: int, detail_gains: Sequence[float] | None = None,
+                        detail_consistency: float | None = None) -> None:
+        """Give one task a new start (its detail gains and/or the weight of the consistent detail choice) and keep
+        what it learned: its gain pre-activation moves by the difference of the two starts, so the learned
+        correction stays; its network output is untouched. The config is updated, so a reset or a saved copy
+        starts there too. Needs the activity prior (``detail_consistency``) and ``detail_gains`` (gains)."""
+        if detail_gains is not None:
+            rows = self.config.detail_gains
+            if rows is None:
+                raise ValueError("This model has no detail_gains to move.")
+            detail_gains = [float(gain) for gain in detail_gains]
+            if len(detail_gains) != len(rows[task_id]) or not all(
+                    1 / self.config.max_gain < gain < self.config.max_gain for gain in detail_gains):
+                raise ValueError(f"Task {task_id} needs {len(rows[task_id])} detail gains strictly between "
+                                 f"1 / max_gain and max_gain ({self.config.max_gain}), got {detail_gains!r}.")
+            self.gain_offset[task_id] += (_gain_offsets([detail_gains], self.config.max_gain)
+                                          - _gain_offsets([rows[task_id]], self.config.max_gain))[0].to(
+                                              self.gain_offset.dtype)
+            self.register_to_config(detail_gains=[detail_gains if index == task_id else list(row)
+                                                  for index, row in enumerate(rows)])
+        if detail_consistency is not None:
+            weights = self.config.detail_consistency
+            if weights is None or not 0 <= detail_consistency <= 1:
+                raise ValueError(f"detail_consistency must be in [0, 1] on a model with the consistent detail "
+                                 f"choice, got {detail_consistency!r}.")
+            self.consistency_weight[task_id] = float(detail_consistency)
+            self.register_to_config(detail_consistency=[float(detail_consistency) if index == task_id else weight
+                                                        for index, weight in enumerate(weights)])
+
     def activity_scales_for(self, task_ids: torch.Tensor) -> torch.Tensor | None:
         """(B, L) float32 activity-prior strengths of each item's task (None without the prior)."""
         if self.config.activity_scales is None:
@@ -364,6 +394,14 @@ class FusionUNet(ModelMixin, ConfigMixin):
         zeros = torch.zeros(self.config.pyramid_levels - 1)
         rows = [self._variant_gain_shifts.get(get_task(name).name, zeros) for name in task_names]
         return torch.stack(rows).to(self.gain_offset.device)
+
+    def gain_shift_to(self, task_id: int, detail_gains: Sequence[float]) -> torch.Tensor:
+        """(L - 1,) float32 shift of task ``task_id``'s gain pre-activation that starts it at ``detail_gains``
+        instead of its configured start, keeping its learned correction (as :meth:`gain_shifts_for` does for
+        variants), for :meth:`forward`'s ``gain_shifts``."""
+        shift = (_gain_offsets([list(detail_gains)], self.config.max_gain)
+                 - _gain_offsets([self.config.detail_gains[task_id]], self.config.max_gain))[0]
+        return shift.to(self.gain_offset.device)
 
     def _pyramid_maps(self, output: torch.Tensor, task_ids: torch.Tensor,
                       gain_shifts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

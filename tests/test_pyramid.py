@@ -505,6 +505,46 @@ def test_reset_task_returns_one_task_to_its_start_and_leaves_the_others(sources)
         build_unet("tiny", output_head="pyramid", pyramid_levels=3).reset_task(1)
 
 
+def test_moving_a_trained_tasks_start_keeps_what_it_learned(sources, tmp_path):
+    a, b = (x[..., :96, :112] for x in sources)
+    torch.manual_seed(0)
+    config = dict(output_head="pyramid", pyramid_levels=3, task_gates=True, activity_scales=[[16.0, 16.0, 2.0]] * 4,
+                  detail_gains=[[1.05, 1.05]] * 4, detail_consistency=[0.0] * 4, consistency_epsilon=0.03)
+    unet = build_unet("tiny", **config)
+    with torch.no_grad():  # as training leaves them
+        unet.task_gate.fill_(0.5)
+        unet.gain_offset.add_(0.1)
+    x0 = (a + b) / 2
+    before = {task: x0 + unet(x0, a, b, torch.zeros(1), torch.tensor([task])) for task in range(4)}
+    offsets_before = unet.gain_offset.detach().clone()
+    unet.move_task_start(2, detail_gains=[1.1, 1.12], detail_consistency=0.9)
+    # The learned correction stays: the pre-activation moved by exactly the difference of the two starts.
+    moved_by = unet.gain_offset.detach() - offsets_before
+    start_shift = torch.atanh(torch.log(torch.tensor([1.1, 1.12])) / math.log(2.0)) - math.atanh(
+        math.log(1.05) / math.log(2.0))
+    torch.testing.assert_close(moved_by[2], start_shift.float(), atol=1e-6, rtol=0)
+    assert moved_by[[0, 1, 3]].abs().max() == 0
+    for task in (0, 1, 3):
+        torch.testing.assert_close(x0 + unet(x0, a, b, torch.zeros(1), torch.tensor([task])), before[task])
+    moved = x0 + unet(x0, a, b, torch.zeros(1), torch.tensor([2]))
+    assert (moved - before[2]).abs().mean() > 1e-3
+    # Saved and loaded it is the same model, and its start (a reset) is the new one.
+    unet.save_pretrained(tmp_path / "moved")
+    loaded = FusionUNet.from_pretrained(tmp_path / "moved")
+    torch.testing.assert_close(x0 + loaded(x0, a, b, torch.zeros(1), torch.tensor([2])), moved)
+    loaded.reset_task(2)
+    start = activity_fusion(a, b, torch.tensor([16.0, 16.0, 2.0]), torch.tensor([1.1, 1.12]),
+                            detail_consistency=0.9, consistency_epsilon=0.03, consistency_sigma=2.0)
+    torch.testing.assert_close((x0 + loaded(x0, a, b, torch.zeros(1), torch.tensor([2]))).clamp(0, 1), start,
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs 2 detail gains"):
+        unet.move_task_start(2, detail_gains=[1.1])
+    with pytest.raises(ValueError, match="strictly between"):
+        unet.move_task_start(2, detail_gains=[1.1, 3.0])
+    with pytest.raises(ValueError, match="detail_consistency must be in"):
+        unet.move_task_start(2, detail_consistency=1.5)
+
+
 def test_a_task_at_its_start_skips_the_unet_at_inference_with_the_same_result(sources):
     a, b = (x[..., :96, :112] for x in sources)
     torch.manual_seed(0)
