@@ -365,11 +365,12 @@ class FusionUNet(ModelMixin, ConfigMixin):
                     1 / self.config.max_gain < gain < self.config.max_gain for gain in detail_gains):
                 raise ValueError(f"Task {task_id} needs {len(rows[task_id])} detail gains strictly between "
                                  f"1 / max_gain and max_gain ({self.config.max_gain}), got {detail_gains!r}.")
-            self.gain_offset[task_id] += (_gain_offsets([detail_gains], self.config.max_gain)
-                                          - _gain_offsets([rows[task_id]], self.config.max_gain))[0].to(
-                                              self.gain_offset.dtype)
-            self.register_to_config(detail_gains=[detail_gains if index == task_id else list(row)
-                                                  for index, row in enumerate(rows)])
+            self.gain_offset[task_id] += self.gain_shift_to(task_id, detail_gains).to(self.gain_offset.dtype)
+            rows = [detail_gains if index == task_id else list(row) for index, row in enumerate(rows)]
+            self.register_to_config(detail_gains=rows)
+            # A variant keeps its own start: its shift is relative to its class's start, which just moved.
+            self._variant_gain_shifts = _variant_gain_shifts(self.config.variant_detail_gains, rows,
+                                                             self.config.max_gain, len(rows))
         if detail_consistency is not None:
             weights = self.config.detail_consistency
             if weights is None or not 0 <= detail_consistency <= 1:

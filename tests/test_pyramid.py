@@ -537,6 +537,14 @@ def test_moving_a_trained_tasks_start_keeps_what_it_learned(sources, tmp_path):
                             detail_consistency=0.9, consistency_epsilon=0.03, consistency_sigma=2.0)
     torch.testing.assert_close((x0 + loaded(x0, a, b, torch.zeros(1), torch.tensor([2]))).clamp(0, 1), start,
                                atol=1e-5, rtol=0)
+    # A variant of a moved class keeps its own start (and the class's learned correction).
+    variant = build_unet("tiny", **config, variant_detail_gains={"MIF-CT": [1.3, 1.05]})
+    with torch.no_grad():
+        variant.gain_offset.add_(0.1)
+    start_of = lambda unet: unet.gain_offset[1] + unet.gain_shifts_for(["MIF-CT"])[0]  # noqa: E731
+    ct_before = start_of(variant).detach().clone()
+    variant.move_task_start(1, detail_gains=[1.2, 1.2])
+    torch.testing.assert_close(start_of(variant).detach(), ct_before, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="needs 2 detail gains"):
         unet.move_task_start(2, detail_gains=[1.1])
     with pytest.raises(ValueError, match="strictly between"):
