@@ -93,9 +93,9 @@ _ACTIVITY_PYRAMID: dict[str, Any] = dict(
     block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8, mid_block_attention=False,
     output_head="pyramid", pyramid_levels=5, max_gain=2.0, smooth_weights=False, task_gates=True,
     activity_scales=[[detail] * 4 + [base] for detail, base in ((128.0, 4.0), (64.0, 16.0), (16.0, 2.0), (16.0, 32.0))],
-    base_activity=["salient", "brighter", "brighter", "sharper"], detail_consistency=[0.95, 0.9, 0.9, 1.0],
+    base_activity=["salient", "brighter", "brighter", "sharper"], detail_consistency=[0.95, 0.9, 0.0, 1.0],
     consistency_epsilon=[0.1, 0.1, 0.03, 0.03], consistency_sigma=5.0,
-    detail_gains=[[1.1] * 4, [1.02] * 4, [1.12] * 4, [1.04, 1.04, 1.04, 1.1]],
+    detail_gains=[[1.1] * 4, [1.02] * 4, [1.04] * 4, [1.04, 1.04, 1.04, 1.1]],
     variant_detail_gains={"MIF-CT": [1.35, 1.02, 1.02, 1.02]})
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {

@@ -28,9 +28,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.detail_gains is None and args.detail_consistency is None:
         parser.error("Nothing to move: give --detail_gains and/or --detail_consistency.")
+    task = get_task(args.task)
+    if task.name != task.family:
+        parser.error(f"{task.name} is a variant of {task.family}: move the class (its variants keep their own start).")
     folder = args.model_dir / "unet"
     unet = FusionUNet.from_pretrained(folder)
-    unet.move_task_start(get_task(args.task).class_id, args.detail_gains, args.detail_consistency)
+    unet.move_task_start(task.class_id, args.detail_gains, args.detail_consistency)
     with staged_folder(folder) as staging:
         unet.save_pretrained(staging)
         config = json.loads((staging / "config.json").read_text())
@@ -40,7 +43,7 @@ def main() -> None:
     if summary.is_file():  # its scores describe the model before the move: say so
         record = json.loads(summary.read_text())
         moves = record.get("start_moved_after_training", [])
-        moves.append({"task": get_task(args.task).name, "detail_gains": args.detail_gains,
+        moves.append({"task": task.name, "detail_gains": args.detail_gains,
                       "detail_consistency": args.detail_consistency})
         record["start_moved_after_training"] = moves
         write_text_atomic(summary, json.dumps(record, indent=1))

@@ -47,5 +47,9 @@ cp "$WORK/run/continual.csv" "$WORK/run/training_summary.json" "$BUNDLED.partial
 # 4. Training did not raise the validation score of MIF and MFF on average over two seeds (docs/quality.md):
 #    those tasks go back to their start (gate 0, starting strengths and gains); IVF and MEF keep what they learned.
 python scripts/reproduce/reset_tasks.py "$BUNDLED.partial" --tasks MIF MFF
+# 5. MEF, trained from the preset's start, moves to the start chosen on validation after training (session 20,
+#    docs/quality.md): the consistent detail choice at 0.9 and detail gain 1.12, its learned correction kept.
+python scripts/reproduce/move_task_start.py "$BUNDLED.partial" --task MEF --detail_gains 1.12 1.12 1.12 1.12 \
+  --detail_consistency 0.9
 rm -rf "$BUNDLED" && mv "$BUNDLED.partial" "$BUNDLED"
 du -sh "$BUNDLED"
