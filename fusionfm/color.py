@@ -67,7 +67,7 @@ def luminance_with_chroma(fused_y: torch.Tensor, fused_chroma: torch.Tensor) -> 
     cb, cr = fused_chroma[..., 0:1, :, :] - 0.5, fused_chroma[..., 1:2, :, :] - 0.5
     colour = torch.cat([1.4025245442 * cr, -0.7144034731 * cr - 0.3443401356 * cb, 1.7730496454 * cb], dim=-3)
     # Each channel may move up by 1 - Y or down by Y; the largest fraction that fits all three (1 where it all fits).
-    room = torch.where(colour > 0, 1.0 - fused_y, fused_y).div_(colour.abs().clamp_min(1e-12))
+    room = torch.where(colour > 0, 1.0 - fused_y, fused_y).div_(colour.abs().clamp_min(torch.finfo(colour.dtype).tiny))
     fraction = room.amin(dim=-3, keepdim=True).clamp_(0.0, 1.0)
     return colour.mul_(fraction).add_(fused_y).clamp_(0.0, 1.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fusionfm.color import chroma, is_gray, luminance, luminance_with_chroma, recombine, saturation_weighted_chroma
@@ -59,6 +60,13 @@ def test_a_colour_that_does_not_fit_is_desaturated_at_its_luminance_by_hand():
     expected = torch.tensor([1.0, 0.8 - t * 0.7144034731 * 0.4, 0.8])
     torch.testing.assert_close(rgb, expected)
     torch.testing.assert_close(luminance(rgb.view(1, 3, 1, 1)), y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gray_black_and_white_stay_so_in_every_precision(dtype):
+    y = torch.tensor([0.0, 0.5, 1.0], dtype=dtype).view(1, 1, 1, 3)
+    rgb = luminance_with_chroma(y, torch.full((1, 2, 1, 3), 0.5, dtype=dtype))
+    torch.testing.assert_close(rgb, y.expand(1, 3, 1, 3))
 
 
 def test_a_fused_luminance_survives_the_colour_of_a_pet_scan(real_pair):
