@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -90,3 +91,16 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
         folder.rename(stale)
         shutil.rmtree(stale)
     partial.rename(folder)
+
+
+def save_pretrained_portable(model, folder: str | os.PathLike) -> Path:
+    """``model.save_pretrained(folder)`` (a diffusers model or pipeline) without the local path it was loaded from:
+    diffusers writes it into each config as ``_name_or_path``, and it means nothing on another machine. Pair it with
+    :func:`staged_folder` to replace a saved model atomically."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    for config_file in folder.rglob("*.json"):
+        config = json.loads(config_file.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            write_text_atomic(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return folder

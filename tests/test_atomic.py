@@ -9,7 +9,14 @@ import PIL.Image
 import pytest
 import torch
 
-from fusionfm.atomic import save_png_atomic, staged_folder, write_csv_atomic, write_text_atomic
+from fusionfm import FusionUNet, build_unet
+from fusionfm.atomic import (
+    save_png_atomic,
+    save_pretrained_portable,
+    staged_folder,
+    write_csv_atomic,
+    write_text_atomic,
+)
 
 
 def test_text_csv_and_png_are_written_without_leftovers(tmp_path):
@@ -38,3 +45,15 @@ def test_a_failed_write_leaves_the_old_folder(tmp_path):
         (partial / "weights").write_text("new")
     assert (folder / "weights").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]
+
+
+def test_a_model_saved_again_in_place_keeps_no_local_path(tmp_path):
+    build_unet("tiny").save_pretrained(tmp_path / "first")
+    loaded = FusionUNet.from_pretrained(tmp_path / "first")
+    assert str(loaded.config._name_or_path) == str(tmp_path / "first")  # what diffusers would write back
+    with staged_folder(tmp_path / "first") as staging:
+        save_pretrained_portable(loaded, staging)
+    assert "_name_or_path" not in (tmp_path / "first" / "config.json").read_text()
+    again = FusionUNet.from_pretrained(tmp_path / "first")
+    for name, tensor in loaded.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor)

@@ -10,12 +10,11 @@ to a staging folder and swapped in whole. Weights are safetensors; the size is p
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 from fusionfm import FusionFMPipeline
-from fusionfm.atomic import staged_folder
+from fusionfm.atomic import save_pretrained_portable, staged_folder
 from fusionfm.hub import BUNDLED_MODEL_DIR
 
 
@@ -27,11 +26,7 @@ def main() -> None:
     pipeline = FusionFMPipeline.from_pretrained(args.run, default_compute_dtype="fp32")
     pipeline.register_to_config(default_compute_dtype="auto")
     with staged_folder(BUNDLED_MODEL_DIR) as staging:
-        pipeline.save_pretrained(staging)
-        for config_file in staging.rglob("*.json"):  # the run's local path means nothing to users
-            config = json.loads(config_file.read_text())
-            if config.pop("_name_or_path", None) is not None:
-                config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_pretrained_portable(pipeline, staging)
         for name in ("continual.csv", "training_summary.json"):
             if (args.run / name).is_file():
                 shutil.copy(args.run / name, staging / name)

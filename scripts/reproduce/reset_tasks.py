@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from fusionfm import FusionUNet
-from fusionfm.atomic import staged_folder, write_text_atomic
+from fusionfm.atomic import save_pretrained_portable, staged_folder, write_text_atomic
 from fusionfm.tasks import get_task
 
 
@@ -28,10 +28,7 @@ def main() -> None:
     for task in args.tasks:
         unet.reset_task(get_task(task).class_id)
     with staged_folder(folder) as staging:
-        unet.save_pretrained(staging)
-        config = json.loads((staging / "config.json").read_text())
-        config.pop("_name_or_path", None)  # the folder it was loaded from: a local path, not part of the model
-        write_text_atomic(staging / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_pretrained_portable(unet, staging)
     summary = args.model_dir / "training_summary.json"
     if summary.is_file():  # its weights hash and scores describe the model before the reset: say so
         record = json.loads(summary.read_text())
