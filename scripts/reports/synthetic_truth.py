@@ -1,12 +1,15 @@
-"""The synthetic validation pairs' truth scored as if it were a fusion, beside models and the built-in priors.
+"""Synthetic pairs' truth scored as if it were a fusion, beside models and the built-in priors.
 
-    python scripts/reports/synthetic_truth.py [MODEL ...] [--task MFF] [--data ../shared/data]
+    python scripts/reports/synthetic_truth.py [MODEL ...] [--task MFF] [--photographs validation|test]
 
 Every synthetic pair is made from one photograph (``fusionfm.labels.synthetic``); for MFF that photograph is the
-all-in-focus image, a perfect fusion of the pair. Per method, over the task's synthetic validation pairs at their
-own size: mean PSNR to the truth (dB, 8-bit luma) and the issue-14 clause's SF, AG and Qabf, with the truth itself as
-a row, so a clause that the truth fails is seen to be one that no faithful fusion meets (docs/quality.md, session
-21). For MEF the truth is one mid exposure, not an ideal fusion: read its row as a reference only.
+all-in-focus image, a perfect fusion of the pair. Per method, at the pairs' own size: the mean rank over the nine
+benchmark metrics among the methods (the truth not ranked), mean PSNR to the truth (dB, 8-bit luma) and the
+issue-14 clause's SF, AG and Qabf, with the truth itself as a row, so a clause that the truth fails is seen to be
+one that no faithful fusion meets (docs/quality.md, session 21). ``--photographs validation`` takes the task's
+synthetic validation pairs; ``test`` every pair made from the natural test photographs, which no training or
+choice has seen (pairs like those a user brings). For MEF the truth is one mid exposure, not an ideal fusion: read
+its row as a reference only.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import csv
 from fusionfm import FusionFMPipeline
 from fusionfm.color import luminance
 from fusionfm.evaluation.metrics import to_gray_255
-from fusionfm.evaluation.ranking import ranked_metrics
+from fusionfm.evaluation.ranking import rank_methods, ranked_metrics
 from fusionfm.evaluation.reference import psnr_to_truth
 from fusionfm.evaluation.validation import SPLIT_FILE
 from fusionfm.labels.priors import priors_for, run_prior
 from fusionfm.labels.synthetic import SyntheticPairs
 
 CLAUSE_METRICS = ("SF", "AG", "Qabf")
+TRUTH = "truth (the photograph)"
 
 
 def synthetic_validation_stems(task: str) -> list[str]:
@@ -36,36 +40,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=["fusionfm/default_model"])
     parser.add_argument("--task", default="MFF", choices=("MEF", "MFF"))
+    parser.add_argument("--photographs", default="validation", choices=("validation", "test"))
     parser.add_argument("--data", default="../shared/data")
     args = parser.parse_args()
     pipelines = {name: FusionFMPipeline.from_pretrained(name) for name in args.models}
     for pipeline in pipelines.values():
         pipeline.set_progress_bar_config(disable=True)
-    dataset = SyntheticPairs(args.data, args.task, "train", seed=0)  # exactly as validation_pairs makes them
+    # Seed 0 of the train photographs is exactly how validation_pairs makes the synthetic validation pairs.
+    split = "train" if args.photographs == "validation" else "test"
+    dataset = SyntheticPairs(args.data, args.task, split, seed=0)
     index = {row["stem"]: i for i, row in enumerate(dataset.rows)}
-    stems = synthetic_validation_stems(args.task)
-    totals: dict[str, list[float]] = {}
+    stems = synthetic_validation_stems(args.task) if args.photographs == "validation" else list(index)
+    scores: dict[str, dict[str, dict[str, float]]] = {}  # method -> stem -> metric, as rank_methods takes them
     for stem in stems:
         pair = dataset[index[stem]]
         image_a, image_b, truth = pair.image_a[None], pair.image_b[None], pair.ground_truth[None]
-        fusions = {"truth (the photograph)": truth}
+        fusions = {TRUTH: truth}
         fusions.update({name: pipeline(pair.image_a, pair.image_b, task=args.task, processing_resolution=0,
                                        output_type="pt").images for name, pipeline in pipelines.items()})
         fusions.update({f"prior: {prior.name}": run_prior(prior.name, image_a, image_b, args.task)
                         for prior in priors_for(args.task)})
         gray_a, gray_b = to_gray_255(image_a), to_gray_255(image_b)
         for method, fused in fusions.items():
-            metrics = ranked_metrics(luminance(fused), gray_a, gray_b)
-            luma_psnr = psnr_to_truth(to_gray_255(fused) / 255, to_gray_255(truth) / 255)  # 8-bit luma
-            values = [luma_psnr] + [float(metrics[name]) for name in CLAUSE_METRICS]
-            row = totals.setdefault(method, [0.0] * len(values))
-            for i, value in enumerate(values):
-                row[i] += value / len(stems)
-    print(f"| {args.task}, {len(stems)} synthetic validation pairs, own size | PSNR to the truth (dB) | "
-          + " | ".join(CLAUSE_METRICS) + " |\n|---|" + "---:|" * (1 + len(CLAUSE_METRICS)))
-    for method, (psnr, *clause) in totals.items():
-        psnr_cell = "(itself)" if method.startswith("truth") else f"{psnr:.2f}"
-        print(f"| {method} | {psnr_cell} | " + " | ".join(f"{value:.4f}" for value in clause) + " |")
+            values = ranked_metrics(luminance(fused), gray_a, gray_b)
+            values["PSNR"] = psnr_to_truth(to_gray_255(fused) / 255, to_gray_255(truth) / 255)  # 8-bit luma
+            scores.setdefault(method, {})[stem] = values
+    truth_means = rank_methods({TRUTH: scores[TRUTH]})[0]
+    rows = rank_methods({method: by_stem for method, by_stem in scores.items() if method != TRUTH})
+    psnr = {method: sum(values["PSNR"] for values in by_stem.values()) / len(by_stem)
+            for method, by_stem in scores.items()}
+    print(f"| {args.task}, {len(stems)} synthetic pairs of the {args.photographs} photographs, own size | mean rank | "
+          "PSNR to the truth (dB) | " + " | ".join(CLAUSE_METRICS) + " |\n|---|" + "---:|" * (2 + len(CLAUSE_METRICS)))
+    print(f"| {TRUTH} | | | " + " | ".join(f"{truth_means[metric]:.4f}" for metric in CLAUSE_METRICS) + " |")
+    for row in rows:
+        print(f"| {row['method']} | {row['mean_rank']:.2f} | {psnr[row['method']]:.2f} | "
+              + " | ".join(f"{row[metric]:.4f}" for metric in CLAUSE_METRICS) + " |")
 
 
 if __name__ == "__main__":
