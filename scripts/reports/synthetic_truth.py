@@ -36,6 +36,11 @@ def synthetic_validation_stems(task: str) -> list[str]:
         return [row["stem"] for row in csv.DictReader(handle) if row["task"] == task and not row["path_a"]]
 
 
+def mean_over_pairs(by_stem: dict[str, dict[str, float]], metric: str) -> float:
+    """The mean of one metric over a method's pairs (``by_stem[stem][metric]``)."""
+    return sum(values[metric] for values in by_stem.values()) / len(by_stem)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=["fusionfm/default_model"])
@@ -65,15 +70,14 @@ def main() -> None:
             values = ranked_metrics(luminance(fused), gray_a, gray_b)
             values["PSNR"] = psnr_to_truth(to_gray_255(fused) / 255, to_gray_255(truth) / 255)  # 8-bit luma
             scores.setdefault(method, {})[stem] = values
-    truth_means = rank_methods({TRUTH: scores[TRUTH]})[0]
     rows = rank_methods({method: by_stem for method, by_stem in scores.items() if method != TRUTH})
-    psnr = {method: sum(values["PSNR"] for values in by_stem.values()) / len(by_stem)
-            for method, by_stem in scores.items()}
     print(f"| {args.task}, {len(stems)} synthetic pairs of the {args.photographs} photographs, own size | mean rank | "
           "PSNR to the truth (dB) | " + " | ".join(CLAUSE_METRICS) + " |\n|---|" + "---:|" * (2 + len(CLAUSE_METRICS)))
-    print(f"| {TRUTH} | | | " + " | ".join(f"{truth_means[metric]:.4f}" for metric in CLAUSE_METRICS) + " |")
+    print(f"| {TRUTH} | | | " + " | ".join(f"{mean_over_pairs(scores[TRUTH], metric):.4f}" for metric in CLAUSE_METRICS)
+          + " |")
     for row in rows:
-        print(f"| {row['method']} | {row['mean_rank']:.2f} | {psnr[row['method']]:.2f} | "
+        psnr = mean_over_pairs(scores[row["method"]], "PSNR")
+        print(f"| {row['method']} | {row['mean_rank']:.2f} | {psnr:.2f} | "
               + " | ".join(f"{row[metric]:.4f}" for metric in CLAUSE_METRICS) + " |")
 
 
