@@ -103,9 +103,9 @@ def main() -> None:
                 group_score = sum(scores[id(pair)] for pair in group) / len(group)
                 cells.append(f"{group_score:.3f} / " + " / ".join(f"{means[m]:.4g}" for m in args.metrics))
             print(f"| {text} | {sum(scores.values()) / len(pairs):.4f} | " + " | ".join(cells) + " |", flush=True)
-    best = [" / ".join(f"{best_prior_mean(group, m)[1]:.4g} ({best_prior_mean(group, m)[0]})" for m in args.metrics)
-            for group in groups.values()]
-    print("| best built-in prior | | " + " | ".join(best) + " |")
+    best = [[best_prior_mean(group, metric) for metric in args.metrics] for group in groups.values()]
+    print("| best built-in prior | | " + " | ".join(" / ".join(f"{value:.4g} ({prior})" for prior, value in row)
+                                                  for row in best) + " |")
 
 
 if __name__ == "__main__":

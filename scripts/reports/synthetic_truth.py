@@ -65,10 +65,10 @@ def main() -> None:
                                        output_type="pt").images for name, pipeline in pipelines.items()})
         fusions.update({f"prior: {prior.name}": run_prior(prior.name, image_a, image_b, args.task)
                         for prior in priors_for(args.task)})
-        gray_a, gray_b = to_gray_255(image_a), to_gray_255(image_b)
+        gray_a, gray_b, gray_truth = to_gray_255(image_a), to_gray_255(image_b), to_gray_255(truth)
         for method, fused in fusions.items():
             values = ranked_metrics(luminance(fused), gray_a, gray_b)
-            values["PSNR"] = psnr_to_truth(to_gray_255(fused) / 255, to_gray_255(truth) / 255)  # 8-bit luma
+            values["PSNR"] = psnr_to_truth(to_gray_255(fused) / 255, gray_truth / 255)  # 8-bit luma
             scores.setdefault(method, {})[stem] = values
     rows = rank_methods({method: by_stem for method, by_stem in scores.items() if method != TRUTH})
     print(f"| {args.task}, {len(stems)} synthetic pairs of the {args.photographs} photographs, own size | mean rank | "
