@@ -123,6 +123,14 @@ def whole_number(value, name: str, low: int, high: int) -> int:
     return int(value)
 
 
+def contrast_setting(keep_contrast) -> float | None:
+    """The pipeline's ``detail_gain`` for the page's contrast box: 1 (the sources' own contrast) when ticked,
+    else None (the model's own gains, which sharpen); a gr.Error for anything but true or false."""
+    if not isinstance(keep_contrast, bool):
+        raise visitor_error(f"keep_contrast must be true or false, got {keep_contrast!r}.", "Bad setting")
+    return 1.0 if keep_contrast else None
+
+
 def input_labels(task: str) -> tuple[str, str]:
     spec = get_task(task)
     return spec.label_a, spec.label_b
@@ -180,8 +188,9 @@ class FusionApp:
         return Path(tempfile.mkdtemp(dir=self.results_dir))
 
     def fuse(self, task: str, path_a: str | None, path_b: str | None, num_inference_steps: float = 1,
-             processing_resolution: float = 0, resize_b_to_a: bool = False):
-        """Fuse one pair. Returns (fused PNG path, (input, fused) for the slider, metrics rows, timing
+             processing_resolution: float = 0, resize_b_to_a: bool = False, keep_contrast: bool = False):
+        """Fuse one pair (``keep_contrast``: detail gain 1, the sources' own contrast, instead of the model's).
+        Returns (fused PNG path, (input, fused) for the slider, metrics rows, timing
         Markdown, fused PNG path for download, state for the comparison switch)."""
         started = time.perf_counter()
         if task not in [value for _, value in TASK_CHOICES]:
@@ -193,6 +202,7 @@ class FusionApp:
                                   self.max_side)
         if not isinstance(resize_b_to_a, bool):
             raise visitor_error(f"resize_b_to_a must be true or false, got {resize_b_to_a!r}.", "Bad setting")
+        detail_gain = contrast_setting(keep_contrast)
         image_a = read_upload(path_a, spec.label_a, self.max_upload_pixels)
         image_b = read_upload(path_b, spec.label_b, self.max_upload_pixels)
         notices = (self.processor.input_notices(image_a, spec.label_a)
@@ -216,7 +226,7 @@ class FusionApp:
             fuse_started = time.perf_counter()
             fused = self.pipeline(tensor_a, tensor_b, task=spec, num_inference_steps=steps,
                                   processing_resolution=resolution, match_input_resolution=not downscaled,
-                                  resize_b_to_a=resize_b_to_a, output_type="pt").images[0]
+                                  resize_b_to_a=resize_b_to_a, detail_gain=detail_gain, output_type="pt").images[0]
             fuse_seconds = time.perf_counter() - fuse_started
 
         for notice in notices:  # a toast in the page; API clients read them in the timing text
@@ -240,7 +250,7 @@ class FusionApp:
         return str(fused_path), (state["b"], state["fused"]), table, timing, str(fused_path), state
 
     def fuse_frames(self, task: str, paths: list[str] | None, processing_resolution: float = 0,
-                    resize_to_first: bool = False):
+                    resize_to_first: bool = False, keep_contrast: bool = False):
         """Fuse an exposure bracket or focus stack (2 to MAX_FRAMES files); the outputs of :meth:`fuse`, with
         the darkest and brightest frames (MEF) or the first and last (MFF) as the two comparison inputs."""
         started = time.perf_counter()
@@ -254,6 +264,7 @@ class FusionApp:
                                   self.max_side)
         if not isinstance(resize_to_first, bool):
             raise visitor_error(f"resize must be true or false, got {resize_to_first!r}.", "Bad setting")
+        detail_gain = contrast_setting(keep_contrast)
         images = [read_upload(path, f"frame {index + 1} ({Path(path).name})", self.max_upload_pixels)
                   for index, path in enumerate(paths)]
         total = sum(image.width * image.height for image in images)
@@ -280,7 +291,7 @@ class FusionApp:
             fuse_started = time.perf_counter()
             fused = self.pipeline(tensors, task=task, processing_resolution=resolution,
                                   match_input_resolution=not downscaled, resize_b_to_a=resize_to_first,
-                                  output_type="pt").images[0]
+                                  detail_gain=detail_gain, output_type="pt").images[0]
             fuse_seconds = time.perf_counter() - fuse_started
         for notice in notices:
             gr.Warning(notice)
@@ -366,6 +377,9 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
             resolution = SettingSlider(0, app.max_side, value=0, step=32,
                                    label="Processing resolution: long side in pixels (0 = input size)")
             resize = gr.Checkbox(False, label=f"Resize the {label_b} image to match the {label_a} image")
+            keep_contrast = gr.Checkbox(False, label="Keep the sources' own contrast: no added sharpening, the "
+                                                     "most faithful result (for focus stacks and scans)",
+                                        elem_id="keep-contrast")
         with gr.Accordion(f"Exposure bracket or focus stack (MEF, MFF): 2 to {MAX_FRAMES} frames", open=False):
             frames = gr.File(label="Frames of one scene (any order)", file_count="multiple", type="filepath",
                              elem_id="frames")
@@ -389,10 +403,10 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
                     label="Example pairs (sources and licences in examples/README.md)")
 
         task.change(on_task_change, task, [image_a, image_b, compare, resize], api_name=False)
-        run.click(app.fuse, [task, image_a, image_b, steps, resolution, resize],
+        run.click(app.fuse, [task, image_a, image_b, steps, resolution, resize, keep_contrast],
                   [fused, slider, metrics, timing, download, state], api_name="fuse", concurrency_limit=concurrency,
                   ).success(comparison, [state, compare], slider, api_name=False)
-        run_frames.click(app.fuse_frames, [task, frames, resolution, resize_frames],
+        run_frames.click(app.fuse_frames, [task, frames, resolution, resize_frames, keep_contrast],
                          [fused, slider, metrics, timing, download, state], api_name="fuse_frames",
                          concurrency_limit=concurrency).success(comparison, [state, compare], slider, api_name=False)
         compare.change(comparison, [state, compare], slider, api_name=False)

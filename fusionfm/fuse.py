@@ -87,6 +87,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processing-resolution", type=int, default=0,
                         help="long side to fuse at (0: each image's own size)")
     parser.add_argument("--resize", action="store_true", help="resize mismatched images to the first one")
+    parser.add_argument("--detail-gain", type=float, default=None,
+                        help="contrast gain of every detail level (default: the model's own, which sharpens; "
+                             "1: the sources' own contrast, the most faithful)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -106,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
     pipeline = FusionFMPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
+    try:
+        pipeline.check_detail_gain(args.detail_gain)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     todo = [job for job in jobs if not (args.out / f"{job.name}.png").is_file()]
     failed: list[tuple[str, str]] = []
     for job in tqdm(todo, desc=f"fusing ({task.name})", unit="fusion", disable=args.no_progress):
@@ -113,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             images = [load_image(path) for path in job.paths]
             if len(images) == 2:
                 result = pipeline(images[0], images[1], task=task, num_inference_steps=args.steps,
-                                  processing_resolution=args.processing_resolution, resize_b_to_a=args.resize)
+                                  processing_resolution=args.processing_resolution, resize_b_to_a=args.resize,
+                                  detail_gain=args.detail_gain)
             else:
                 result = pipeline(images, task=task, processing_resolution=args.processing_resolution,
-                                  resize_b_to_a=args.resize)
+                                  resize_b_to_a=args.resize, detail_gain=args.detail_gain)
             save_png_atomic(result.images[0], args.out / f"{job.name}.png")
         except (FileNotFoundError, ValueError, TypeError, OSError) as error:
             failed.append((job.name, str(error)))

@@ -338,6 +338,7 @@ class FusionFMPipeline(DiffusionPipeline):
         output_type: OutputType = "pil",
         tile_size: int | None = None,
         align: bool = False,
+        detail_gain: float | None = None,
         show_progress_bar: bool = True,
         return_dict: bool = True,
     ) -> FusionFMPipelineOutput | tuple:
@@ -366,6 +367,11 @@ class FusionFMPipeline(DiffusionPipeline):
             align: MEF and MFF: register every frame (or image_b) to the middle frame (to image_a) with a
                 similarity transform from feature matches first (:mod:`fusionfm.alignment`). Without it, a focus
                 stack whose frames do not line up is fused as it is, with a :class:`MisregistrationWarning`.
+            detail_gain: the contrast gain of every detail level of the fusion (the network still chooses which
+                source each detail comes from). None: the model's own, per task and learned (the benchmarked
+                setting, 1.02-1.35, which sharpens beyond the sources); 1: the sources' own contrast, the most
+                faithful (for focus stacks closest to the in-focus scene; for scans no added enhancement);
+                between 1 / max_gain and max_gain of the model (0.5 and 2 for the bundled one).
             show_progress_bar: show a progress bar over batches.
             return_dict: return a :class:`FusionFMPipelineOutput` rather than a tuple.
         """
@@ -375,6 +381,7 @@ class FusionFMPipeline(DiffusionPipeline):
             processing_resolution = self.config.default_processing_resolution
         if tile_size is None:
             tile_size = self.config.get("default_tile_size", 0)
+        self.check_detail_gain(detail_gain)
         if image_b is None and isinstance(image_a, (list, tuple)):  # a stack of frames, canonicalised once
             frames, spec = self._check_frames(image_a, task, resize_b_to_a)
             if align:
@@ -383,7 +390,8 @@ class FusionFMPipeline(DiffusionPipeline):
                 self._warn_if_misregistered(frames, spec)
             if len(frames) > 2:
                 fused = self._fuse_frames(frames, spec, num_inference_steps, processing_resolution,
-                                          match_input_resolution, batch_size, compute_dtype, output_type, tile_size)
+                                          match_input_resolution, batch_size, compute_dtype, output_type, tile_size,
+                                          detail_gain)
                 images = self.image_processor.postprocess([fused], output_type)
                 return FusionFMPipelineOutput(images=images) if return_dict else (images,)
             image_a, image_b = self._ordered_pair(frames, spec)
@@ -405,7 +413,7 @@ class FusionFMPipeline(DiffusionPipeline):
             fused_y: dict[int, torch.Tensor] = {}
             for indices in self.progress_bar(batches) if show_progress_bar else batches:
                 fused = self._fuse_luminance([pairs[i] for i in indices], generator, dtype, num_inference_steps,
-                                             tile_size)
+                                             tile_size, detail_gain)
                 fused_y.update(zip(indices, fused, strict=True))
 
         results = [self._finish_pair(pairs[i], fused_y[i], match_input_resolution) for i in range(len(pairs))]
@@ -480,7 +488,7 @@ class FusionFMPipeline(DiffusionPipeline):
 
     def _fuse_frames(self, tensors: list[torch.Tensor], spec: FusionTask, num_inference_steps: int,
                      processing_resolution: int | None, match_input_resolution: bool, batch_size: int,
-                     compute_dtype, output_type: str, tile_size: int) -> torch.Tensor:
+                     compute_dtype, output_type: str, tile_size: int, detail_gain: float | None = None) -> torch.Tensor:
         """Fuse three or more canonical frames (C, H, W) of one size (:meth:`_check_frames`): (C, H, W) in [0, 1].
 
         Each frame is scored against the stack's mean by the network (for MEF in the slot its exposure suits:
@@ -509,7 +517,7 @@ class FusionFMPipeline(DiffusionPipeline):
         with self._call_lock, torch.no_grad():
             fused_y = fuse_in_tiles(
                 lambda box: self._blend_frames(luma[..., box[0]:box[2], box[1]:box[3]], brighter, spec, batch_size,
-                                               dtype),
+                                               dtype, detail_gain),
                 height, width, tile_size, tile_size // TILE_OVERLAP_DIVISOR)
         fused_y = fused_y.clamp(0.0, 1.0).cpu()
         originals = [t[None] for t in tensors]
@@ -521,10 +529,11 @@ class FusionFMPipeline(DiffusionPipeline):
         return recombine_frames(fused_y, originals)[0]
 
     def _blend_frames(self, luma: torch.Tensor, brighter: torch.Tensor, spec: FusionTask, batch_size: int,
-                      dtype: torch.dtype) -> torch.Tensor:
+                      dtype: torch.dtype, detail_gain: float | None = None) -> torch.Tensor:
         """The stack blend of (N, 1, h, w) frame luminances (or one tile of them): (1, 1, h, w).
 
         ``brighter`` (N, 1, 1, 1) bool: MEF frames brighter than the stack, scored in the over-exposed slot.
+        ``detail_gain``: every detail level's gain instead of the network's (see :meth:`__call__`).
         """
         device = self._execution_device
         luma, brighter = luma.to(device), brighter.to(device)
@@ -550,7 +559,8 @@ class FusionFMPipeline(DiffusionPipeline):
                     x0.to(weights_dtype), image_a[chunk].to(weights_dtype), image_b[chunk].to(weights_dtype),
                     torch.zeros(count, device=device),
                     torch.full((count,), spec.class_id, dtype=torch.long, device=device),
-                    gain_shifts=None if gain_shift is None else gain_shift.expand(count, -1))
+                    gain_shifts=None if gain_shift is None else gain_shift.expand(count, -1),
+                    detail_gains=self._detail_gains(detail_gain, count, device))
             logits.append(chunk_logits.float())
             gains.append(chunk_gains.float())
         # The logit is the a-slot's weight: a frame in the b slot scores with its negative.
@@ -587,7 +597,7 @@ class FusionFMPipeline(DiffusionPipeline):
 
     def _fuse_luminance(
         self, pairs: list[_PreparedPair], generator: torch.Generator | None, dtype: torch.dtype,
-        num_inference_steps: int, tile_size: int,
+        num_inference_steps: int, tile_size: int, detail_gain: float | None = None,
     ) -> torch.Tensor:
         """Fuse one batch of same-size pairs: (B, 1, h, w) fused Y in [0, 1]; in overlapping tiles of
         ``tile_size`` pixels (0: never) when the pairs are larger, blended with feathered weights."""
@@ -595,45 +605,48 @@ class FusionFMPipeline(DiffusionPipeline):
         y_b = torch.stack([p.y_b for p in pairs])
         task_ids = torch.tensor([p.task.class_id for p in pairs], dtype=torch.long)
         gain_shifts = self.unet.gain_shifts_for([p.task.name for p in pairs])  # variants' starts (MIF-CT, ...)
+        detail_gains = self._detail_gains(detail_gain, len(pairs), torch.device("cpu"))
         # The whole sources' mean levels, so that every tile measures salience (a "salient" base prior) alike.
         source_means = mean_levels(y_a, y_b)
         height, width = y_a.shape[-2:]
         return fuse_in_tiles(lambda box: self._integrate(y_a[..., box[0]:box[2], box[1]:box[3]],
                                                          y_b[..., box[0]:box[2], box[1]:box[3]], task_ids,
-                                                         source_means, gain_shifts, generator, dtype,
-                                                         num_inference_steps),
+                                                         source_means, gain_shifts, detail_gains, generator,
+                                                         dtype, num_inference_steps),
                              height, width, tile_size, tile_size // TILE_OVERLAP_DIVISOR)
 
     def _integrate(self, y_a: torch.Tensor, y_b: torch.Tensor, task_ids: torch.Tensor, source_means: torch.Tensor,
-                   gain_shifts: torch.Tensor | None, generator: torch.Generator | None, dtype: torch.dtype,
-                   num_inference_steps: int) -> torch.Tensor:
+                   gain_shifts: torch.Tensor | None, detail_gains: torch.Tensor | None,
+                   generator: torch.Generator | None, dtype: torch.dtype, num_inference_steps: int) -> torch.Tensor:
         """Integrate the flow from the coupling of (B, 1, h, w) sources (whole-image means (B, 2); the task
-        variants' gain shifts (B, L - 1) or None): (B, 1, h, w) in [0, 1], on the CPU."""
+        variants' gain shifts (B, L - 1) or None; the caller's detail gains (B, L - 1) or None): (B, 1, h, w) in
+        [0, 1], on the CPU."""
         device = self._execution_device
         multiple, margin = self.unet.size_multiple, self.image_processor.config.border_margin
         y_a, box = self.image_processor.pad_to_multiple(y_a.to(device), multiple, margin)
         y_b, _ = self.image_processor.pad_to_multiple(y_b.to(device), multiple, margin)
         task_ids, source_means = task_ids.to(device), source_means.to(device)
         gain_shifts = None if gain_shifts is None else gain_shifts.to(device)
+        detail_gains = None if detail_gains is None else detail_gains.to(device)
         compiled = self._compiled_unet
         unet = compiled.module if compiled is not None and compiled.dtype == dtype else self.unet
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = self.scheduler.source_point(y_a, y_b, generator)
         for t in self.scheduler.timesteps:
             velocity = self._run_unet(unet, dtype, x, y_a, y_b, t.expand(len(task_ids)).to(device), task_ids,
-                                      source_means, gain_shifts)
+                                      source_means, gain_shifts, detail_gains)
             x = self.scheduler.step(velocity.float(), t, x).prev_sample
         return self.image_processor.crop(x, box).clamp(0.0, 1.0).cpu()
 
     def _run_unet(self, unet: torch.nn.Module, dtype: torch.dtype, x: torch.Tensor, y_a: torch.Tensor,
                   y_b: torch.Tensor, t: torch.Tensor, task_ids: torch.Tensor, source_means: torch.Tensor,
-                  gain_shifts: torch.Tensor | None = None) -> torch.Tensor:
+                  gain_shifts: torch.Tensor | None = None, detail_gains: torch.Tensor | None = None) -> torch.Tensor:
         """One velocity evaluation in ``dtype`` (autocast when the weights are in another precision)."""
         weights_dtype = self.unet.dtype
         enabled = dtype != weights_dtype and dtype != torch.float32
         with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
             return unet(x.to(weights_dtype), y_a.to(weights_dtype), y_b.to(weights_dtype), t, task_ids,
-                        source_means=source_means, gain_shifts=gain_shifts)
+                        source_means=source_means, gain_shifts=gain_shifts, detail_gains=detail_gains)
 
     def _finish_pair(self, pair: _PreparedPair, fused_y: torch.Tensor, match_input_resolution: bool) -> torch.Tensor:
         """Resize the fused luminance, finish it against the sources (:mod:`fusionfm.finishing`) and put colour back:
@@ -650,6 +663,25 @@ class FusionFMPipeline(DiffusionPipeline):
             fused_y = favour_the_lit_source(fused_y, y_a, y_b)
         fused_y = keep_shared_extremes(fused_y, [y_a, y_b])
         return recombine(fused_y, image_a, image_b, pair.task.color_policy)[0]
+
+    def check_detail_gain(self, detail_gain: float | None) -> None:
+        """Raise a ValueError unless ``detail_gain`` is None or a gain this model's head can apply."""
+        if detail_gain is None:
+            return
+        if self.unet.config.output_head != "pyramid":
+            raise ValueError(f"detail_gain needs a model with the pyramid output head; this one has the "
+                             f"{self.unet.config.output_head!r} head. Leave detail_gain None.")
+        max_gain = self.unet.config.max_gain
+        if (isinstance(detail_gain, bool) or not isinstance(detail_gain, (int, float))
+                or not 1 / max_gain <= detail_gain <= max_gain):
+            raise ValueError(f"detail_gain must be None (the model's own) or a number from {1 / max_gain:g} to "
+                             f"{max_gain:g} (1: the sources' own contrast), got {detail_gain!r}.")
+
+    def _detail_gains(self, detail_gain: float | None, count: int, device: torch.device) -> torch.Tensor | None:
+        """``detail_gain`` for every detail level of ``count`` items: (count, L - 1) float32, or None."""
+        if detail_gain is None:
+            return None
+        return torch.full((count, self.unet.config.pyramid_levels - 1), float(detail_gain), device=device)
 
     def _resolve_compute_dtype(self, compute_dtype: torch.dtype | str | None) -> torch.dtype:
         """The dtype to run the U-Net in: ``compute_dtype``, else the config's ``default_compute_dtype``."""

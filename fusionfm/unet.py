@@ -316,10 +316,10 @@ class FusionUNet(ModelMixin, ConfigMixin):
         return output.float().contiguous()
 
     def source_maps(self, x_t: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, t: torch.Tensor,
-                    task_ids: torch.Tensor,
-                    gain_shifts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    task_ids: torch.Tensor, gain_shifts: torch.Tensor | None = None,
+                    detail_gains: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The weight and weight-head maps behind the fused estimate, for fusing more than two sources
-        (``gain_shifts`` as in :meth:`forward`).
+        (``gain_shifts`` and ``detail_gains`` as in :meth:`forward`).
 
         Returns:
             logits (B, L, h, w): source-a weight logits, one map per pyramid level (L = 1 for the weight head);
@@ -334,7 +334,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         output = self._raw_output(x_t, image_a, image_b, t, task_ids)
         if self.config.output_head == "weight":
             return output[:, :1], output[:, :0]
-        return self._pyramid_maps(output, task_ids, gain_shifts)
+        return self._pyramid_maps(output, task_ids, gain_shifts, detail_gains)
 
     @torch.no_grad()
     def reset_task(self, task_id: int) -> None:
@@ -404,10 +404,16 @@ class FusionUNet(ModelMixin, ConfigMixin):
                  - _gain_offsets([self.config.detail_gains[task_id]], self.config.max_gain))[0]
         return shift.to(self.gain_offset.device)
 
-    def _pyramid_maps(self, output: torch.Tensor, task_ids: torch.Tensor,
-                      gain_shifts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pyramid head's output split into weight logits and gains bounded to [1 / max_gain, max_gain]."""
+    def _pyramid_maps(self, output: torch.Tensor, task_ids: torch.Tensor, gain_shifts: torch.Tensor | None = None,
+                      detail_gains: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pyramid head's output split into weight logits and gains bounded to [1 / max_gain, max_gain]
+        (``detail_gains`` (B, L - 1), when given, instead of the head's gains)."""
         levels = self.config.pyramid_levels
+        if detail_gains is not None:
+            if detail_gains.shape != (output.shape[0], levels - 1):
+                raise ValueError(f"detail_gains needs shape ({output.shape[0]}, {levels - 1}), one gain per item "
+                                 f"and detail level, got {tuple(detail_gains.shape)}.")
+            return output[:, :levels], detail_gains.float().to(output.device)[:, :, None, None]
         gain_input = output[:, levels:]
         if self.config.detail_gains is not None:
             gain_input = gain_input + self.gain_offset.float()[task_ids.long()][:, :, None, None]
@@ -424,6 +430,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         task_ids: torch.Tensor,
         source_means: torch.Tensor | None = None,
         gain_shifts: torch.Tensor | None = None,
+        detail_gains: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Velocity at x_t.
 
@@ -437,15 +444,19 @@ class FusionUNet(ModelMixin, ConfigMixin):
                 means of the inputs.
             gain_shifts: optional (B, L - 1) shifts of the pyramid head's gain pre-activations, the task variants'
                 starts (:meth:`gain_shifts_for`); None: every item starts at its class's gains.
+            detail_gains: optional (B, L - 1) contrast gains of the detail levels that replace the pyramid head's
+                own (learned and start alike; 1 keeps the sources' contrast); None: the head's gains.
 
         Returns:
             (B, 1, H, W) velocity. H and W must be multiples of :attr:`size_multiple`.
         """
+        if detail_gains is not None and self.config.output_head != "pyramid":
+            raise ValueError(f"The {self.config.output_head!r} output head has no detail gains to set.")
         output = self._raw_output(x_t, image_a, image_b, t, task_ids)
         if self.config.output_head == "velocity":
             return output
         if self.config.output_head == "pyramid":
-            logits, gains = self._pyramid_maps(output, task_ids, gain_shifts)
+            logits, gains = self._pyramid_maps(output, task_ids, gain_shifts, detail_gains)
             with torch.autocast(device_type=output.device.type, enabled=False):
                 fused = blend_pyramids(image_a.float(), image_b.float(), logits, gains,
                                        self.activity_scales_for(task_ids), self.salient_base[task_ids.long()],

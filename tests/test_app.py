@@ -34,9 +34,11 @@ def client():
         yield Client(url, verbose=False)
 
 
-def _fuse(client: Client, task: str, path_a, path_b, steps: int = 1, resolution: int = 0, resize: bool = False):
+def _fuse(client: Client, task: str, path_a, path_b, steps: int = 1, resolution: int = 0, resize: bool = False,
+          keep_contrast: bool = False):
     return client.predict(task, handle_file(str(path_a)) if path_a else None,
-                          handle_file(str(path_b)) if path_b else None, steps, resolution, resize, api_name="/fuse")
+                          handle_file(str(path_b)) if path_b else None, steps, resolution, resize, keep_contrast,
+                          api_name="/fuse")
 
 
 def _luminance(path) -> np.ndarray:
@@ -121,6 +123,22 @@ def test_unreadable_files(client, tmp_path):
     for bad in (truncated, text):
         message = _error(client, task, path_a, bad)
         assert "The Visible image could not be read" in message and bad.name in message
+
+
+def test_keeping_the_sources_contrast_for_a_pair_and_a_stack(client, tmp_path):
+    """The bundled model's own gains sharpen a focus pair beyond its sources; the box keeps their contrast. Old
+    API calls without the setting keep the model's gains."""
+    task, path_a, path_b = next(row for row in EXAMPLES if row[0] == "MFF")
+    sharpened, faithful = (_luminance(_fuse(client, task, path_a, path_b, keep_contrast=keep)[0])
+                           for keep in (False, True))
+    old_call = client.predict(task, handle_file(path_a), handle_file(path_b), 1, 0, False, api_name="/fuse")[0]
+    np.testing.assert_array_equal(_luminance(old_call), sharpened)
+    sharpness = lambda y: np.hypot(*np.gradient(y)).mean()  # noqa: E731
+    assert sharpness(sharpened) > 1.01 * sharpness(faithful)
+    stack = [_fuse_frames(client, "MFF", [path_a, path_b, path_a], keep_contrast=keep)[0] for keep in (False, True)]
+    assert sharpness(_luminance(stack[0])) > 1.01 * sharpness(_luminance(stack[1]))
+    assert "keep_contrast must be true or false, got 'yes'" in _error(client, task, path_a, path_b,
+                                                                     keep_contrast="yes")
 
 
 def test_bad_settings_and_task(client):
@@ -226,8 +244,9 @@ def _frames(tmp_path, count: int, size_of_last=None) -> list:
     return paths
 
 
-def _fuse_frames(client: Client, task: str, paths, resolution: int = 0, resize: bool = False):
-    return client.predict(task, [handle_file(str(path)) for path in paths], resolution, resize,
+def _fuse_frames(client: Client, task: str, paths, resolution: int = 0, resize: bool = False,
+                 keep_contrast: bool = False):
+    return client.predict(task, [handle_file(str(path)) for path in paths], resolution, resize, keep_contrast,
                           api_name="/fuse_frames")
 
 

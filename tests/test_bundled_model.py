@@ -12,15 +12,17 @@ import zipfile
 
 import pytest
 import torch
-from conftest import REPO_ROOT, fusion_choice
+from conftest import DATA, REPO_ROOT, fusion_choice
 
 from fusionfm import UNET_PRESETS, FusionFMPipeline, get_task, load_image
 from fusionfm.color import luminance
 from fusionfm.evaluation.artifacts import border_band, nyquist_ratio
 from fusionfm.evaluation.metrics import qabf, spatial_frequency, to_gray_255
+from fusionfm.evaluation.reference import psnr_to_truth
 from fusionfm.hub import BUNDLED_MODEL_DIR
 from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.labels.priors import priors_for, run_prior
+from fusionfm.labels.synthetic import SyntheticPairs
 from fusionfm.pyramid import activity_fusion
 from fusionfm.unet import start_prior
 
@@ -175,6 +177,20 @@ def test_beats_the_median_built_in_prior_on_qabf_and_sf(bundled, task):
 
 
 @pytest.mark.slow
+def test_at_detail_gain_one_a_focus_pair_comes_nearest_its_truth(bundled):
+    """Synthetic multi-focus pairs of two natural test photographs (each blurred from its photograph, the perfect
+    fusion): the model's own gains sharpen beyond the photograph; at detail_gain=1 the fusion is 5-7 dB nearer it
+    (measured 2026-12-05: 44.6 -> 49.9 and 40.1 -> 45.2 dB)."""
+    for pair in (SyntheticPairs(DATA, "MFF", "test", limit=2)[i] for i in range(2)):
+        truth = to_gray_255(pair.ground_truth[None]) / 255
+
+        sharpened, faithful = (to_gray_255(bundled(pair.image_a, pair.image_b, task="MFF", processing_resolution=0,
+                                                   output_type="pt", detail_gain=gain).images) / 255
+                               for gain in (None, 1.0))
+        assert psnr_to_truth(faithful, truth) > psnr_to_truth(sharpened, truth) + 3.0
+        assert spatial_frequency(sharpened * 255) > spatial_frequency(faithful * 255) * 1.02
+
+
 def test_an_installed_wheel_carries_the_model_and_loads_it_by_default(tmp_path):
     """The bundled model is package data: a wheel built from the checkout, installed elsewhere, loads it with
     from_pretrained() and no argument, from any working directory."""

@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import PIL.Image
 import pytest
+import torch
 from conftest import DATA, REPO_ROOT, make_pipeline
 
+from fusionfm.evaluation.metrics import spatial_frequency
 from fusionfm.fuse import find_jobs, main
 from fusionfm.tasks import get_task
 
@@ -87,3 +90,24 @@ def test_a_killed_run_resumes_without_redoing_finished_results(model, tmp_path):
                                                           "ChineseGarden", "Farmhouse", "House")}
     assert all(out.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in before.items())
     assert not list(out.glob(".*.tmp"))
+
+
+def test_detail_gain_reaches_every_fusion_and_a_bad_one_stops_before_any(tmp_path, capsys):
+    pairs = tmp_path / "pairs"
+    shutil.copytree(REPO_ROOT / "examples" / "MFF", pairs)
+    spatial_frequencies = {}
+    for gain in (None, "1"):
+        out = tmp_path / f"out_{gain}"
+        extra = [] if gain is None else ["--detail-gain", gain]
+        assert main(["--task", "MFF", "--input", str(pairs), "--out", str(out), "--no-progress", *extra]) == 0
+        images = [torch.from_numpy(np.asarray(PIL.Image.open(path).convert("L"), dtype=np.float32))
+                  for path in sorted(out.glob("*.png"))]
+        spatial_frequencies[gain] = [float(spatial_frequency(image)) for image in images]
+    assert len(spatial_frequencies["1"]) == len(list(pairs.glob("*_a.*")))
+    # The bundled model's MFF gains (1.04-1.1) sharpen; gain 1 keeps the sources' contrast.
+    assert all(default > faithful * 1.01 for default, faithful in zip(*spatial_frequencies.values(), strict=True))
+    capsys.readouterr()
+    out = tmp_path / "out_bad"
+    assert main(["--task", "MFF", "--input", str(pairs), "--out", str(out), "--detail-gain", "3"]) == 2
+    assert "detail_gain must be None (the model's own) or a number from 0.5 to 2" in capsys.readouterr().err
+    assert not out.exists()

@@ -311,6 +311,7 @@ BAD_INPUTS = [
     (dict(image_a=[], image_b=[]), "image_a is an empty list"),
     (dict(image_a="list"), "both as single images or both as lists"),
     (dict(task=["IVF", "MEF"]), "Got 2 tasks for 1 pairs"),
+    (dict(detail_gain=1.0), "detail_gain needs a model with the pyramid output head"),  # tiny_pipe: weight head
 ]
 
 
@@ -443,6 +444,43 @@ def test_an_exposure_stack_starts_at_its_own_gains_when_the_pair_start_moves(exp
     pair_after = pipe(exposure_bracket[0], exposure_bracket[2], task="MEF", output_type="pt", **FP32).images[0]
     torch.testing.assert_close(stack_after, stack_before, atol=1e-5, rtol=0)
     assert (pair_after - pair_before).abs().mean() > 1e-3
+
+
+def _trained_like_default_pipe() -> FusionFMPipeline:
+    """A small pipeline of the default preset with the network's corrections on and its gains off their start, as
+    after training."""
+    pipe = make_pipeline()
+    pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    with torch.no_grad():
+        pipe.unet.task_gate.fill_(0.5)
+        pipe.unet.gain_offset.add_(0.05)
+    return pipe
+
+
+@pytest.mark.parametrize("task", ["IVF", "MIF-CT", "MEF", "MFF"])
+def test_detail_gain_one_gives_a_source_fused_with_itself_back(exposure_bracket, task):
+    """A real frame fused with itself, as a pair and as a stack of three: at detail_gain=1 every pyramid level is
+    the frame's own, whatever the weights, so the frame comes back; at the model's gains (and at 1.5) it does not."""
+    pipe = _trained_like_default_pipe()
+    frame = _to_tensor(exposure_bracket[1])
+    calls = [dict(image_a=frame, image_b=frame)]
+    if task in ("MEF", "MFF"):
+        calls.append(dict(image_a=[frame] * 3))
+    for call in calls:
+        faithful, own, stronger = (pipe(**call, task=task, output_type="pt", detail_gain=gain, **FP32).images[0]
+                                   for gain in (1.0, None, 1.5))
+        assert (faithful - frame).abs().max() < 1e-4
+        assert (own - frame).abs().mean() > 2e-3
+        assert (stronger - frame).abs().mean() > (own - frame).abs().mean()
+
+
+@pytest.mark.parametrize("gain", [0, 0.4, 2.5, float("nan"), "1", True])
+def test_detail_gains_the_head_cannot_apply_are_refused(real_pair, exposure_bracket, gain):
+    pipe = _trained_like_default_pipe()
+    ir, vi = real_pair("IVF")
+    for call in (dict(image_a=ir, image_b=vi, task="IVF"), dict(image_a=exposure_bracket, task="MEF")):
+        with pytest.raises(ValueError, match=r"detail_gain must be None \(the model's own\) or a number from 0.5 to 2"):
+            pipe(**call, detail_gain=gain)
 
 
 def test_the_well_exposedness_term_leads_a_stacks_base_by_hand():
