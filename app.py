@@ -123,6 +123,9 @@ def whole_number(value, name: str, low: int, high: int) -> int:
     return int(value)
 
 
+KEPT_CONTRAST = ", the sources' own contrast"  # in the timing line when the contrast box is ticked
+
+
 def contrast_setting(keep_contrast) -> float | None:
     """The pipeline's ``detail_gain`` for the page's contrast box: 1 (the sources' own contrast) when ticked,
     else None (the model's own gains, which sharpen); a gr.Error for anything but true or false."""
@@ -241,7 +244,7 @@ class FusionApp:
         to_pil(shown_b).save(paths["b"], compress_level=PNG_COMPRESS_LEVEL)
         table = metrics_table(fused, shown_a, shown_b)
         timing = (f"Fused {size[1]}x{size[0]} ({'gray' if fused.shape[0] == 1 else 'colour'}) in "
-                  f"**{fuse_seconds:.2f} s** ({steps} step{'s' if steps > 1 else ''}); "
+                  f"**{fuse_seconds:.2f} s** ({steps} step{'s' if steps > 1 else ''}{KEPT_CONTRAST * keep_contrast}); "
                   f"{time.perf_counter() - started:.2f} s with loading and metrics."
                   + "".join(f"\n\nNote: {notice}" for notice in notices))
         state = {"a": str(paths["a"]), "b": str(paths["b"]), "fused": str(fused_path)}
@@ -306,7 +309,8 @@ class FusionApp:
         to_pil(shown[order[0]]).save(paths_shown["a"], compress_level=PNG_COMPRESS_LEVEL)
         to_pil(shown[order[-1]]).save(paths_shown["b"], compress_level=PNG_COMPRESS_LEVEL)
         table = stack_metrics_table(fused, shown, task)
-        timing = (f"Fused {len(paths)} frames at {size[1]}x{size[0]} in **{fuse_seconds:.2f} s**; "
+        timing = (f"Fused {len(paths)} frames at {size[1]}x{size[0]}{KEPT_CONTRAST * keep_contrast} in "
+                  f"**{fuse_seconds:.2f} s**; "
                   f"{time.perf_counter() - started:.2f} s with loading and metrics."
                   + "".join(f"\n\nNote: {notice}" for notice in notices))
         state = {"a": str(paths_shown["a"]), "b": str(paths_shown["b"]), "fused": str(fused_path)}

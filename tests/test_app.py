@@ -129,8 +129,9 @@ def test_keeping_the_sources_contrast_for_a_pair_and_a_stack(client, tmp_path):
     """The bundled model's own gains sharpen a focus pair beyond its sources; the box keeps their contrast. Old
     API calls without the setting keep the model's gains."""
     task, path_a, path_b = next(row for row in EXAMPLES if row[0] == "MFF")
-    sharpened, faithful = (_luminance(_fuse(client, task, path_a, path_b, keep_contrast=keep)[0])
-                           for keep in (False, True))
+    results = [_fuse(client, task, path_a, path_b, keep_contrast=keep) for keep in (False, True)]
+    sharpened, faithful = (_luminance(result[0]) for result in results)
+    assert "(1 step)" in results[0][3] and "(1 step, the sources' own contrast)" in results[1][3]
     old_call = client.predict(task, handle_file(path_a), handle_file(path_b), 1, 0, False, api_name="/fuse")[0]
     np.testing.assert_array_equal(_luminance(old_call), sharpened)
     sharpness = lambda y: np.hypot(*np.gradient(y)).mean()  # noqa: E731
