@@ -1,6 +1,7 @@
 """Synthetic pairs' truth scored as if it were a fusion, beside models and the built-in priors.
 
     python scripts/reports/synthetic_truth.py [MODEL ...] [--task MFF] [--photographs validation|test]
+        [--detail_gains 1 ...]
 
 Every synthetic pair is made from one photograph (``fusionfm.labels.synthetic``); for MFF that photograph is the
 all-in-focus image, a perfect fusion of the pair. Per method, at the pairs' own size: the mean rank over the nine
@@ -9,7 +10,8 @@ issue-14 clause's SF, AG and Qabf, with the truth itself as a row, so a clause t
 one that no faithful fusion meets (docs/quality.md, session 21). ``--photographs validation`` takes the task's
 synthetic validation pairs; ``test`` every pair made from the natural test photographs, which no training or
 choice has seen (pairs like those a user brings). For MEF the truth is one mid exposure, not an ideal fusion: read
-its row as a reference only.
+its row as a reference only. ``--detail_gains`` adds each model called with those ``detail_gain`` values (1: the
+sources' own contrast) beside its own gains.
 """
 
 from __future__ import annotations
@@ -47,10 +49,15 @@ def main() -> None:
     parser.add_argument("--task", default="MFF", choices=("MEF", "MFF"))
     parser.add_argument("--photographs", default="validation", choices=("validation", "test"))
     parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--detail_gains", type=float, nargs="*", default=[],
+                        help="also call every model with these detail_gain values")
     args = parser.parse_args()
     pipelines = {name: FusionFMPipeline.from_pretrained(name) for name in args.models}
     for pipeline in pipelines.values():
         pipeline.set_progress_bar_config(disable=True)
+    calls = {name: (pipeline, None) for name, pipeline in pipelines.items()}  # method -> (pipeline, detail_gain)
+    calls.update({f"{name}, detail_gain={gain:g}": (pipeline, gain) for name, pipeline in pipelines.items()
+                  for gain in args.detail_gains})
     # Seed 0 of the train photographs is exactly how validation_pairs makes the synthetic validation pairs.
     split = "train" if args.photographs == "validation" else "test"
     dataset = SyntheticPairs(args.data, args.task, split, seed=0)
@@ -62,7 +69,8 @@ def main() -> None:
         image_a, image_b, truth = pair.image_a[None], pair.image_b[None], pair.ground_truth[None]
         fusions = {TRUTH: truth}
         fusions.update({name: pipeline(pair.image_a, pair.image_b, task=args.task, processing_resolution=0,
-                                       output_type="pt").images for name, pipeline in pipelines.items()})
+                                       detail_gain=gain, output_type="pt").images
+                        for name, (pipeline, gain) in calls.items()})
         fusions.update({f"prior: {prior.name}": run_prior(prior.name, image_a, image_b, args.task)
                         for prior in priors_for(args.task)})
         gray_a, gray_b, gray_truth = to_gray_255(image_a), to_gray_255(image_b), to_gray_255(truth)
