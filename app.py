@@ -124,6 +124,7 @@ def whole_number(value, name: str, low: int, high: int) -> int:
 
 
 KEPT_CONTRAST = ", the sources' own contrast"  # in the timing line when the contrast box is ticked
+NATURAL_EXPOSURE = ", natural exposure"  # likewise for an exposure pair blended by well-exposedness
 
 
 def contrast_setting(keep_contrast) -> float | None:
@@ -132,6 +133,14 @@ def contrast_setting(keep_contrast) -> float | None:
     if not isinstance(keep_contrast, bool):
         raise visitor_error(f"keep_contrast must be true or false, got {keep_contrast!r}.", "Bad setting")
     return 1.0 if keep_contrast else None
+
+
+def exposure_setting(natural_exposure, spec) -> bool:
+    """The pipeline's ``natural_exposure`` for the page's exposure box: as ticked for MEF, False for the other
+    tasks (the box's label names MEF); a gr.Error for anything but true or false."""
+    if not isinstance(natural_exposure, bool):
+        raise visitor_error(f"natural_exposure must be true or false, got {natural_exposure!r}.", "Bad setting")
+    return natural_exposure and spec.family == "MEF"
 
 
 def input_labels(task: str) -> tuple[str, str]:
@@ -191,10 +200,12 @@ class FusionApp:
         return Path(tempfile.mkdtemp(dir=self.results_dir))
 
     def fuse(self, task: str, path_a: str | None, path_b: str | None, num_inference_steps: float = 1,
-             processing_resolution: float = 0, resize_b_to_a: bool = False, keep_contrast: bool = False):
-        """Fuse one pair (``keep_contrast``: detail gain 1, the sources' own contrast, instead of the model's).
-        Returns (fused PNG path, (input, fused) for the slider, metrics rows, timing
-        Markdown, fused PNG path for download, state for the comparison switch)."""
+             processing_resolution: float = 0, resize_b_to_a: bool = False, keep_contrast: bool = False,
+             natural_exposure: bool = False):
+        """Fuse one pair (``keep_contrast``: detail gain 1, the sources' own contrast, instead of the model's;
+        ``natural_exposure``: MEF pairs blended by well-exposedness, ignored for other tasks). Returns (fused PNG
+        path, (input, fused) for the slider, metrics rows, timing Markdown, fused PNG path for download, state for
+        the comparison switch)."""
         started = time.perf_counter()
         if task not in [value for _, value in TASK_CHOICES]:
             raise visitor_error(f"Unknown task {task!r}; choose one of {', '.join(v for _, v in TASK_CHOICES)}.",
@@ -206,6 +217,7 @@ class FusionApp:
         if not isinstance(resize_b_to_a, bool):
             raise visitor_error(f"resize_b_to_a must be true or false, got {resize_b_to_a!r}.", "Bad setting")
         detail_gain = contrast_setting(keep_contrast)
+        natural = exposure_setting(natural_exposure, spec)
         image_a = read_upload(path_a, spec.label_a, self.max_upload_pixels)
         image_b = read_upload(path_b, spec.label_b, self.max_upload_pixels)
         notices = (self.processor.input_notices(image_a, spec.label_a)
@@ -229,7 +241,8 @@ class FusionApp:
             fuse_started = time.perf_counter()
             fused = self.pipeline(tensor_a, tensor_b, task=spec, num_inference_steps=steps,
                                   processing_resolution=resolution, match_input_resolution=not downscaled,
-                                  resize_b_to_a=resize_b_to_a, detail_gain=detail_gain, output_type="pt").images[0]
+                                  resize_b_to_a=resize_b_to_a, detail_gain=detail_gain, natural_exposure=natural,
+                                  output_type="pt").images[0]
             fuse_seconds = time.perf_counter() - fuse_started
 
         for notice in notices:  # a toast in the page; API clients read them in the timing text
@@ -244,7 +257,8 @@ class FusionApp:
         to_pil(shown_b).save(paths["b"], compress_level=PNG_COMPRESS_LEVEL)
         table = metrics_table(fused, shown_a, shown_b)
         timing = (f"Fused {size[1]}x{size[0]} ({'gray' if fused.shape[0] == 1 else 'colour'}) in "
-                  f"**{fuse_seconds:.2f} s** ({steps} step{'s' if steps > 1 else ''}{KEPT_CONTRAST * keep_contrast}); "
+                  f"**{fuse_seconds:.2f} s** ({steps} step{'s' if steps > 1 else ''}{KEPT_CONTRAST * keep_contrast}"
+                  f"{NATURAL_EXPOSURE * natural}); "
                   f"{time.perf_counter() - started:.2f} s with loading and metrics."
                   + "".join(f"\n\nNote: {notice}" for notice in notices))
         state = {"a": str(paths["a"]), "b": str(paths["b"]), "fused": str(fused_path)}
@@ -253,7 +267,7 @@ class FusionApp:
         return str(fused_path), (state["b"], state["fused"]), table, timing, str(fused_path), state
 
     def fuse_frames(self, task: str, paths: list[str] | None, processing_resolution: float = 0,
-                    resize_to_first: bool = False, keep_contrast: bool = False):
+                    resize_to_first: bool = False, keep_contrast: bool = False, natural_exposure: bool = False):
         """Fuse an exposure bracket or focus stack (2 to MAX_FRAMES files); the outputs of :meth:`fuse`, with
         the darkest and brightest frames (MEF) or the first and last (MFF) as the two comparison inputs."""
         started = time.perf_counter()
@@ -268,6 +282,7 @@ class FusionApp:
         if not isinstance(resize_to_first, bool):
             raise visitor_error(f"resize must be true or false, got {resize_to_first!r}.", "Bad setting")
         detail_gain = contrast_setting(keep_contrast)
+        natural = exposure_setting(natural_exposure, get_task(task))
         images = [read_upload(path, f"frame {index + 1} ({Path(path).name})", self.max_upload_pixels)
                   for index, path in enumerate(paths)]
         total = sum(image.width * image.height for image in images)
@@ -294,7 +309,7 @@ class FusionApp:
             fuse_started = time.perf_counter()
             fused = self.pipeline(tensors, task=task, processing_resolution=resolution,
                                   match_input_resolution=not downscaled, resize_b_to_a=resize_to_first,
-                                  detail_gain=detail_gain, output_type="pt").images[0]
+                                  detail_gain=detail_gain, natural_exposure=natural, output_type="pt").images[0]
             fuse_seconds = time.perf_counter() - fuse_started
         for notice in notices:
             gr.Warning(notice)
@@ -309,7 +324,8 @@ class FusionApp:
         to_pil(shown[order[0]]).save(paths_shown["a"], compress_level=PNG_COMPRESS_LEVEL)
         to_pil(shown[order[-1]]).save(paths_shown["b"], compress_level=PNG_COMPRESS_LEVEL)
         table = stack_metrics_table(fused, shown, task)
-        timing = (f"Fused {len(paths)} frames at {size[1]}x{size[0]}{KEPT_CONTRAST * keep_contrast} in "
+        timing = (f"Fused {len(paths)} frames at {size[1]}x{size[0]}{KEPT_CONTRAST * keep_contrast}"
+                  f"{NATURAL_EXPOSURE * (natural and len(paths) == 2)} in "
                   f"**{fuse_seconds:.2f} s**; "
                   f"{time.perf_counter() - started:.2f} s with loading and metrics."
                   + "".join(f"\n\nNote: {notice}" for notice in notices))
@@ -384,6 +400,9 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
             keep_contrast = gr.Checkbox(False, label="Keep the sources' own contrast: no added sharpening, the "
                                                      "most faithful result (for focus stacks and scans)",
                                         elem_id="keep-contrast")
+            natural_exposure = gr.Checkbox(False, label="Exposure pairs (MEF): natural skies and highlights, blended "
+                                                        "by how well exposed each part is (darker, less contrast)",
+                                           elem_id="natural-exposure")
         with gr.Accordion(f"Exposure bracket or focus stack (MEF, MFF): 2 to {MAX_FRAMES} frames", open=False):
             frames = gr.File(label="Frames of one scene (any order)", file_count="multiple", type="filepath",
                              elem_id="frames")
@@ -407,10 +426,11 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
                     label="Example pairs (sources and licences in examples/README.md)")
 
         task.change(on_task_change, task, [image_a, image_b, compare, resize], api_name=False)
-        run.click(app.fuse, [task, image_a, image_b, steps, resolution, resize, keep_contrast],
+        run.click(app.fuse, [task, image_a, image_b, steps, resolution, resize, keep_contrast, natural_exposure],
                   [fused, slider, metrics, timing, download, state], api_name="fuse", concurrency_limit=concurrency,
                   ).success(comparison, [state, compare], slider, api_name=False)
-        run_frames.click(app.fuse_frames, [task, frames, resolution, resize_frames, keep_contrast],
+        run_frames.click(app.fuse_frames, [task, frames, resolution, resize_frames, keep_contrast,
+                                           natural_exposure],
                          [fused, slider, metrics, timing, download, state], api_name="fuse_frames",
                          concurrency_limit=concurrency).success(comparison, [state, compare], slider, api_name=False)
         compare.change(comparison, [state, compare], slider, api_name=False)

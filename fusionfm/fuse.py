@@ -90,6 +90,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--detail-gain", type=float, default=None,
                         help="contrast gain of every detail level (default: the model's own, which sharpens; "
                              "1: the sources' own contrast, the most faithful)")
+    parser.add_argument("--natural-exposure", action="store_true",
+                        help="MEF pairs: blend by well-exposedness (natural skies and highlights, less contrast)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.set_progress_bar_config(disable=True)
     try:
         pipeline.check_detail_gain(args.detail_gain)
+        pipeline.check_natural_exposure(args.natural_exposure, task)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -122,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             if len(images) == 2:
                 result = pipeline(images[0], images[1], task=task, num_inference_steps=args.steps,
                                   processing_resolution=args.processing_resolution, resize_b_to_a=args.resize,
-                                  detail_gain=args.detail_gain)
+                                  detail_gain=args.detail_gain, natural_exposure=args.natural_exposure)
             else:
                 result = pipeline(images, task=task, processing_resolution=args.processing_resolution,
-                                  resize_b_to_a=args.resize, detail_gain=args.detail_gain)
+                                  resize_b_to_a=args.resize, detail_gain=args.detail_gain,
+                                  natural_exposure=args.natural_exposure)
             save_png_atomic(result.images[0], args.out / f"{job.name}.png")
         except (FileNotFoundError, ValueError, TypeError, OSError) as error:
             failed.append((job.name, str(error)))

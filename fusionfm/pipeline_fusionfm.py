@@ -33,6 +33,7 @@ from .stacks import (
     MAX_FRAMES,
     MEF_DETAIL_STRENGTH,
     MEF_DETAIL_WELL_EXPOSEDNESS,
+    MEF_PAIR_BASE_MIN_SIZE,
     MEF_STACK_DETAIL_GAINS,
     MEF_WELL_EXPOSEDNESS,
     blend_stack,
@@ -339,6 +340,7 @@ class FusionFMPipeline(DiffusionPipeline):
         tile_size: int | None = None,
         align: bool = False,
         detail_gain: float | None = None,
+        natural_exposure: bool = False,
         show_progress_bar: bool = True,
         return_dict: bool = True,
     ) -> FusionFMPipelineOutput | tuple:
@@ -372,6 +374,10 @@ class FusionFMPipeline(DiffusionPipeline):
                 setting, 1.02-1.35, which sharpens beyond the sources); 1: the sources' own contrast, the most
                 faithful (for focus stacks closest to the in-focus scene; for scans no added enhancement);
                 between 1 / max_gain and max_gain of the model (0.5 and 2 for the bundled one).
+            natural_exposure: MEF pairs only: blend the two exposures as brackets of three or more frames are, by
+                well-exposedness (Mertens et al.), instead of towards the brighter source: skies and highlights keep
+                their tones (a sunset stays a sunset), at less contrast than the benchmarked default (docs/quality.md,
+                session 22). Brackets of three or more frames always blend so.
             show_progress_bar: show a progress bar over batches.
             return_dict: return a :class:`FusionFMPipelineOutput` rather than a tuple.
         """
@@ -382,16 +388,17 @@ class FusionFMPipeline(DiffusionPipeline):
         if tile_size is None:
             tile_size = self.config.get("default_tile_size", 0)
         self.check_detail_gain(detail_gain)
+        self.check_natural_exposure(natural_exposure, task)
         if image_b is None and isinstance(image_a, (list, tuple)):  # a stack of frames, canonicalised once
             frames, spec = self._check_frames(image_a, task, resize_b_to_a)
             if align:
                 frames = align_frames(frames)[0]
             else:
                 self._warn_if_misregistered(frames, spec)
-            if len(frames) > 2:
+            if len(frames) > 2 or natural_exposure:
                 fused = self._fuse_frames(frames, spec, num_inference_steps, processing_resolution,
                                           match_input_resolution, batch_size, compute_dtype, output_type, tile_size,
-                                          detail_gain)
+                                          detail_gain, MEF_PAIR_BASE_MIN_SIZE if len(frames) == 2 else 0)
                 images = self.image_processor.postprocess([fused], output_type)
                 return FusionFMPipelineOutput(images=images) if return_dict else (images,)
             image_a, image_b = self._ordered_pair(frames, spec)
@@ -401,6 +408,13 @@ class FusionFMPipeline(DiffusionPipeline):
             image_a, image_b, task, num_inference_steps, processing_resolution, resize_b_to_a, batch_size,
             output_type, tile_size,
         )
+        if natural_exposure:  # each pair through the stack blend
+            fused = [self._fuse_frames([a, b], pair_task, num_inference_steps, processing_resolution,
+                                       match_input_resolution, batch_size, compute_dtype, output_type, tile_size,
+                                       detail_gain, MEF_PAIR_BASE_MIN_SIZE)
+                     for a, b, pair_task in zip(images_a, images_b, tasks, strict=True)]
+            images = self.image_processor.postprocess(fused, output_type)
+            return FusionFMPipelineOutput(images=images) if return_dict else (images,)
         dtype = self._resolve_compute_dtype(compute_dtype)
 
         pairs = [
@@ -488,7 +502,8 @@ class FusionFMPipeline(DiffusionPipeline):
 
     def _fuse_frames(self, tensors: list[torch.Tensor], spec: FusionTask, num_inference_steps: int,
                      processing_resolution: int | None, match_input_resolution: bool, batch_size: int,
-                     compute_dtype, output_type: str, tile_size: int, detail_gain: float | None = None) -> torch.Tensor:
+                     compute_dtype, output_type: str, tile_size: int, detail_gain: float | None = None,
+                     base_min_size: int = 0) -> torch.Tensor:
         """Fuse three or more canonical frames (C, H, W) of one size (:meth:`_check_frames`): (C, H, W) in [0, 1].
 
         Each frame is scored against the stack's mean by the network (for MEF in the slot its exposure suits:
@@ -496,11 +511,11 @@ class FusionFMPipeline(DiffusionPipeline):
         pyramids are blended by a softmax of the scores (:func:`fusionfm.stacks.blend_stack`; for MEF the base
         level's brighter-than-the-mean prior gives way to a well-exposedness term, which also joins a softer
         activity prior on the detail levels). Frames larger than ``tile_size`` on a side are fused in overlapping
-        tiles, as pairs are.
+        tiles, as pairs are. ``base_min_size``: see :func:`fusionfm.stacks.blend_stack`.
         """
         if num_inference_steps != 1:
-            raise ValueError(f"Stacks of more than two frames are fused in one step; got num_inference_steps="
-                             f"{num_inference_steps!r}.")
+            raise ValueError(f"Stacks of more than two frames, and pairs with natural_exposure=True, are fused in one "
+                             f"step; got num_inference_steps={num_inference_steps!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -517,7 +532,7 @@ class FusionFMPipeline(DiffusionPipeline):
         with self._call_lock, torch.no_grad():
             fused_y = fuse_in_tiles(
                 lambda box: self._blend_frames(luma[..., box[0]:box[2], box[1]:box[3]], brighter, spec, batch_size,
-                                               dtype, detail_gain),
+                                               dtype, detail_gain, base_min_size),
                 height, width, tile_size, tile_size // TILE_OVERLAP_DIVISOR)
         fused_y = fused_y.clamp(0.0, 1.0).cpu()
         originals = [t[None] for t in tensors]
@@ -529,7 +544,7 @@ class FusionFMPipeline(DiffusionPipeline):
         return recombine_frames(fused_y, originals)[0]
 
     def _blend_frames(self, luma: torch.Tensor, brighter: torch.Tensor, spec: FusionTask, batch_size: int,
-                      dtype: torch.dtype, detail_gain: float | None = None) -> torch.Tensor:
+                      dtype: torch.dtype, detail_gain: float | None = None, base_min_size: int = 0) -> torch.Tensor:
         """The stack blend of (N, 1, h, w) frame luminances (or one tile of them): (1, 1, h, w).
 
         ``brighter`` (N, 1, 1, 1) bool: MEF frames brighter than the stack, scored in the over-exposed slot.
@@ -575,7 +590,8 @@ class FusionFMPipeline(DiffusionPipeline):
                 activity_scales[-1] = 0.0
         fused_y = blend_stack(padded.float(), logits, torch.cat(gains), activity_scales,
                               well_exposedness=MEF_WELL_EXPOSEDNESS if exposure else 0.0,
-                              detail_well_exposedness=MEF_DETAIL_WELL_EXPOSEDNESS if exposure else 0.0)
+                              detail_well_exposedness=MEF_DETAIL_WELL_EXPOSEDNESS if exposure else 0.0,
+                              base_min_size=base_min_size)
         return self.image_processor.crop(fused_y, box)
 
     # ------------------------------------------------------------------ steps of a call
@@ -676,6 +692,16 @@ class FusionFMPipeline(DiffusionPipeline):
                 or not 1 / max_gain <= detail_gain <= max_gain):
             raise ValueError(f"detail_gain must be None (the model's own) or a number from {1 / max_gain:g} to "
                              f"{max_gain:g} (1: the sources' own contrast), got {detail_gain!r}.")
+
+    @staticmethod
+    def check_natural_exposure(natural_exposure: bool, task) -> None:
+        """Raise a ValueError unless ``natural_exposure`` is a bool, and True only for exposure (MEF) fusions."""
+        if not isinstance(natural_exposure, bool):
+            raise ValueError(f"natural_exposure must be True or False, got {natural_exposure!r}.")
+        tasks = task if isinstance(task, (list, tuple)) else [task]
+        if natural_exposure and any(get_task(name).family != "MEF" for name in tasks):
+            raise ValueError("natural_exposure blends exposures by how well exposed they are: it applies to "
+                             "multi-exposure fusion (task 'MEF') only.")
 
     def _detail_gains(self, detail_gain: float | None, count: int, device: torch.device) -> torch.Tensor | None:
         """``detail_gain`` for every detail level of ``count`` items: (count, L - 1) float32, or None."""

@@ -8,9 +8,11 @@ the frames changes the result only by float rounding.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .pyramid import activity_logit, collapse, fit_maps, laplacian_pyramid
+from .pyramid import activity_logit, collapse, fit_maps, gaussian_pyramid, laplacian_pyramid
 
 MAX_FRAMES = 64
 """Frames one call may fuse (memory grows with the frame count; see the pipeline's pixel cap)."""
@@ -36,10 +38,18 @@ MEF_DETAIL_STRENGTH = 4.0
 """Detail levels' activity strength for exposure stacks (the pair network's is 16): with well-exposedness on the
 detail levels, a softer max-abs choice scored higher on both kinds of validation stack (docs/stacks.md)."""
 
+MEF_PAIR_BASE_MIN_SIZE = 8
+"""Exposure pairs blended by well-exposedness (``natural_exposure``) blend their base level through its own pyramid
+down to about this many pixels (:func:`blend_stack`'s ``base_min_size``). With only two exposures, one often clipped,
+the weights swing from one to the other across an edge such as a bright window, and a per-pixel base blend leaves a
+dark or bright ring around it at 1/16 of the image size; blended down to 8 pixels the change spreads over the image.
+Chosen by eye on the Merianos validation pairs (16 still left a halo around a roof against the sky); stacks of three
+or more keep the per-pixel base, which scored higher on their validation (docs/quality.md, session 22)."""
+
 
 def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
                 activity_scales: torch.Tensor | None = None, well_exposedness: float = 0.0,
-                detail_well_exposedness: float = 0.0) -> torch.Tensor:
+                detail_well_exposedness: float = 0.0, base_min_size: int = 0) -> torch.Tensor:
     """Band-wise softmax blend of N frames.
 
     Args:
@@ -55,6 +65,9 @@ def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
             the best exposed).
         detail_well_exposedness: strength of the same term on the detail levels, taken per pixel of each frame and
             averaged down to each level's size.
+        base_min_size: when > 0, the base level is blended through its own Laplacian pyramid, down to about this
+            many pixels on its short side, with the Gaussian pyramid of its weights (as Mertens et al. blend
+            whole images); 0: per pixel.
 
     Returns:
         (1, 1, H, W): per level k, sum_i softmax_i(logits_k) L_k(frame_i), detail levels times the mean gain.
@@ -77,8 +90,20 @@ def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
         if exposure_term is not None and level < levels - 1:
             level_logits = level_logits + detail_well_exposedness * fit_maps(exposure_term, size)
         weights = torch.softmax(level_logits, dim=0)
-        band = (weights * bands).sum(dim=0, keepdim=True)
+        if level == levels - 1 and base_min_size:
+            band = _blend_through_pyramid(bands, weights, base_min_size)
+        else:
+            band = (weights * bands).sum(dim=0, keepdim=True)
         if level < levels - 1:
             band = band * fit_maps(gains[:, level : level + 1], size).mean(dim=0, keepdim=True)
         fused.append(band)
     return collapse(fused) if levels > 1 else fused[0]
+
+
+def _blend_through_pyramid(bands: torch.Tensor, weights: torch.Tensor, min_size: int) -> torch.Tensor:
+    """(N, 1, h, w) bands blended with (N, 1, h, w) weights (summing to 1 over N) level by level of their
+    Laplacian pyramid, down to about ``min_size`` pixels on the short side: (1, 1, h, w)."""
+    depth = max(1, int(math.log2(max(min(bands.shape[-2:]), 1) / min_size)) + 1)
+    level_weights = gaussian_pyramid(weights, depth)  # still sums to 1 over N: the blur and resize are linear
+    return collapse([(weight * band).sum(dim=0, keepdim=True) for weight, band in
+                     zip(level_weights, laplacian_pyramid(bands, depth), strict=True)])

@@ -35,10 +35,10 @@ def client():
 
 
 def _fuse(client: Client, task: str, path_a, path_b, steps: int = 1, resolution: int = 0, resize: bool = False,
-          keep_contrast: bool = False):
+          keep_contrast: bool = False, natural_exposure: bool = False):
     return client.predict(task, handle_file(str(path_a)) if path_a else None,
                           handle_file(str(path_b)) if path_b else None, steps, resolution, resize, keep_contrast,
-                          api_name="/fuse")
+                          natural_exposure, api_name="/fuse")
 
 
 def _luminance(path) -> np.ndarray:
@@ -140,6 +140,24 @@ def test_keeping_the_sources_contrast_for_a_pair_and_a_stack(client, tmp_path):
     assert sharpness(_luminance(stack[0])) > 1.01 * sharpness(_luminance(stack[1]))
     assert "keep_contrast must be true or false, got 'yes'" in _error(client, task, path_a, path_b,
                                                                      keep_contrast="yes")
+
+
+def test_natural_exposure_for_an_exposure_pair_and_nothing_else(client):
+    """Ticked, an exposure pair comes out darker (blended by well-exposedness, not towards the brighter source);
+    for another task the box changes nothing; sent as two frames, the same as the pair."""
+    task, path_a, path_b = next(row for row in EXAMPLES if row[0] == "MEF")
+    results = [_fuse(client, task, path_a, path_b, natural_exposure=natural) for natural in (False, True)]
+    default, natural = (_luminance(result[0]) for result in results)
+    assert natural.mean() < default.mean() - 20
+    assert "(1 step)" in results[0][3] and "(1 step, natural exposure)" in results[1][3]
+    frames = _fuse_frames(client, task, [path_a, path_b], natural_exposure=True)
+    assert np.abs(_luminance(frames[0]) - natural).max() <= 1 and "natural exposure" in frames[3]
+    other, other_a, other_b = EXAMPLES[0]
+    assert other != "MEF"
+    np.testing.assert_array_equal(_luminance(_fuse(client, other, other_a, other_b, natural_exposure=True)[0]),
+                                  _luminance(_fuse(client, other, other_a, other_b)[0]))
+    assert "natural_exposure must be true or false, got 'yes'" in _error(client, task, path_a, path_b,
+                                                                        natural_exposure="yes")
 
 
 def test_bad_settings_and_task(client):
@@ -246,9 +264,9 @@ def _frames(tmp_path, count: int, size_of_last=None) -> list:
 
 
 def _fuse_frames(client: Client, task: str, paths, resolution: int = 0, resize: bool = False,
-                 keep_contrast: bool = False):
+                 keep_contrast: bool = False, natural_exposure: bool = False):
     return client.predict(task, [handle_file(str(path)) for path in paths], resolution, resize, keep_contrast,
-                          api_name="/fuse_frames")
+                          natural_exposure, api_name="/fuse_frames")
 
 
 def test_a_five_frame_bracket_is_fused_and_a_forty_frame_one_refused(client, tmp_path):

@@ -111,3 +111,21 @@ def test_detail_gain_reaches_every_fusion_and_a_bad_one_stops_before_any(tmp_pat
     assert main(["--task", "MFF", "--input", str(pairs), "--out", str(out), "--detail-gain", "3"]) == 2
     assert "detail_gain must be None (the model's own) or a number from 0.5 to 2" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_natural_exposure_reaches_exposure_pairs_and_is_refused_for_other_tasks(tmp_path, capsys):
+    pairs = tmp_path / "pairs"
+    shutil.copytree(REPO_ROOT / "examples" / "MEF", pairs)
+    brightness = {}
+    for extra in ([], ["--natural-exposure"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["--task", "MEF", "--input", str(pairs), "--out", str(out), "--no-progress", *extra]) == 0
+        brightness[len(extra)] = [np.asarray(PIL.Image.open(path).convert("L"), dtype=np.float64).mean()
+                                  for path in sorted(out.glob("*.png"))]
+    assert len(brightness[1]) == 2
+    assert all(natural < default - 20 for default, natural in zip(brightness[0], brightness[1], strict=True))
+    capsys.readouterr()
+    ivf = tmp_path / "ivf"
+    shutil.copytree(REPO_ROOT / "examples" / "IVF", ivf)
+    assert main(["--task", "IVF", "--input", str(ivf), "--out", str(tmp_path / "bad"), "--natural-exposure"]) == 2
+    assert "applies to multi-exposure fusion (task 'MEF') only" in capsys.readouterr().err

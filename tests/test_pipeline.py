@@ -521,6 +521,61 @@ def test_the_well_exposedness_term_leads_a_stacks_detail_by_hand():
                                rtol=0)
 
 
+def test_a_base_blended_through_its_pyramid_spreads_a_change_of_weights():
+    """Flat frames of 0.2 and 0.9 whose base weights switch from one to the other halfway across: blended per pixel
+    the fused row steps within a few pixels; through the base's pyramid (down to 2 pixels) the change spreads over a
+    third of the image (at the image size of its coarsest level), and both keep each frame's value at the far ends.
+    Identical frames come back exactly either way."""
+    from fusionfm.stacks import blend_stack
+
+    frames = torch.tensor([0.2, 0.9]).view(2, 1, 1, 1).expand(2, 1, 64, 256).clone()
+    logits, gains = torch.zeros(2, 3, 64, 256), torch.ones(2, 2, 1, 1)
+    step = torch.where(torch.arange(256) < 128, 20.0, -20.0)
+    logits[0, 2], logits[1, 2] = step, -step  # the base level's weights only
+
+    def ramp_width(row: torch.Tensor) -> int:
+        return int(((row > 0.27) & (row < 0.83)).sum())  # pixels between 10 % and 90 % of the step
+
+    per_pixel = blend_stack(frames, logits, gains)[0, 0, 32]
+    through_pyramid = blend_stack(frames, logits, gains, base_min_size=2)[0, 0, 32]
+    assert ramp_width(per_pixel) <= 8 and ramp_width(through_pyramid) >= 64
+    for row in (per_pixel, through_pyramid):
+        assert abs(float(row[0]) - 0.2) < 1e-3 and abs(float(row[-1]) - 0.9) < 1e-3
+    same = frames[:1].expand(2, -1, -1, -1)
+    torch.testing.assert_close(blend_stack(same, logits, gains, base_min_size=2), frames[:1], atol=1e-6, rtol=0)
+
+
+def test_natural_exposure_fuses_a_pair_as_a_two_frame_stack(exposure_bracket):
+    pipe = _trained_like_default_pipe()
+    under, _, over = exposure_bracket
+    natural = pipe(under, over, task="MEF", output_type="pt", natural_exposure=True, **FP32).images
+    default = pipe(under, over, task="MEF", output_type="pt", **FP32).images
+    assert (natural - default).abs().mean() > 1e-3
+    for frames in ([under, over], [over, under]):
+        torch.testing.assert_close(pipe(frames, task="MEF", output_type="pt", natural_exposure=True, **FP32).images,
+                                   natural)
+    batch = pipe([under, under], [over, over], task="MEF", output_type="pt", natural_exposure=True, **FP32).images
+    torch.testing.assert_close(batch, torch.cat([natural, natural]))
+    # Brackets of three or more blend by well-exposedness already: the setting changes nothing there.
+    torch.testing.assert_close(pipe(exposure_bracket, task="MEF", output_type="pt", natural_exposure=True,
+                                    **FP32).images,
+                               pipe(exposure_bracket, task="MEF", output_type="pt", **FP32).images)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(task="IVF", natural_exposure=True), "applies to multi-exposure fusion \\(task 'MEF'\\) only"),
+    (dict(task=["MEF", "MFF"], natural_exposure=True), "applies to multi-exposure fusion"),
+    (dict(task="MEF", natural_exposure="yes"), "natural_exposure must be True or False, got 'yes'"),
+    (dict(task="MEF", natural_exposure=True, num_inference_steps=2), "natural_exposure=True, are fused in one"),
+])
+def test_natural_exposure_calls_that_cannot_work_are_refused(exposure_bracket, kwargs, message):
+    pipe = _trained_like_default_pipe()
+    under, _, over = exposure_bracket
+    images = ([under, under], [over, over]) if isinstance(kwargs["task"], list) else (under, over)
+    with pytest.raises(ValueError, match=message):
+        pipe(*images, **kwargs)
+
+
 def test_two_frames_through_the_stack_call_equal_the_pair_call(tiny_pipe, exposure_bracket):
     under, _, over = exposure_bracket
     pair = tiny_pipe(under, over, task="MEF", output_type="pt", **FP32).images
