@@ -504,7 +504,8 @@ class FusionFMPipeline(DiffusionPipeline):
                      processing_resolution: int | None, match_input_resolution: bool, batch_size: int,
                      compute_dtype, output_type: str, tile_size: int, detail_gain: float | None = None,
                      base_min_size: int = 0) -> torch.Tensor:
-        """Fuse three or more canonical frames (C, H, W) of one size (:meth:`_check_frames`): (C, H, W) in [0, 1].
+        """Fuse three or more canonical frames (C, H, W) of one size (:meth:`_check_frames`), or two for
+        ``natural_exposure``: (C, H, W) in [0, 1].
 
         Each frame is scored against the stack's mean by the network (for MEF in the slot its exposure suits:
         a darker frame as the under-exposed source, a brighter one as the over-exposed), and the frames'
