@@ -384,7 +384,9 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
             "# FusionFM: one-step image fusion\n"
             "Upload two **registered** images of one scene (same size, aligned), pick the task and press "
             "**Fuse**. One small flow-matching network serves all tasks; gray, colour and 16-bit inputs keep "
-            "their mode. Example pairs are at the bottom of the page."
+            "their mode. Example pairs are at the bottom of the page. The default look is the benchmarked one (a "
+            "little sharper than the sources; exposure pairs bright); **Advanced settings** keep the sources' own "
+            "contrast or blend exposure pairs for natural skies and highlights."
         )
         task = TaskSelector(TASK_CHOICES, value="IVF", label="Task", elem_id="task")
         with gr.Row():
