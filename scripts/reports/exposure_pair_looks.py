@@ -3,10 +3,12 @@
 brightness, beside the GFF and Mertens-style built-in priors.
 
     python scripts/reports/exposure_pair_looks.py [MODEL] [--data ../shared/data] [--dataset Merianos] [--out DIR]
+    python scripts/reports/exposure_pair_looks.py --split test --dataset MEFB
 
 One row per method: the mean over the pairs of the data set (``--dataset``: the Merianos three-exposure sets'
 darkest and brightest frames, or the synthetic pairs); with ``--out``, one PNG per pair (the two sources, then each
-method, side by side) to judge halos and highlights by eye.
+method, side by side) to judge halos and highlights by eye. ``--split test`` reports on a test data set instead
+(MEFB or SICE_HoLoCo, in colour, without the validation score): for the record only, nothing is chosen with it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from fusionfm import FusionFMPipeline
 from fusionfm.color import luminance
+from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.evaluation.mef_ssim import mef_ssim
 from fusionfm.evaluation.validation import benchmark_score, validation_pairs
 from fusionfm.image_processor import to_pil
@@ -34,32 +37,39 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--dataset", default="Merianos", help="a part of the validation data set's name")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--split", choices=("validation", "test"), default="validation")
     args = parser.parse_args()
     pipeline = FusionFMPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
-    pairs = [pair for pair in validation_pairs(args.data, "MEF", resolution=None) if args.dataset in pair.dataset]
+    # (name, image_a, image_b, the validation pair behind the score or None), images (1, C, H, W)
+    if args.split == "validation":
+        pairs = [(f"{pair.dataset}_{pair.stem}", pair.image_a, pair.image_b, pair)
+                 for pair in validation_pairs(args.data, "MEF", resolution=None) if args.dataset in pair.dataset]
+    else:
+        pairs = [(f"{record.dataset}_{record.stem}", *load_pair(record), None)
+                 for record in find_pairs(args.data, "MEF", "test", [args.dataset])]
     if not pairs:
-        raise SystemExit(f"No MEF validation pair's data set contains {args.dataset!r}.")
+        raise SystemExit(f"No MEF {args.split} pair's data set contains {args.dataset!r}.")
     rows: dict[str, list[tuple[float, float, float]]] = {}
-    for pair in pairs:
-        fusions = {name: luminance(pipeline(pair.image_a[0], pair.image_b[0], task="MEF", processing_resolution=0,
-                                            output_type="pt", **kwargs).images)
-                   for name, kwargs in MODES.items()}
-        fusions.update({f"prior: {name}": luminance(run_prior(name, pair.image_a, pair.image_b, "MEF"))
-                        for name in PRIORS})
-        frames = torch.cat([luminance(pair.image_a), luminance(pair.image_b)])
-        for name, fused in fusions.items():
-            rows.setdefault(name, []).append((mef_ssim(fused, frames), benchmark_score(fused, pair),
-                                              float(fused.mean()) * 255))
+    for name, image_a, image_b, scored in pairs:
+        fusions = {method: pipeline(image_a[0], image_b[0], task="MEF", processing_resolution=0, output_type="pt",
+                                    **kwargs).images for method, kwargs in MODES.items()}
+        fusions.update({f"prior: {prior}": run_prior(prior, image_a, image_b, "MEF") for prior in PRIORS})
+        frames = torch.cat([luminance(image_a), luminance(image_b)])
+        for method, fused in fusions.items():
+            gray = luminance(fused)
+            rows.setdefault(method, []).append((mef_ssim(gray, frames),
+                                                benchmark_score(gray, scored) if scored else float("nan"),
+                                                float(gray.mean()) * 255))
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            to_pil(torch.cat([luminance(pair.image_a), luminance(pair.image_b), *fusions.values()], dim=-1)[0]).save(
-                args.out / f"{pair.dataset}_{pair.stem}.png")
-    print(f"| MEF validation, {args.dataset}, {len(pairs)} pairs | MEF-SSIM | validation score | mean grey level |\n"
+            to_pil(torch.cat([image_a, image_b, *fusions.values()], dim=-1)[0]).save(args.out / f"{name}.png")
+    print(f"| MEF {args.split}, {args.dataset}, {len(pairs)} pairs | MEF-SSIM | validation score | mean grey level |\n"
           "|---|---:|---:|---:|")
-    for name, values in rows.items():
+    for method, values in rows.items():
         means = [sum(column) / len(column) for column in zip(*values, strict=True)]
-        print(f"| {name} | {means[0]:.4f} | {means[1]:.3f} | {means[2]:.1f} |")
+        score = "-" if args.split == "test" else f"{means[1]:.3f}"
+        print(f"| {method} | {means[0]:.4f} | {score} | {means[2]:.1f} |")
 
 
 if __name__ == "__main__":
