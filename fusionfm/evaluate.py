@@ -31,6 +31,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=1, help="flow steps of the model")
+    parser.add_argument("--detail-gain", type=float, default=None, help="the model's detail_gain (default: its own)")
+    parser.add_argument("--natural-exposure", action="store_true", help="MEF: the model with natural_exposure=True")
     parser.add_argument("--limit", type=int, default=None, help="first N pairs of each data set")
     parser.add_argument("--no-builtin-priors", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
@@ -47,11 +49,15 @@ def main(argv: list[str] | None = None) -> int:
 
             pipeline = FusionFMPipeline.from_pretrained(args.model)
             pipeline.set_progress_bar_config(disable=True)
+            pipeline.check_detail_gain(args.detail_gain)
+            pipeline.check_natural_exposure(args.natural_exposure, args.task)
             name = args.name or "FusionFM"
         else:
             if not args.fused.is_dir():
                 raise FileNotFoundError(f"No folder of fused images at {args.fused}.")
             name = args.name or args.fused.name
+        call_options = {key: value for key, value in (("detail_gain", args.detail_gain),
+                                                      ("natural_exposure", args.natural_exposure)) if value}
         by_dataset: dict[str, list[PairRecord]] = {}
         for pair in pairs:
             by_dataset.setdefault(pair.dataset, []).append(pair)
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir = args.out / dataset if len(by_dataset) > 1 else args.out
             out_dir.mkdir(parents=True, exist_ok=True)
             rows = evaluate_dataset(group[: args.limit], out_dir, name, pipeline, args.fused, args.steps,
-                                    not args.no_builtin_priors, not args.no_progress)
+                                    not args.no_builtin_priors, not args.no_progress, call_options)
             if rows is None:  # another process than the main one of an accelerate launch
                 continue
             ours = next(row for row in rows if row["method"] == name)

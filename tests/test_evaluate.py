@@ -16,7 +16,7 @@ import torch
 from conftest import DATA, REPO_ROOT, free_port, make_pipeline
 
 from fusionfm.evaluate import main
-from fusionfm.evaluation.metrics import to_gray_255
+from fusionfm.evaluation.metrics import spatial_frequency, to_gray_255
 from fusionfm.evaluation.quality import quality_score
 from fusionfm.evaluation.ranking import RANKED_METRICS, _ranks, rank_methods
 from fusionfm.image_processor import FusionImageProcessor
@@ -164,3 +164,23 @@ def test_two_processes_write_the_same_tables_as_one_and_resume_after_a_kill(tmp_
     assert (two / "ranking.csv").read_bytes() == (one / "ranking.csv").read_bytes()
     assert sorted(p.name for p in (two / "fused").iterdir()) == sorted(f"{stem}.png" for stem in stems)
     assert not (two / ".pairs").exists()
+
+
+def test_cli_passes_the_settings_to_the_model_and_refuses_ones_it_cannot_take(mini_dataset, tmp_path, capsys):
+    sharpness = {}
+    for setting, extra in (("own", []), ("faithful", ["--detail-gain", "1"])):
+        out = tmp_path / setting
+        assert main(["--data", str(mini_dataset), "--task", "IVF", "--dataset", "Mini", "--out", str(out),
+                     "--no-progress", "--no-builtin-priors", *extra]) == 0  # the bundled model
+        fused = [FusionImageProcessor().load(path)[None] for path in sorted((out / "fused").glob("*.png"))]
+        sharpness[setting] = [float(spatial_frequency(to_gray_255(image))) for image in fused]
+    # The bundled IVF gains (about 1.1) sharpen; detail_gain 1 keeps the sources' contrast.
+    assert all(own > faithful * 1.02 for own, faithful in zip(sharpness["own"], sharpness["faithful"], strict=True))
+    capsys.readouterr()
+    model = tmp_path / "model"
+    make_pipeline().save_pretrained(model)  # the weight head: no detail gains
+    for extra, message in ((["--model", str(model), "--detail-gain", "1"], "needs a model with the pyramid output"),
+                           (["--natural-exposure"], "applies to multi-exposure fusion (task 'MEF') only")):
+        assert main(["--data", str(mini_dataset), "--task", "IVF", "--out", str(tmp_path / "bad"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

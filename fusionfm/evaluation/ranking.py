@@ -87,7 +87,7 @@ def ranked_metrics(fused: torch.Tensor, gray_a: torch.Tensor, gray_b: torch.Tens
 
 def _pair_results(pair: PairRecord, out_dir: Path, method_name: str, pipeline, fused_dir: Path | None,
                   num_inference_steps: int, builtin: list[str], external: ExternalPriors,
-                  processor: FusionImageProcessor) -> list[dict]:
+                  processor: FusionImageProcessor, call_options: dict) -> list[dict]:
     """Every method's nine metrics on one pair (rows of ``per_pair.csv``); writes the model's fused image."""
     image_a, image_b = load_pair(pair, processor)
     gray_a, gray_b = to_gray_255(image_a), to_gray_255(image_b)
@@ -96,7 +96,7 @@ def _pair_results(pair: PairRecord, out_dir: Path, method_name: str, pipeline, f
     if pipeline is not None:
         started = time.perf_counter()
         fused = pipeline(image_a, image_b, task=pair.task, num_inference_steps=num_inference_steps,
-                         output_type="pt", show_progress_bar=False).images[0]
+                         output_type="pt", show_progress_bar=False, **call_options).images[0]
         seconds = time.perf_counter() - started
         save_png_atomic(fused, out_dir / "fused" / f"{pair.stem}.png")
         ours = fused[None]
@@ -114,9 +114,10 @@ def _pair_results(pair: PairRecord, out_dir: Path, method_name: str, pipeline, f
 
 def evaluate_dataset(pairs: list[PairRecord], out_dir: Path, method_name: str, pipeline=None,
                      fused_dir: Path | None = None, num_inference_steps: int = 1, builtin_priors: bool = True,
-                     progress: bool = True) -> list[dict] | None:
+                     progress: bool = True, call_options: dict | None = None) -> list[dict] | None:
     """Evaluate one data set's pairs; writes the folder described in the module docstring; returns the ranking
-    (on the main process; None on the others).
+    (on the main process; None on the others). ``call_options``: more keyword arguments of the pipeline call
+    (``detail_gain``, ``natural_exposure``).
 
     Under ``accelerate launch`` the pairs are split between the processes. Each pair's rows are kept in
     ``out_dir/.pairs/<stem>.json`` until the tables are written, so a killed run resumes where it stopped.
@@ -128,8 +129,10 @@ def evaluate_dataset(pairs: list[PairRecord], out_dir: Path, method_name: str, p
     state = process_state()
     cache = out_dir / ".pairs"
     # What the cached rows were computed for; rows of another evaluation in the same folder are not reused.
+    call_options = call_options or {}
     signature = {"method": method_name, "model": str(getattr(pipeline, "name_or_path", None)),
-                 "fused_dir": str(fused_dir), "steps": num_inference_steps, "builtin": builtin}
+                 "fused_dir": str(fused_dir), "steps": num_inference_steps, "builtin": builtin,
+                 "options": call_options}
 
     def cached(pair: PairRecord) -> list[dict] | None:
         try:
@@ -143,7 +146,7 @@ def evaluate_dataset(pairs: list[PairRecord], out_dir: Path, method_name: str, p
         for pair in tqdm(mine, desc=f"{pair_label(pairs[0])}", unit="pair",
                          disable=not progress or not state.is_main_process):
             rows = _pair_results(pair, out_dir, method_name, pipeline, fused_dir, num_inference_steps, builtin,
-                                 external, processor)
+                                 external, processor, call_options)
             write_text_atomic(cache / f"{pair.stem}.json", json.dumps({"signature": signature, "rows": rows}))
     state.wait_for_everyone()
     if not state.is_main_process:
