@@ -6,7 +6,8 @@
     python -m fusionfm.evaluate --fused some/method/outputs --data ../shared/data --task MFF --out DIR
     accelerate launch --num_processes 4 -m fusionfm.evaluate ...     (the pairs split between 4 processes)
 
-writes, per data set: ``fused/<stem>.png``, ``per_pair.csv``, ``ranking.csv`` and ``ranking.md``.
+writes, per data set: ``fused/<stem>.png``, ``per_pair.csv``, ``ranking.csv`` and ``ranking.md``. ``--detail-gain``
+and ``--natural-exposure`` rank the model called with those settings (name it with ``--name``).
 """
 
 from __future__ import annotations
