@@ -123,6 +123,13 @@ def whole_number(value, name: str, low: int, high: int) -> int:
     return int(value)
 
 
+def true_or_false(value, name: str) -> bool:
+    """A checkbox setting from the page or the API as a bool, else a gr.Error naming it."""
+    if not isinstance(value, bool):
+        raise visitor_error(f"{name} must be true or false, got {value!r}.", "Bad setting")
+    return value
+
+
 KEPT_CONTRAST = ", the sources' own contrast"  # in the timing line when the contrast box is ticked
 NATURAL_EXPOSURE = ", natural exposure"  # likewise for an exposure pair blended by well-exposedness
 
@@ -130,17 +137,13 @@ NATURAL_EXPOSURE = ", natural exposure"  # likewise for an exposure pair blended
 def contrast_setting(keep_contrast) -> float | None:
     """The pipeline's ``detail_gain`` for the page's contrast box: 1 (the sources' own contrast) when ticked,
     else None (the model's own gains, which sharpen); a gr.Error for anything but true or false."""
-    if not isinstance(keep_contrast, bool):
-        raise visitor_error(f"keep_contrast must be true or false, got {keep_contrast!r}.", "Bad setting")
-    return 1.0 if keep_contrast else None
+    return 1.0 if true_or_false(keep_contrast, "keep_contrast") else None
 
 
 def exposure_setting(natural_exposure, spec) -> bool:
     """The pipeline's ``natural_exposure`` for the page's exposure box: as ticked for MEF, False for the other
     tasks (the box's label names MEF); a gr.Error for anything but true or false."""
-    if not isinstance(natural_exposure, bool):
-        raise visitor_error(f"natural_exposure must be true or false, got {natural_exposure!r}.", "Bad setting")
-    return natural_exposure and spec.family == "MEF"
+    return true_or_false(natural_exposure, "natural_exposure") and spec.family == "MEF"
 
 
 def input_labels(task: str) -> tuple[str, str]:
@@ -214,8 +217,7 @@ class FusionApp:
         steps = whole_number(num_inference_steps, "The number of flow steps", 1, MAX_STEPS)
         resolution = whole_number(processing_resolution, "The processing resolution (0 = input size)", 0,
                                   self.max_side)
-        if not isinstance(resize_b_to_a, bool):
-            raise visitor_error(f"resize_b_to_a must be true or false, got {resize_b_to_a!r}.", "Bad setting")
+        true_or_false(resize_b_to_a, "resize_b_to_a")
         detail_gain = contrast_setting(keep_contrast)
         natural = exposure_setting(natural_exposure, spec)
         image_a = read_upload(path_a, spec.label_a, self.max_upload_pixels)
@@ -279,8 +281,7 @@ class FusionApp:
             raise visitor_error(f"Upload 2 to {MAX_FRAMES} frames of one scene; got {len(paths)}.", "Frames")
         resolution = whole_number(processing_resolution, "The processing resolution (0 = input size)", 0,
                                   self.max_side)
-        if not isinstance(resize_to_first, bool):
-            raise visitor_error(f"resize must be true or false, got {resize_to_first!r}.", "Bad setting")
+        true_or_false(resize_to_first, "resize")
         detail_gain = contrast_setting(keep_contrast)
         natural = exposure_setting(natural_exposure, get_task(task))
         images = [read_upload(path, f"frame {index + 1} ({Path(path).name})", self.max_upload_pixels)
