@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -39,7 +38,10 @@ from fusionfm.evaluation.baseline import average_255
 from fusionfm.evaluation.mef_ssim import mef_ssim
 from fusionfm.evaluation.metrics import average_gradient, entropy, fusion_metrics, spatial_frequency, to_gray_255
 from fusionfm.image_processor import FusionImageProcessor, ImageTooLargeError, to_pil
+from fusionfm.memory import keep_memory_flat, trim_memory
 from fusionfm.pipeline_fusionfm import SizeMismatchError
+from fusionfm.tasks import FusionTask
+from fusionfm.threads import default_threads
 
 # The app shows these notices to the visitor itself (FusionImageProcessor.input_notices), not in the server log.
 warnings.filterwarnings("ignore", category=FusionInputWarning)
@@ -56,6 +58,7 @@ MAX_STEPS = 8  # the steps slider's range; the model is trained for one step
 PNG_COMPRESS_LEVEL = 1
 MAX_FRAMES = 16  # frames of one exposure bracket or focus stack
 STACK_TASKS = ("MEF", "MFF")
+TASK_VALUES = [value for _, value in TASK_CHOICES]
 
 
 class UploadedImage(gr.Image):
@@ -98,14 +101,14 @@ def visitor_error(message: str, title: str = "Error") -> gr.Error:
 
 
 @contextlib.contextmanager
-def failures_explained(what: str, size_mismatch: str | None = None) -> Iterator[None]:
+def failures_explained(what: str) -> Iterator[None]:
     """Turn every failure of a fusion of ``what`` ("images", "frames") into a message for the visitor: the
-    library's ValueError/TypeError as it is (``size_mismatch`` instead for different sizes), anything else as an
-    unexpected failure whose stack trace goes to the log only."""
+    library's ValueError/TypeError as it is, anything else as an unexpected failure whose stack trace goes to the
+    log only."""
     try:
         yield
     except SizeMismatchError as error:
-        raise visitor_error(size_mismatch or str(error), title="Different sizes") from error
+        raise visitor_error(str(error), title="Different sizes") from error
     except (ValueError, TypeError) as error:
         raise visitor_error(str(error), title=f"Cannot fuse these {what}") from error
     except Exception as error:
@@ -140,15 +143,18 @@ def contrast_setting(keep_contrast) -> float | None:
     return 1.0 if true_or_false(keep_contrast, "keep_contrast") else None
 
 
-def exposure_setting(natural_exposure, spec) -> bool:
-    """The pipeline's ``natural_exposure`` for the page's exposure box: as ticked for MEF, False for the other
-    tasks (the box's label names MEF); a gr.Error for anything but true or false."""
-    return true_or_false(natural_exposure, "natural_exposure") and spec.family == "MEF"
-
-
 def input_labels(task: str) -> tuple[str, str]:
     spec = get_task(task)
     return spec.label_a, spec.label_b
+
+
+def task_spec(task) -> FusionTask:
+    """The task a page or API value names, read as the library reads task names (any case, 'MIF' for the
+    MIF class); else a gr.Error listing the tasks."""
+    try:
+        return get_task(task)
+    except (ValueError, TypeError) as error:
+        raise visitor_error(f"{error} The page offers: {', '.join(TASK_VALUES)}.", title="Unknown task") from error
 
 
 def read_upload(path: str | None, role: str, max_pixels: int) -> PIL.Image.Image:
@@ -177,7 +183,8 @@ def metrics_table(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Ten
 
 # ---------------------------------------------------------------------------------------------- the app
 class FusionApp:
-    """The pipeline plus the app's limits; ``fuse`` is the /fuse endpoint."""
+    """The pipeline plus the app's limits; :meth:`fuse` is the /fuse endpoint, :meth:`fuse_frames` /fuse_frames and
+    :meth:`fuse_page` the page's one Fuse button."""
 
     def __init__(self, pipeline: FusionFMPipeline, max_side: int = 2048, keep_results_seconds: float = 3600,
                  max_upload_pixels: int = 25_000_000) -> None:
@@ -185,7 +192,7 @@ class FusionApp:
         self.pipeline.set_progress_bar_config(disable=True)
         self.max_side = max_side
         self.max_upload_pixels = max_upload_pixels
-        self.processor = FusionImageProcessor()
+        self.processor = pipeline.image_processor
         self.results_dir = Path(tempfile.mkdtemp(prefix="fusionfm-app-"))
         self.keep_results_seconds = keep_results_seconds
         atexit.register(self.close)  # results of a stopped app are nobody's
@@ -205,135 +212,151 @@ class FusionApp:
     def fuse(self, task: str, path_a: str | None, path_b: str | None, num_inference_steps: float = 1,
              processing_resolution: float = 0, resize_b_to_a: bool = False, keep_contrast: bool = False,
              natural_exposure: bool = False):
-        """Fuse one pair (``keep_contrast``: detail gain 1, the sources' own contrast, instead of the model's;
-        ``natural_exposure``: MEF pairs blended by well-exposedness, ignored for other tasks). Returns (fused PNG
-        path, (input, fused) for the slider, metrics rows, timing Markdown, fused PNG path for download, state for
-        the comparison switch)."""
-        started = time.perf_counter()
-        if task not in [value for _, value in TASK_CHOICES]:
-            raise visitor_error(f"Unknown task {task!r}; choose one of {', '.join(v for _, v in TASK_CHOICES)}.",
-                                title="Unknown task")
-        spec = get_task(task)
-        steps = whole_number(num_inference_steps, "The number of flow steps", 1, MAX_STEPS)
-        resolution = whole_number(processing_resolution, "The processing resolution (0 = input size)", 0,
-                                  self.max_side)
-        true_or_false(resize_b_to_a, "resize_b_to_a")
-        detail_gain = contrast_setting(keep_contrast)
-        natural = exposure_setting(natural_exposure, spec)
-        image_a = read_upload(path_a, spec.label_a, self.max_upload_pixels)
-        image_b = read_upload(path_b, spec.label_b, self.max_upload_pixels)
-        notices = (self.processor.input_notices(image_a, spec.label_a)
-                   + self.processor.input_notices(image_b, spec.label_b))
-        downscaled = max(image_a.size) > self.max_side
-        if downscaled:
-            resolution = min(resolution or self.max_side, self.max_side)
-            notices.append(f"The images are {image_a.width}x{image_a.height}, above this app's limit of "
-                           f"{self.max_side} pixels per side: fused and returned at {self.max_side} on the long side.")
-        if image_a.size != image_b.size and resize_b_to_a:
-            notices.append(f"The {spec.label_b} image was resized from {image_b.width}x{image_b.height} to "
-                           f"{image_a.width}x{image_a.height}.")
-        size_mismatch = (
-            f"The two images differ in size: {spec.label_a} is {image_a.width}x{image_a.height}, "
-            f"{spec.label_b} is {image_b.width}x{image_b.height}. Fusion needs registered images of one size. "
-            f"Tick 'Resize the {spec.label_b} image to match' under Advanced settings to resize it."
-        )
-        with failures_explained("images", size_mismatch):
-            tensor_a = self.processor.to_tensor_list(image_a, spec.label_a)[0]
-            tensor_b = self.processor.to_tensor_list(image_b, spec.label_b)[0]
-            fuse_started = time.perf_counter()
-            fused = self.pipeline(tensor_a, tensor_b, task=spec, num_inference_steps=steps,
-                                  processing_resolution=resolution, match_input_resolution=not downscaled,
-                                  resize_b_to_a=resize_b_to_a, detail_gain=detail_gain, natural_exposure=natural,
-                                  output_type="pt").images[0]
-            fuse_seconds = time.perf_counter() - fuse_started
-
-        for notice in notices:  # a toast in the page; API clients read them in the timing text
-            gr.Warning(notice)
-        size = tuple(fused.shape[-2:])
-        shown_a, shown_b = (self.processor.resize(image[None], size)[0] for image in (tensor_a, tensor_b))
-        folder = self._result_folder()
-        fused_path = folder / f"fused_{spec.name}_{Path(path_a).stem}.png"
-        paths = {"a": folder / "input_a.png", "b": folder / "input_b.png"}
-        to_pil(fused).save(fused_path, compress_level=PNG_COMPRESS_LEVEL)
-        to_pil(shown_a).save(paths["a"], compress_level=PNG_COMPRESS_LEVEL)
-        to_pil(shown_b).save(paths["b"], compress_level=PNG_COMPRESS_LEVEL)
-        table = metrics_table(fused, shown_a, shown_b)
-        timing = (f"Fused {size[1]}x{size[0]} ({'gray' if fused.shape[0] == 1 else 'colour'}) in "
-                  f"**{fuse_seconds:.2f} s** ({steps} step{'s' if steps > 1 else ''}{KEPT_CONTRAST * keep_contrast}"
-                  f"{NATURAL_EXPOSURE * natural}); "
-                  f"{time.perf_counter() - started:.2f} s with loading and metrics."
-                  + "".join(f"\n\nNote: {notice}" for notice in notices))
-        state = {"a": str(paths["a"]), "b": str(paths["b"]), "fused": str(fused_path)}
-        del fused, tensor_a, tensor_b, shown_a, shown_b
-        trim_memory()
-        return str(fused_path), (state["b"], state["fused"]), table, timing, str(fused_path), state
+        """Fuse one pair (``keep_contrast``: detail gain 1, the sources' own contrast; ``natural_exposure``: an
+        exposure pair blended by well-exposedness, refused for other tasks as the library refuses it). Returns
+        (fused PNG path, (input, fused) for the slider, metrics rows, timing Markdown, fused PNG path for download,
+        state for the comparison switch)."""
+        return self._fuse(task, [path_a, path_b], True, num_inference_steps, processing_resolution, resize_b_to_a,
+                          keep_contrast, natural_exposure)
 
     def fuse_frames(self, task: str, paths: list[str] | None, processing_resolution: float = 0,
                     resize_to_first: bool = False, keep_contrast: bool = False, natural_exposure: bool = False):
-        """Fuse an exposure bracket or focus stack (2 to MAX_FRAMES files); the outputs of :meth:`fuse`, with
-        the darkest and brightest frames (MEF) or the first and last (MFF) as the two comparison inputs."""
+        """Fuse an exposure bracket or focus stack (2 to MAX_FRAMES files); the outputs of :meth:`fuse`, with the
+        darkest and brightest frames (MEF) or the first and last (MFF) as the two comparison inputs."""
+        return self._fuse(task, list(paths or []), False, 1, processing_resolution, resize_to_first, keep_contrast,
+                          natural_exposure)
+
+    def fuse_page(self, task: str, path_a: str | None, path_b: str | None, frames: list[str] | None,
+                  num_inference_steps: float, processing_resolution: float, resize: bool, keep_contrast: bool,
+                  natural_exposure: bool):
+        """The page's Fuse button: the uploaded frames when there are any, else the two images."""
+        if frames:
+            ignored = [label for label, path in zip(input_labels(task) if task in TASK_VALUES else ("",) * 2,
+                                                    (path_a, path_b), strict=True) if path]
+            notices = ([f"The {len(frames)} uploaded frames were fused; the {' and '.join(ignored)} image input"
+                        f"{'s were' if len(ignored) > 1 else ' was'} not used (remove the frames to fuse the two "
+                        "images)."] if ignored else [])
+            return self._fuse(task, list(frames), False, 1, processing_resolution, resize, keep_contrast,
+                              natural_exposure, notices)
+        return self._fuse(task, [path_a, path_b], True, num_inference_steps, processing_resolution, resize,
+                          keep_contrast, natural_exposure)
+
+    def _fuse(self, task: str, paths: list[str | None], pair: bool, num_inference_steps, processing_resolution,
+              resize, keep_contrast, natural_exposure, notices: list[str] | None = None):
+        """One fusion of a pair (``pair``) or of a stack of frames, checked, run and written out (see :meth:`fuse`)."""
         started = time.perf_counter()
-        if task not in STACK_TASKS:
-            raise visitor_error(f"Several frames can be fused for multi-exposure (MEF) and multi-focus (MFF); "
-                                f"{task!r} takes two images: use the two image inputs.", "Pick MEF or MFF")
-        paths = [path for path in (paths or []) if path]
-        if not 2 <= len(paths) <= MAX_FRAMES:
-            raise visitor_error(f"Upload 2 to {MAX_FRAMES} frames of one scene; got {len(paths)}.", "Frames")
+        notices = list(notices or [])
+        spec = task_spec(task)
+        what = "images" if pair else "frames"
+        if pair:
+            labels = [spec.label_a, spec.label_b]
+            for path, label in zip(paths, labels, strict=True):
+                if not path:
+                    hint = (" To fuse the frames of a bracket or stack, upload them under 'Exposure bracket or focus "
+                            "stack' instead." if spec.family in STACK_TASKS else "")
+                    raise visitor_error(f"The {label} image is missing: upload it (or pick an example below).{hint}",
+                                        "Missing image")
+        else:
+            if spec.family not in STACK_TASKS:
+                raise visitor_error(f"Several frames can be fused for multi-exposure (MEF) and multi-focus (MFF); "
+                                    f"{spec.name} takes two images: use the two image inputs.", "Pick MEF or MFF")
+            paths = [path for path in paths if path]
+            if not 2 <= len(paths) <= MAX_FRAMES:
+                raise visitor_error(f"Upload 2 to {MAX_FRAMES} frames of one scene; got {len(paths)}.", "Frames")
+            labels = [f"frame {index + 1} ({Path(path).name})" for index, path in enumerate(paths)]
+        steps = whole_number(num_inference_steps, "The number of flow steps", 1, MAX_STEPS)
         resolution = whole_number(processing_resolution, "The processing resolution (0 = input size)", 0,
                                   self.max_side)
-        true_or_false(resize_to_first, "resize")
+        resize = true_or_false(resize, "resize")
         detail_gain = contrast_setting(keep_contrast)
-        natural = exposure_setting(natural_exposure, get_task(task))
-        images = [read_upload(path, f"frame {index + 1} ({Path(path).name})", self.max_upload_pixels)
-                  for index, path in enumerate(paths)]
+        natural = true_or_false(natural_exposure, "natural_exposure")
+        with failures_explained(what):
+            self.pipeline.check_options(spec, steps, resolution, 1, "pt", 0, detail_gain, natural, None)
+        images = [read_upload(path, label, self.max_upload_pixels) for path, label in zip(paths, labels, strict=True)]
         total = sum(image.width * image.height for image in images)
-        if total > 4 * self.max_upload_pixels:
+        if not pair and total > 4 * self.max_upload_pixels:
             raise visitor_error(f"The frames hold {total / 1e6:.0f} megapixels together, above this app's limit of "
                                 f"{4 * self.max_upload_pixels / 1e6:.0f}. Upload fewer or smaller frames.",
                                 "Too many pixels")
-        sizes = {image.size for image in images}
-        if len(sizes) > 1 and not resize_to_first:
-            listed = ", ".join(f"{Path(path).name} {image.width}x{image.height}" for path, image in zip(paths, images,
-                                                                                                       strict=True))
-            raise visitor_error(f"The frames differ in size ({listed}). Tick 'Resize the frames to the first' to "
-                                "resize them.", "Different sizes")
-        notices = [notice for path, image in zip(paths, images, strict=True)
-                   for notice in self.processor.input_notices(image, Path(path).name)]
+        if len({image.size for image in images}) > 1:
+            listed = ", ".join(f"{label} is {image.width}x{image.height}" for label, image in zip(labels, images,
+                                                                                                  strict=True))
+            if not resize:
+                opening = "The two images differ in size" if pair else "The frames differ in size"
+                raise visitor_error(f"{opening}: {listed}. Fusion needs registered images of one size. Tick 'Resize "
+                                    "to the first image' under Advanced settings to resize them.", "Different sizes")
+            notices += [f"The {label} image was resized from {image.width}x{image.height} to "
+                        f"{images[0].width}x{images[0].height}." for label, image in zip(labels, images, strict=True)
+                        if image.size != images[0].size]
+        for image, label in zip(images, labels, strict=True):
+            notices += self.processor.input_notices(image, label)
         downscaled = max(images[0].size) > self.max_side
         if downscaled:
             resolution = min(resolution or self.max_side, self.max_side)
-            notices.append(f"The frames are {images[0].width}x{images[0].height}, above this app's limit of "
+            notices.append(f"The {what} are {images[0].width}x{images[0].height}, above this app's limit of "
                            f"{self.max_side} pixels per side: fused and returned at {self.max_side} on the long side.")
-        with failures_explained("frames"):
-            tensors = [self.processor.to_tensor_list(image, Path(path).name)[0] for path, image in
-                       zip(paths, images, strict=True)]
+        with failures_explained(what):
+            tensors = [self.processor.to_tensor_list(image, label)[0] for image, label in zip(images, labels,
+                                                                                              strict=True)]
             fuse_started = time.perf_counter()
-            fused = self.pipeline(tensors, task=task, processing_resolution=resolution,
-                                  match_input_resolution=not downscaled, resize_b_to_a=resize_to_first,
-                                  detail_gain=detail_gain, natural_exposure=natural, output_type="pt").images[0]
+            options = dict(task=spec, processing_resolution=resolution, match_input_resolution=not downscaled,
+                           resize_b_to_a=resize, detail_gain=detail_gain, natural_exposure=natural, output_type="pt")
+            if pair:
+                fused = self.pipeline(tensors[0], tensors[1], num_inference_steps=steps, **options).images[0]
+            else:
+                fused = self.pipeline(tensors, **options).images[0]
             fuse_seconds = time.perf_counter() - fuse_started
-        for notice in notices:
+        for notice in notices:  # a toast in the page; API clients read them in the timing text
             gr.Warning(notice)
         size = tuple(fused.shape[-2:])
-        shown = [self.processor.resize(tensor[None], size)[0] for tensor in tensors]
-        brightness = [float(frame.mean()) for frame in shown]
-        order = sorted(range(len(shown)), key=brightness.__getitem__) if task == "MEF" else list(range(len(shown)))
+        frames = [self.processor.resize(tensor[None], size)[0] for tensor in tensors]
+        if not pair and spec.family == "MEF":  # darkest and brightest frame
+            frames = sorted(frames, key=lambda frame: float(frame.mean()))
+        shown = [frames[0], frames[-1]]
         folder = self._result_folder()
-        fused_path = folder / f"fused_{task}_{len(paths)}_frames.png"
+        name = f"{Path(paths[0]).stem}" if pair else f"{len(paths)}_frames"
+        fused_path = folder / f"fused_{spec.name}_{name}.png"
+        shown_paths = {"a": folder / "input_a.png", "b": folder / "input_b.png"}
         to_pil(fused).save(fused_path, compress_level=PNG_COMPRESS_LEVEL)
-        paths_shown = {"a": folder / "first.png", "b": folder / "last.png"}
-        to_pil(shown[order[0]]).save(paths_shown["a"], compress_level=PNG_COMPRESS_LEVEL)
-        to_pil(shown[order[-1]]).save(paths_shown["b"], compress_level=PNG_COMPRESS_LEVEL)
-        table = stack_metrics_table(fused, shown, task)
-        timing = (f"Fused {len(paths)} frames at {size[1]}x{size[0]}{KEPT_CONTRAST * keep_contrast}"
-                  f"{NATURAL_EXPOSURE * (natural and len(paths) == 2)} in "
-                  f"**{fuse_seconds:.2f} s**; "
-                  f"{time.perf_counter() - started:.2f} s with loading and metrics."
+        for side, image in zip("ab", shown, strict=True):
+            to_pil(image).save(shown_paths[side], compress_level=PNG_COMPRESS_LEVEL)
+        settings = f"{KEPT_CONTRAST * bool(detail_gain)}{NATURAL_EXPOSURE * natural}"
+        if pair:
+            table = metrics_table(fused, *shown)
+            done = (f"Fused {size[1]}x{size[0]} ({'gray' if fused.shape[0] == 1 else 'colour'}) in "
+                    f"**{fuse_seconds:.2f} s** ({steps} step{'s' if steps > 1 else ''}{settings})")
+        else:
+            table = stack_metrics_table(fused, frames, spec.family)
+            done = f"Fused {len(paths)} frames at {size[1]}x{size[0]}{settings} in **{fuse_seconds:.2f} s**"
+        timing = (f"{done}; {time.perf_counter() - started:.2f} s with loading and metrics."
                   + "".join(f"\n\nNote: {notice}" for notice in notices))
-        state = {"a": str(paths_shown["a"]), "b": str(paths_shown["b"]), "fused": str(fused_path)}
-        del fused, tensors, shown
+        state = {"a": str(shown_paths["a"]), "b": str(shown_paths["b"]), "fused": str(fused_path)}
+        del fused, tensors, frames, shown
         trim_memory()
         return str(fused_path), (state["b"], state["fused"]), table, timing, str(fused_path), state
+
+    def check_upload(self, path: str | None):
+        """An image as it arrives: kept (no change) if it reads as an image within the app's limits, else cleared
+        with a warning that says why."""
+        if not path:
+            return gr.skip()
+        try:
+            read_upload(path, "uploaded", self.max_upload_pixels)
+        except gr.Error as error:
+            gr.Warning(error.message, duration=None, title=error.title)
+            return None
+        return gr.skip()
+
+    def check_frame_uploads(self, paths: list[str] | None):
+        """Frames as they arrive: the unreadable ones are dropped with a warning each."""
+        kept = []
+        for path in paths or []:
+            try:
+                read_upload(path, f"frame {Path(path).name}", self.max_upload_pixels)
+                kept.append(path)
+            except gr.Error as error:
+                gr.Warning(error.message, duration=None, title=error.title)
+        return gr.skip() if len(kept) == len(paths or []) else kept
 
 
 def stack_metrics_table(fused: torch.Tensor, frames: list[torch.Tensor], task: str) -> list[list]:
@@ -358,16 +381,19 @@ def comparison(state: dict | None, side: str):
 
 
 def on_task_change(task: str):
+    """The page after a task choice: the inputs' labels, the comparison choices, and the exposure setting (shown
+    for MEF only, and cleared for the other tasks, which refuse it)."""
     label_a, label_b = input_labels(task)
+    exposure = get_task(task).family == "MEF"
     return (gr.update(label=label_a), gr.update(label=label_b),
             gr.update(choices=[(label_a, "a"), (label_b, "b")]),
-            gr.update(label=f"Resize the {label_b} image to match the {label_a} image"))
+            gr.update(visible=exposure, value=False) if not exposure else gr.update(visible=True))
 
 
 def example_rows() -> list[list[str]]:
     """[task, image a, image b] for every bundled example pair (see examples/README.md)."""
     rows = []
-    for _, task in TASK_CHOICES:
+    for task in TASK_VALUES:
         spec = get_task(task)
         folder = EXAMPLES_DIR / task
         for path_a in sorted(folder.glob(f"*_{spec.modality_a}.*")):
@@ -378,16 +404,26 @@ def example_rows() -> list[list[str]]:
     return rows
 
 
+EXAMPLE_GROUPS = {"IVF": ("Infrared + visible", "Infrared", "Visible"),
+                  "MIF": ("Medical", "MRI", "CT, PET or SPECT"),
+                  "MEF": ("Multi-exposure", "Under-exposed", "Over-exposed"),
+                  "MFF": ("Multi-focus", "Near focus", "Far focus")}
+"""Example tables by task family: title and the headers of its two image columns."""
+
+# Errors and notices appear at the bottom right, over the results they concern, not over the introduction.
+APP_CSS = ".toast-wrap { top: auto !important; bottom: var(--size-4) !important; }"
+
+
 def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
     label_a, label_b = input_labels("IVF")
     with gr.Blocks(title="FusionFM", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# FusionFM: one-step image fusion\n"
-            "Upload two **registered** images of one scene (same size, aligned), pick the task and press "
-            "**Fuse**. One small flow-matching network serves all tasks; gray, colour and 16-bit inputs keep "
-            "their mode. Example pairs are at the bottom of the page. The default look is the benchmarked one (a "
-            "little sharper than the sources; exposure pairs bright); **Advanced settings** keep the sources' own "
-            "contrast or blend exposure pairs for natural skies and highlights."
+            "Upload two **registered** images of one scene (same size, aligned), or the frames of an exposure "
+            "bracket or focus stack, pick the task and press **Fuse**. One small flow-matching network serves all "
+            "tasks; gray, colour and 16-bit inputs keep their mode. Example pairs are at the bottom of the page; "
+            "**Advanced settings** keep the sources' own contrast or blend exposure pairs for natural skies and "
+            "highlights."
         )
         task = TaskSelector(TASK_CHOICES, value="IVF", label="Task", elem_id="task")
         with gr.Row():
@@ -395,22 +431,21 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
                                     elem_id="image-a")
             image_b = UploadedImage(label=label_b, type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                     elem_id="image-b")
+        with gr.Accordion(f"Exposure bracket or focus stack (MEF, MFF): 2 to {MAX_FRAMES} frames instead of two "
+                          "images", open=False):
+            frames = gr.File(label="Frames of one scene (any order); Fuse uses these when there are any",
+                             file_count="multiple", type="filepath", elem_id="frames")
         with gr.Accordion("Advanced settings", open=False):
             steps = SettingSlider(1, MAX_STEPS, value=1, step=1, label="Flow steps (1 is the trained setting)")
             resolution = SettingSlider(0, app.max_side, value=0, step=32,
-                                   label="Processing resolution: long side in pixels (0 = input size)")
-            resize = gr.Checkbox(False, label=f"Resize the {label_b} image to match the {label_a} image")
+                                       label="Processing resolution: long side in pixels (0 = input size)")
+            resize = gr.Checkbox(False, label="Resize to the first image (when the sizes differ)", elem_id="resize")
             keep_contrast = gr.Checkbox(False, label="Keep the sources' own contrast: no added sharpening, the "
                                                      "most faithful result (for focus stacks and scans)",
                                         elem_id="keep-contrast")
-            natural_exposure = gr.Checkbox(False, label="Exposure pairs (MEF): natural skies and highlights, blended "
-                                                        "by how well exposed each part is (darker, less contrast)",
-                                           elem_id="natural-exposure")
-        with gr.Accordion(f"Exposure bracket or focus stack (MEF, MFF): 2 to {MAX_FRAMES} frames", open=False):
-            frames = gr.File(label="Frames of one scene (any order)", file_count="multiple", type="filepath",
-                             elem_id="frames")
-            resize_frames = gr.Checkbox(False, label="Resize the frames to the first")
-            run_frames = gr.Button("Fuse the frames", elem_id="fuse-frames")
+            natural_exposure = gr.Checkbox(False, label="Exposure pairs: natural skies and highlights, blended by "
+                                                        "how well exposed each part is (darker, less contrast)",
+                                           elem_id="natural-exposure", visible=False)
         run = gr.Button("Fuse", variant="primary", elem_id="fuse")
         with gr.Row():
             fused = gr.Image(label="Fused", type="filepath", format="png", interactive=False,
@@ -425,17 +460,34 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
                 label=f"Metrics (higher is better; computed on a copy at most {METRICS_MAX_SIDE} px on the long side)")
             download = gr.File(label="Fused image (PNG)", interactive=False)
         state = gr.State(None)
-        gr.Examples(example_rows(), inputs=[task, image_a, image_b],
-                    label="Example pairs (sources and licences in examples/README.md)")
+        gr.Markdown("## Example pairs\nClick one to load it (sources and licences in examples/README.md).")
+        rows = example_rows()
+        for families in (("IVF", "MIF"), ("MEF", "MFF")):
+            with gr.Row():
+                for family in families:
+                    title, header_a, header_b = EXAMPLE_GROUPS[family]
+                    chosen = [row for row in rows if get_task(row[0]).family == family]
+                    with gr.Column():
+                        examples = gr.Examples(chosen, inputs=[task, image_a, image_b], label=title,
+                                               examples_per_page=len(chosen))
+                        examples.dataset.headers = ["Task", header_a, header_b]
 
-        task.change(on_task_change, task, [image_a, image_b, compare, resize], api_name=False)
-        run.click(app.fuse, [task, image_a, image_b, steps, resolution, resize, keep_contrast, natural_exposure],
-                  [fused, slider, metrics, timing, download, state], api_name="fuse", concurrency_limit=concurrency,
-                  ).success(comparison, [state, compare], slider, api_name=False)
-        run_frames.click(app.fuse_frames, [task, frames, resolution, resize_frames, keep_contrast,
-                                           natural_exposure],
-                         [fused, slider, metrics, timing, download, state], api_name="fuse_frames",
-                         concurrency_limit=concurrency).success(comparison, [state, compare], slider, api_name=False)
+        outputs = [fused, slider, metrics, timing, download, state]
+        task.change(on_task_change, task, [image_a, image_b, compare, natural_exposure], api_name=False)
+        image_a.upload(app.check_upload, image_a, image_a, api_name=False)
+        image_b.upload(app.check_upload, image_b, image_b, api_name=False)
+        frames.upload(app.check_frame_uploads, frames, frames, api_name=False)
+        run.click(app.fuse_page, [task, image_a, image_b, frames, steps, resolution, resize, keep_contrast,
+                                  natural_exposure], outputs, api_name=False, concurrency_limit=concurrency,
+                  concurrency_id="fusion").success(comparison, [state, compare], slider, api_name=False)
+        # The API: /fuse (a pair) and /fuse_frames (a stack), on buttons the page does not show.
+        fuse_pair = gr.Button(visible=False)
+        fuse_pair.click(app.fuse, [task, image_a, image_b, steps, resolution, resize, keep_contrast,
+                                   natural_exposure], outputs, api_name="fuse", concurrency_limit=concurrency,
+                        concurrency_id="fusion")
+        fuse_stack = gr.Button(visible=False)
+        fuse_stack.click(app.fuse_frames, [task, frames, resolution, resize, keep_contrast, natural_exposure],
+                         outputs, api_name="fuse_frames", concurrency_limit=concurrency, concurrency_id="fusion")
         compare.change(comparison, [state, compare], slider, api_name=False)
     demo.queue(max_size=64)
     return demo
@@ -481,42 +533,11 @@ def compile_in_background(pipeline: FusionFMPipeline) -> threading.Thread:
     return thread
 
 
-_LIBC = None
-
-
-def keep_memory_flat() -> None:
-    """glibc only: at most two malloc arenas, blocks of 8 MB and more always mmapped (so freed at once), and
-    free heap pages handed back after every call (``trim``). Elsewhere (macOS, musl) nothing is changed.
-
-    By default glibc raises its mmap threshold after large frees (up to 32 MB) and gives each worker thread an
-    arena, so the full-size float images of every call stay in the heap: resident size doubled over 100 calls
-    (724 -> 1498 MB, benchmarks/app_memory.py). With two arenas and trimming it still rose in steps of 30-60 MB
-    (+12.8 % after the first 20 of 200 mixed calls, twice); with the fixed 8 MB threshold as well, +4.7 %, flat
-    from call 40. A 1 MB threshold was as flat (+5.4 %) but made every 640x480 call about 1.6x slower (each
-    mmapped block is page-faulted afresh); 8 MB costs about 10-15 % of a call's time (quiet, interleaved: 150
-    -> 175 ms per 640x480 call).
-    """
-    global _LIBC
-    try:
-        _LIBC = ctypes.CDLL("libc.so.6")
-        _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
-        _LIBC.mallopt(-3, 8 << 20)  # M_MMAP_THRESHOLD: blocks of 8 MB and more always mmapped, never kept
-    except (OSError, AttributeError):
-        _LIBC = None
-
-
-def trim_memory() -> None:
-    """Return the heap's free pages to the system (glibc ``malloc_trim``; nothing elsewhere)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_memory_flat()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Measured on 2 cores under load: twelve metrics took 3.8 s with 2 threads, 0.68 s with one.
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.concurrency, 1))
+    threads = args.threads or default_threads(args.concurrency)
     torch.set_num_threads(threads)
     logger.info("torch threads: %d (concurrency %d)", threads, args.concurrency)
     try:
@@ -528,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_in_background(pipeline)
     demo = build_demo(FusionApp(pipeline, args.max_side, max_upload_pixels=args.max_upload_pixels), args.concurrency)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=int(args.max_upload_mb * 1024 * 1024))
+                max_file_size=int(args.max_upload_mb * 1024 * 1024), css=APP_CSS)
     return 0
 
 

@@ -18,6 +18,7 @@ of several, deeper than 8 bits, CMYK, integer arrays) is announced with a :class
 
 from __future__ import annotations
 
+import errno
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,6 +141,10 @@ class FusionImageProcessor(ConfigMixin):
 
     def _canonicalise(self, image: Any, name: str) -> list[torch.Tensor]:
         if isinstance(image, PIL.Image.Image):
+            if _is_closed(image):
+                raise ValueError(f"{name} is a closed PIL image (its file was closed before fusion, for example by "
+                                 "leaving a `with` block); keep it open, or call image.load() or image.copy() before "
+                                 "closing it.")
             tensors = [self._from_pil(image, name)]
         elif isinstance(image, np.ndarray):
             tensors = self._from_numpy(image, name)
@@ -366,7 +371,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> PIL.Image.Ima
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No image file at {path}.")
+        raise FileNotFoundError(f"{path} is {_not_a_file(path)}; pass the path of an image file.")
     try:
         with PIL.Image.open(path) as image:
             width, height = image.size
@@ -386,3 +391,25 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> PIL.Image.Ima
         raise ImageTooLargeError(f"{path.name} is too large to open safely ({error}). Downscale it first.") from error
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"Could not read {path} as an image ({error}). Is the file complete and an image?") from error
+
+
+def _not_a_file(path: Path) -> str:
+    """What ``path`` is instead of a regular file, for messages."""
+    try:
+        path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if path.is_symlink():
+            return "a broken symbolic link"
+        return "not there (no such file)"
+    return "a folder" if path.is_dir() else "not a regular file"
+
+
+def _is_closed(image: PIL.Image.Image) -> bool:
+    """Whether ``image`` was closed (Pillow then fails on any use of its pixels): its pixel store is Pillow's
+    deferred "closed" error, or it was never loaded and its file is gone."""
+    stored = getattr(image, "_im", None)
+    if type(stored).__name__ == "DeferredError":
+        return True
+    return stored is None and hasattr(image, "fp") and image.fp is None

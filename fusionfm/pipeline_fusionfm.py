@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import warnings
@@ -82,10 +83,41 @@ class SizeMismatchError(ValueError):
         self.size_a, self.size_b, self.index = size_a, size_b, index
 
 
-def check_tile_size(tile_size, name: str = "tile_size") -> None:
-    """0 (no tiling) or a whole number of pixels of at least 64."""
-    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or (tile_size != 0 and tile_size < 64):
+def is_whole_number(value) -> bool:
+    """A Python, numpy or 0-d torch integer (not a bool)."""
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0 and not (value.dtype.is_floating_point or value.dtype.is_complex
+                                        or value.dtype == torch.bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def whole_number(value, name: str, minimum: int, what: str = "") -> int:
+    """``value`` as an int if it is a whole number (:func:`is_whole_number`) >= ``minimum``, else a ValueError that
+    names it (``what``: what the number means, for the message)."""
+    if not is_whole_number(value) or int(value) < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}{what}, got {value!r}.")
+    return int(value)
+
+
+def check_tile_size(tile_size, name: str = "tile_size") -> int:
+    """0 (no tiling) or a whole number of pixels of at least 64, as an int."""
+    if not is_whole_number(tile_size) or (int(tile_size) != 0 and int(tile_size) < 64):
         raise ValueError(f"{name} must be 0 (no tiling) or a whole number of pixels >= 64, got {tile_size!r}.")
+    return int(tile_size)
+
+
+class NonFiniteResultError(RuntimeError):
+    """The network produced NaN or infinite values (for example from half-precision weights on a CPU)."""
+
+
+def check_finite(fused: torch.Tensor) -> torch.Tensor:
+    """``fused`` if every value is finite, else a :class:`NonFiniteResultError` naming the likely causes."""
+    if not bool(torch.isfinite(fused).all()):
+        raise NonFiniteResultError(
+            "The network returned NaN or infinite values, so no image is returned. Likely causes: weights moved to "
+            "float16 on a CPU (use float32 or bf16) or weights that are damaged; reload the model with "
+            "FusionFMPipeline.from_pretrained().")
+    return fused
 
 
 @dataclass
@@ -231,6 +263,55 @@ class FusionFMPipeline(DiffusionPipeline):
         return compiled.dtype if compiled is not None else None
 
     # ------------------------------------------------------------------ validation
+    @property
+    def min_processing_side(self) -> int:
+        """The smallest side (pixels) a call may shrink images to: the U-Net's size multiple (its patch times its
+        halvings) or, for the pyramid head, the 2^(levels - 1) pixels its coarsest level needs, whichever is
+        larger. Images already smaller are fused at their own size (padded)."""
+        config = self.unet.config
+        levels = config.pyramid_levels if config.output_head == "pyramid" else 1
+        return max(self.unet.size_multiple, 2 ** (levels - 1))
+
+    def check_options(self, task, num_inference_steps, processing_resolution, batch_size, output_type, tile_size,
+                      detail_gain, natural_exposure, compute_dtype) -> tuple[int, int, int, int]:
+        """Validate a call's options (of pairs and stacks alike) before any work, with a message that says what is
+        wrong and what to pass instead. Whole numbers may be Python, numpy or 0-d torch integers; they come back
+        as ints: (num_inference_steps, processing_resolution (0: the input's size), batch_size, tile_size)."""
+        steps = whole_number(num_inference_steps, "num_inference_steps", 1)
+        if steps > self.config.max_num_inference_steps:
+            raise ValueError(
+                f"num_inference_steps={steps} is above this pipeline's cap of "
+                f"{self.config.max_num_inference_steps} (the model is trained for one step; time grows linearly with "
+                "steps). Use fewer steps, or raise the cap: pipe.register_to_config(max_num_inference_steps=N)."
+            )
+        resolution = 0 if processing_resolution is None else whole_number(
+            processing_resolution, "processing_resolution", 0, " (0: the input's own size; else the long side in "
+            "pixels)")
+        if 0 < resolution < self.min_processing_side:
+            raise ValueError(
+                f"processing_resolution={resolution} is below this model's minimum of {self.min_processing_side} "
+                f"pixels (its network works on blocks of {self.unet.size_multiple} pixels); pass 0 for the input's "
+                f"own size or a long side of at least {self.min_processing_side}.")
+        batch = whole_number(batch_size, "batch_size", 1)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+        tile = check_tile_size(tile_size)
+        for name in task if isinstance(task, (list, tuple)) else [task]:
+            get_task(name)  # an unknown name is refused with the list of known tasks
+        self.check_detail_gain(detail_gain)
+        self.check_natural_exposure(natural_exposure, task)
+        self._check_weights_precision()
+        self._resolve_compute_dtype(compute_dtype)
+        return steps, resolution, batch, tile
+
+    def _check_weights_precision(self) -> None:
+        """Refuse half-precision (float16) weights on the CPU, whose arithmetic overflows to NaN there."""
+        if self.unet.dtype == torch.float16 and self._execution_device.type == "cpu":
+            raise ValueError(
+                "The U-Net's weights are float16, which the CPU cannot compute with (the fused image would be NaN). "
+                "Move them back to float32 with pipe.to(torch.float32) (or load without dtype=torch.float16); "
+                "bf16 runs natively on CPUs with AVX512-BF16: pass compute_dtype='bf16' to a call instead.")
+
     def check_inputs(
         self,
         image_a: PipelineImageInput,
@@ -248,26 +329,6 @@ class FusionFMPipeline(DiffusionPipeline):
         Returns the lists of (C, H, W) tensors for a and b (b resized to a if asked) and one task
         per pair.
         """
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
-        if num_inference_steps > self.config.max_num_inference_steps:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps} is above this pipeline's cap of "
-                f"{self.config.max_num_inference_steps} (the model is trained for one step; time grows linearly with "
-                "steps). Use fewer steps, or raise the cap: pipe.register_to_config(max_num_inference_steps=N)."
-            )
-        if processing_resolution is not None and (
-            not isinstance(processing_resolution, int) or processing_resolution < 0
-        ):
-            raise ValueError(
-                f"processing_resolution must be None, 0 (input resolution) or a positive long edge in pixels, "
-                f"got {processing_resolution!r}."
-            )
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
-        check_tile_size(tile_size)
         if image_a is None or image_b is None:
             raise ValueError("Both image_a and image_b are required (or, for MEF and MFF, a list of frames as "
                              "image_a).")
@@ -299,15 +360,21 @@ class FusionFMPipeline(DiffusionPipeline):
                 )
             images_b[index] = self.image_processor.resize(b[None], tuple(a.shape[-2:]))[0]
         for index, a in enumerate(images_a):
-            height, width = self.image_processor.processing_size(tuple(a.shape[-2:]), processing_resolution)
-            self._check_processing_pixels(height, width, tile_size,
-                                          where=f" (pair {index})" if len(images_a) > 1 else "")
+            self._check_processing_size(tuple(a.shape[-2:]), processing_resolution, tile_size,
+                                        where=f" (pair {index})" if len(images_a) > 1 else "")
         return images_a, images_b, tasks
 
-    def _check_processing_pixels(self, height: int, width: int, tile_size: int, what: str = "", where: str = "",
-                                 unit: str = "megapixels") -> None:
-        """Refuse a processing size above the pipeline's cap, or one the network would take in one piece above
-        MAX_UNTILED_PIXELS. ``what``, ``where`` and ``unit`` name the input in the message (a pair, a stack)."""
+    def _check_processing_size(self, size: tuple[int, int], processing_resolution: int, tile_size: int,
+                               what: str = "", where: str = "", unit: str = "megapixels") -> None:
+        """Refuse a processing size (of input ``size`` (H, W) at ``processing_resolution``) above the pipeline's
+        cap, one the network would take in one piece above MAX_UNTILED_PIXELS, or one shrunk below
+        :attr:`min_processing_side`. ``what``, ``where`` and ``unit`` name the input in the message."""
+        height, width = self.image_processor.processing_size(size, processing_resolution)
+        if min(height, width) < min(self.min_processing_side, *size):
+            raise ValueError(
+                f"processing_resolution={processing_resolution} would fuse {what}of {size[1]}x{size[0]} pixels{where} "
+                f"at {width}x{height}, below this model's minimum of {self.min_processing_side} pixels per side. Pass "
+                "0 (the input's own size) or a larger processing_resolution.")
         if height * width > self.config.max_processing_pixels:
             raise ValueError(
                 f"Fusing {what}at {height}x{width} pixels{where} is {height * width / 1e6:.1f} {unit}, above this "
@@ -387,8 +454,9 @@ class FusionFMPipeline(DiffusionPipeline):
             processing_resolution = self.config.default_processing_resolution
         if tile_size is None:
             tile_size = self.config.get("default_tile_size", 0)
-        self.check_detail_gain(detail_gain)
-        self.check_natural_exposure(natural_exposure, task)
+        num_inference_steps, processing_resolution, batch_size, tile_size = self.check_options(
+            task, num_inference_steps, processing_resolution, batch_size, output_type, tile_size, detail_gain,
+            natural_exposure, compute_dtype)
         if image_b is None and isinstance(image_a, (list, tuple)):  # a stack of frames, canonicalised once
             frames, spec = self._check_frames(image_a, task, resize_b_to_a)
             if align:
@@ -517,13 +585,9 @@ class FusionFMPipeline(DiffusionPipeline):
         if num_inference_steps != 1:
             raise ValueError(f"Stacks of more than two frames, and pairs with natural_exposure=True, are fused in one "
                              f"step; got num_inference_steps={num_inference_steps!r}.")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        check_tile_size(tile_size)
         height, width = self.image_processor.processing_size(tuple(tensors[0].shape[-2:]), processing_resolution)
-        self._check_processing_pixels(height, width, tile_size, what="a stack ", unit="megapixels per frame")
+        self._check_processing_size(tuple(tensors[0].shape[-2:]), processing_resolution, tile_size, what="a stack ",
+                                    unit="megapixels per frame")
         dtype = self._resolve_compute_dtype(compute_dtype)
         luma = torch.cat([self.image_processor.resize(luminance(t[None]), (height, width)) for t in tensors])
         # Which slot each frame takes is decided once for the whole stack, so every tile agrees on it.
@@ -593,7 +657,7 @@ class FusionFMPipeline(DiffusionPipeline):
                               well_exposedness=MEF_WELL_EXPOSEDNESS if exposure else 0.0,
                               detail_well_exposedness=MEF_DETAIL_WELL_EXPOSEDNESS if exposure else 0.0,
                               base_min_size=base_min_size)
-        return self.image_processor.crop(fused_y, box)
+        return self.image_processor.crop(check_finite(fused_y), box)
 
     # ------------------------------------------------------------------ steps of a call
     def _prepare_pair(
@@ -653,7 +717,7 @@ class FusionFMPipeline(DiffusionPipeline):
             velocity = self._run_unet(unet, dtype, x, y_a, y_b, t.expand(len(task_ids)).to(device), task_ids,
                                       source_means, gain_shifts, detail_gains)
             x = self.scheduler.step(velocity.float(), t, x).prev_sample
-        return self.image_processor.crop(x, box).clamp(0.0, 1.0).cpu()
+        return self.image_processor.crop(check_finite(x), box).clamp(0.0, 1.0).cpu()
 
     def _run_unet(self, unet: torch.nn.Module, dtype: torch.dtype, x: torch.Tensor, y_a: torch.Tensor,
                   y_b: torch.Tensor, t: torch.Tensor, task_ids: torch.Tensor, source_means: torch.Tensor,
@@ -689,7 +753,7 @@ class FusionFMPipeline(DiffusionPipeline):
             raise ValueError(f"detail_gain needs a model with the pyramid output head; this one has the "
                              f"{self.unet.config.output_head!r} head. Leave detail_gain None.")
         max_gain = self.unet.config.max_gain
-        if (isinstance(detail_gain, bool) or not isinstance(detail_gain, (int, float))
+        if (isinstance(detail_gain, (bool, np.bool_)) or not isinstance(detail_gain, numbers.Real)
                 or not 1 / max_gain <= detail_gain <= max_gain):
             raise ValueError(f"detail_gain must be None (the model's own) or a number from {1 / max_gain:g} to "
                              f"{max_gain:g} (1: the sources' own contrast), got {detail_gain!r}.")
@@ -697,7 +761,7 @@ class FusionFMPipeline(DiffusionPipeline):
     @staticmethod
     def check_natural_exposure(natural_exposure: bool, task) -> None:
         """Raise a ValueError unless ``natural_exposure`` is a bool, and True only for exposure (MEF) fusions."""
-        if not isinstance(natural_exposure, bool):
+        if not isinstance(natural_exposure, (bool, np.bool_)):
             raise ValueError(f"natural_exposure must be True or False, got {natural_exposure!r}.")
         tasks = task if isinstance(task, (list, tuple)) else [task]
         if natural_exposure and any(get_task(name).family != "MEF" for name in tasks):

@@ -126,8 +126,25 @@ def serve_app(max_side: int = 2048, max_upload_pixels: int = 25_000_000,
     demo = app.build_demo(fusion_app, concurrency=2)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                max_file_size=max_file_size)
+                max_file_size=max_file_size, css=app.APP_CSS)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+def kill_process_tree(process) -> None:
+    """SIGKILL a launched process and every descendant: ``accelerate launch`` starts its workers in sessions of
+    their own, so killing the launcher's process group leaves them running."""
+    import psutil
+
+    try:
+        root = psutil.Process(process.pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    process.wait()
+    psutil.wait_procs(family, timeout=30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA, REPO_ROOT, free_port, make_pipeline
+from conftest import DATA, REPO_ROOT, free_port, kill_process_tree, make_pipeline
 
 from fusionfm.evaluate import main
 from fusionfm.evaluation.metrics import spatial_frequency, to_gray_255
@@ -152,8 +151,7 @@ def test_two_processes_write_the_same_tables_as_one_and_resume_after_a_kill(tmp_
     deadline = time.time() + 300
     while time.time() < deadline and len(list((two / ".pairs").glob("*.json"))) < 2:
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_process_tree(process)
     done = {p.name: p.stat().st_mtime_ns for p in (two / ".pairs").glob("*.json")}
     assert 2 <= len(done) < 6, "the run should have been killed part way"
     result = subprocess.run([*_accelerate(2), *arguments, "--out", str(two)], env=env, capture_output=True,

@@ -8,15 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import DATA, REPO_ROOT, make_pipeline
+from conftest import DATA, REPO_ROOT, free_port, kill_process_tree, make_pipeline
 
 from fusionfm.evaluation.metrics import spatial_frequency
-from fusionfm.fuse import find_jobs, main
+from fusionfm.fuse import find_jobs, main, plan_folder
 from fusionfm.tasks import get_task
 
 
@@ -129,3 +130,86 @@ def test_natural_exposure_reaches_exposure_pairs_and_is_refused_for_other_tasks(
     shutil.copytree(REPO_ROOT / "examples" / "IVF", ivf)
     assert main(["--task", "IVF", "--input", str(ivf), "--out", str(tmp_path / "bad"), "--natural-exposure"]) == 2
     assert "applies to multi-exposure fusion (task 'MEF') only" in capsys.readouterr().err
+
+
+def test_every_entry_left_out_is_reported_and_the_run_fails(model, tmp_path, capsys):
+    shoot = tmp_path / "shoot"
+    shutil.copytree(REPO_ROOT / "examples" / "IVF", shoot)
+    (shoot / "190008_ir.jpg").mkdir()  # a folder named like an image
+    (shoot / "loop_ir.png").symlink_to(shoot / "loop_vi.png")
+    (shoot / "loop_vi.png").symlink_to(shoot / "loop_ir.png")  # a symbolic link loop
+    shutil.copy(shoot / "TNO_07_vi.png", shoot / "lonely_vi.png")  # no partner
+    (shoot / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert main(["--task", "IVF", "--input", str(shoot), "--out", str(out), "--model", str(model),
+                 "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "2 fused, 0 already done, 0 failed, 5 entries not fusable" in captured.out
+    assert sorted(path.name for path in out.iterdir()) == ["RoadScene_FLIR_08021.png", "TNO_07.png"]
+    for entry, reason in (("190008_ir.jpg", "a folder named like an image file"),
+                          ("loop_ir.png", "a symbolic link loop"), ("loop_vi.png", "a symbolic link loop"),
+                          ("lonely_vi.png", "no partner lonely_ir.*"), ("notes.txt", "not an image file")):
+        assert f"not fused: {shoot / entry}: {reason}" in captured.err
+
+
+def test_partners_missing_in_modality_folders_are_reported(tmp_path):
+    nested = tmp_path / "nested"
+    for modality in ("mri", "ct"):
+        (nested / modality).mkdir(parents=True)
+    for name in ("11.png", "12.png"):
+        PIL.Image.new("L", (64, 64)).save(nested / "mri" / name)
+    PIL.Image.new("L", (64, 64)).save(nested / "ct" / "11.png")
+    plan = plan_folder(nested, get_task("MIF-CT"))
+    assert [job.name for job in plan.jobs] == ["11"]
+    assert plan.skipped == [(nested / "mri" / "12.png", "no partner ct/12.*")]
+
+
+def test_help_shows_the_folder_layouts(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for layout in ("0001_ir.png", "ir/0001.png", "beach/0.jpg", "--task MEF --input brackets/",
+                   "accelerate launch --multi_gpu --num_processes 2 -m fusionfm.fuse"):
+        assert layout in text
+
+
+def _accelerate(processes: int) -> list[str]:
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu", "--num_processes",
+            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port())]
+
+
+@pytest.mark.slow
+def test_two_processes_fuse_the_same_files_as_one_and_resume_after_a_kill(model, tmp_path):
+    pairs = tmp_path / "pairs"
+    for modality in ("ir", "vi"):
+        (pairs / modality).mkdir(parents=True)
+    stems = sorted(path.stem for path in (DATA / "IVF" / "RoadScene" / "test" / "ir").iterdir())[:8]
+    for stem in stems:
+        for modality in ("ir", "vi"):
+            source = next((DATA / "IVF" / "RoadScene" / "test" / modality).glob(f"{stem}.*"))
+            shutil.copy(source, pairs / modality / source.name)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    arguments = ["-m", "fusionfm.fuse", "--task", "IVF", "--input", str(pairs), "--model", str(model),
+                 "--no-progress", "--threads", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, *arguments, "--out", str(one)], env=env, check=True, capture_output=True,
+                   timeout=600)
+    process = subprocess.Popen([*_accelerate(2), *arguments, "--out", str(two)], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(two.glob("*.png"))) < 2:
+        time.sleep(0.02)
+    kill_process_tree(process)
+    done = {path.name: path.stat().st_mtime_ns for path in two.glob("*.png")}
+    assert 2 <= len(done) < 8, "the run should have been killed part way"
+    result = subprocess.run([*_accelerate(2), *arguments, "--out", str(two)], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{8 - len(done)} fused, {len(done)} already done, 0 failed" in result.stdout
+    assert result.stdout.count("fused,") == 1  # the main process reports
+    assert sorted(path.name for path in two.glob("*.png")) == [f"{stem}.png" for stem in stems]
+    for stem in stems:
+        assert (two / f"{stem}.png").read_bytes() == (one / f"{stem}.png").read_bytes()
+    assert all((two / name).stat().st_mtime_ns == mtime for name, mtime in done.items())

@@ -117,8 +117,17 @@ def test_processor_load_names_the_file(tmp_path, processor):
 
 
 def test_load_image_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No image file"):
+    with pytest.raises(FileNotFoundError, match="missing.png is not there"):
         load_image(tmp_path / "missing.png")
+    with pytest.raises(FileNotFoundError, match="is a folder; pass the path of an image file"):
+        load_image(tmp_path)
+    (tmp_path / "loop_a.png").symlink_to(tmp_path / "loop_b.png")
+    (tmp_path / "loop_b.png").symlink_to(tmp_path / "loop_a.png")
+    with pytest.raises(FileNotFoundError, match="loop_a.png is a symbolic link loop"):
+        load_image(tmp_path / "loop_a.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(FileNotFoundError, match="dangling.png is a broken symbolic link"):
+        load_image(tmp_path / "dangling.png")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
     with pytest.raises(ValueError, match="Could not read .*broken.png as an image"):

@@ -18,7 +18,7 @@ from conftest import REPO_ROOT, make_pipeline
 from fusionfm import FusionFMPipeline, build_unet, get_task
 from fusionfm.color import chroma, luminance
 from fusionfm.finishing import favour_the_lit_source, keep_shared_extremes
-from fusionfm.pipeline_fusionfm import SizeMismatchError
+from fusionfm.pipeline_fusionfm import NonFiniteResultError, SizeMismatchError
 from fusionfm.stacks import MEF_STACK_DETAIL_GAINS
 
 FP32 = dict(compute_dtype="fp32")
@@ -289,11 +289,14 @@ def test_a_pickle_in_a_model_folder_never_runs(tmp_path, name):
 
 BAD_INPUTS = [
     (dict(task="XYZ"), "Unknown task 'XYZ'. Known tasks: IVF, MIF, MIF-CT"),
-    (dict(num_inference_steps=0), "num_inference_steps must be an integer >= 1"),
-    (dict(num_inference_steps=1.5), "num_inference_steps must be an integer >= 1"),
-    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(num_inference_steps=0), "num_inference_steps must be a whole number >= 1"),
+    (dict(num_inference_steps=1.5), "num_inference_steps must be a whole number >= 1"),
+    (dict(num_inference_steps=torch.tensor(1.0)), "num_inference_steps must be a whole number >= 1"),
+    (dict(batch_size=0), "batch_size must be a whole number >= 1"),
+    (dict(batch_size=np.bool_(True)), "batch_size must be a whole number >= 1"),
     (dict(output_type="jpg"), "output_type must be one of pil, np, pt"),
-    (dict(processing_resolution=-5), "processing_resolution must be None, 0"),
+    (dict(processing_resolution=-5), r"processing_resolution must be a whole number >= 0 \(0: the input's own size"),
+    (dict(processing_resolution=1), "processing_resolution=1 is below this model's minimum of 2 pixels"),
     (dict(compute_dtype="int8"), "compute_dtype must be"),
     (dict(image_b="size"), r"image_a is 212x502 but image_b is 100x200 \(HxW\).*resize_b_to_a=True"),
     (dict(image_a=np.zeros((0, 5), np.uint8)), r"image_a is empty \(shape \(0, 5, 1\)\)"),
@@ -346,6 +349,60 @@ def test_fp16_on_the_cpu_is_refused_before_any_work(real_pair):
     for dtype in ("fp16", torch.float16):
         with pytest.raises(ValueError, match="fp16 is not supported on the CPU.*'bf16'.*'fp32'"):
             pipe(ir, vi, task="IVF", compute_dtype=dtype)
+
+
+def test_numpy_and_torch_integers_are_whole_numbers(tiny_pipe, real_pair):
+    ir, vi = real_pair("IVF")
+    reference = tiny_pipe(ir, vi, task="IVF", processing_resolution=128, output_type="pt", **FP32).images
+    for integer in (np.int64, np.uint16, torch.tensor):
+        fused = tiny_pipe(ir, vi, task="IVF", num_inference_steps=integer(1), processing_resolution=integer(128),
+                          batch_size=integer(2), tile_size=integer(0), output_type="pt", **FP32).images
+        torch.testing.assert_close(fused, reference, atol=0, rtol=0)
+
+
+def test_a_processing_size_below_the_network_minimum_is_refused(real_pair):
+    """The bundled network works on 32-pixel blocks and a 5-level pyramid: shrinking below 32 pixels a side used to
+    return a full-size smear of colour; smaller inputs are still fused at their own size."""
+    pipe = FusionFMPipeline.from_pretrained()
+    assert pipe.min_processing_side == 32
+    ir, vi = real_pair("IVF")
+    for resolution in (1, 31):
+        with pytest.raises(ValueError, match=f"processing_resolution={resolution} is below this model's minimum of 32"):
+            pipe(ir, vi, task="IVF", processing_resolution=resolution)
+    with pytest.raises(ValueError, match=r"would fuse of 502x212 pixels at 64x27, below this model's minimum of 32"):
+        pipe(ir, vi, task="IVF", processing_resolution=64)
+    with pytest.raises(ValueError, match="below this model's minimum of 32"):
+        pipe([ir, vi, ir], task="MFF", processing_resolution=64)  # stacks too
+    small_a, small_b = ir.crop((0, 0, 24, 20)), vi.crop((0, 0, 24, 20))
+    assert pipe(small_a, small_b, task="IVF").images[0].size == (24, 20)
+
+
+def test_half_precision_weights_on_the_cpu_are_refused_and_nan_results_raise(real_pair):
+    """float16 weights on a CPU used to give an all-black image with compute_dtype='fp32', a torch error with 'bf16'
+    and a message about an fp16 the caller never asked for by default; and no result was checked for NaN."""
+    ir, vi = real_pair("IVF")
+    pipe = make_pipeline()
+    pipe.to(torch.float16)
+    for compute_dtype in (None, "fp32", "bf16"):
+        with pytest.raises(ValueError, match="The U-Net's weights are float16, which the CPU cannot compute with.*"
+                                             r"pipe.to\(torch.float32\)"):
+            pipe(ir, vi, task="IVF", compute_dtype=compute_dtype)
+    pipe.to(torch.float32)
+    assert pipe(ir, vi, task="IVF", output_type="pt").images.isfinite().all()
+    with torch.no_grad():
+        next(pipe.unet.parameters()).fill_(float("nan"))  # damaged weights
+    for call in (lambda: pipe(ir, vi, task="IVF"), lambda: pipe([ir, vi, ir], task="MFF")):
+        with pytest.raises(NonFiniteResultError, match="NaN or infinite values, so no image is returned"):
+            call()
+
+
+def test_a_closed_image_is_named(tiny_pipe, real_pair, tmp_path):
+    ir, vi = real_pair("IVF")
+    ir.save(tmp_path / "ir.png")
+    with PIL.Image.open(tmp_path / "ir.png") as image:
+        pass  # closed on leaving the block, never loaded
+    with pytest.raises(ValueError, match="image_a is a closed PIL image.*image.copy"):
+        tiny_pipe(image, vi, task="IVF")
 
 
 def test_too_many_steps_or_pixels_are_refused_before_any_work(tiny_pipe, real_pair, monkeypatch):

@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import DATA, REPO_ROOT, free_port
+from conftest import DATA, REPO_ROOT, free_port, kill_process_tree
 from kornia.filters import gaussian_blur2d
 
 from fusionfm import FusionImageProcessor
@@ -120,8 +120,7 @@ def test_two_processes_write_the_same_labels_and_rows_as_one_and_resume_after_a_
     deadline = time.time() + 300
     while time.time() < deadline and len(list((two / "synthetic-BSDS500").glob("*.png"))) < 2:
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_process_tree(process)
     assert 2 <= len(list((two / "synthetic-BSDS500").glob("*.png"))) < 6, "the run should have been killed part way"
     assert list(two.glob(".labels-*.csv"))  # each process had its own rows file
     result = subprocess.run([*_accelerate(2), "-m", "fusionfm.pseudolabel", *arguments, "--out", str(two)], env=env,

@@ -7,7 +7,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA, REPO_ROOT, free_port
+from conftest import DATA, REPO_ROOT, free_port, kill_process_tree
 from safetensors.torch import load_file
 
 from fusionfm import FusionFMPipeline
@@ -184,12 +183,11 @@ def _start(arguments: list[str]) -> subprocess.Popen:
 
 
 def _kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> bool:
-    """SIGKILL the whole process group as soon as ``ready()``; False if the run ended first."""
+    """SIGKILL the launcher and its workers as soon as ``ready()``; False if the run ended first."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         if ready():
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            kill_process_tree(process)
             return True
         time.sleep(0.005)
     process.wait(timeout=60)
