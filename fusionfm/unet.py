@@ -350,6 +350,32 @@ class FusionUNet(ModelMixin, ConfigMixin):
             self.gain_offset[task_id] = _gain_offsets(self.config.detail_gains, self.config.max_gain)[task_id]
 
     @torch.no_grad()
+    def start_fusion(self, image_a: torch.Tensor, image_b: torch.Tensor, task_ids: torch.Tensor,
+                     gain_shifts: torch.Tensor | None = None, source_means: torch.Tensor | None = None) -> torch.Tensor:
+        """What every item's task fuses at its start (as after :meth:`reset_task`): the activity prior with the
+        configured strengths and detail gains, no network correction. Shapes and arguments as :meth:`forward`;
+        returns the fused estimate (B, 1, H, W) float32. Needs the pyramid head with ``activity_scales``."""
+        if self.config.output_head != "pyramid" or self.config.activity_scales is None:
+            raise ValueError("start_fusion needs the pyramid head with the activity prior (activity_scales).")
+        task_ids = task_ids.long()
+        levels = self.config.pyramid_levels
+        device = image_a.device
+        if self.config.detail_gains is not None:
+            gain_input = _gain_offsets(self.config.detail_gains, self.config.max_gain).to(device)[task_ids]
+            if gain_shifts is not None:
+                gain_input = gain_input + gain_shifts.float().to(device)
+            gains = torch.exp(math.log(self.config.max_gain) * torch.tanh(gain_input))
+        else:
+            gains = torch.ones(len(task_ids), levels - 1, device=device)
+        scales = torch.tensor(self.config.activity_scales, dtype=torch.float32, device=device)[task_ids]
+        with torch.autocast(device_type=device.type, enabled=False):
+            return blend_pyramids(image_a.float(), image_b.float(), image_a.new_zeros(len(task_ids), levels, 1, 1),
+                                  gains[:, :, None, None], scales, self.salient_base[task_ids],
+                                  None if source_means is None else source_means.float(),
+                                  self.consistency_weight[task_ids], self.consistency_epsilons[task_ids],
+                                  self.config.consistency_sigma, self.sharper_base[task_ids])
+
+    @torch.no_grad()
     def move_task_start(self, task_id: int, detail_gains: Sequence[float] | None = None,
                         detail_consistency: float | None = None) -> None:
         """Give one task a new start (its detail gains and/or the weight of the consistent detail choice) and keep

@@ -55,8 +55,12 @@ def mef_ssim(fused: torch.Tensor, frames: torch.Tensor) -> float:
         raise ValueError(f"frames must be (K, C, H, W) with K >= 2, got shape {tuple(frames.shape)}.")
     if fused.shape[-2:] != frames.shape[-2:]:
         raise ValueError(f"The fused image is {tuple(fused.shape[-2:])}, the frames {tuple(frames.shape[-2:])}.")
-    y_fused = luminance(fused.float())
-    y_frames = luminance(frames.float())
+    return float(mef_ssim_terms(luminance(fused.float()), luminance(frames.float())).double())
+
+
+def mef_ssim_terms(y_fused: torch.Tensor, y_frames: torch.Tensor) -> torch.Tensor:
+    """MEF-SSIM of a fused luminance (1, 1, H, W) against frame luminances (K, 1, H, W), in [0, 1]: a 0-d tensor,
+    differentiable in ``y_fused`` (the reference frame and the luminance weights depend on the frames only)."""
     mu_fused, mu_frames = _local_mean(y_fused), _local_mean(y_frames)
     var_fused = _local_mean(y_fused**2) - mu_fused**2
     var_frames = _local_mean(y_frames**2) - mu_frames**2
@@ -69,4 +73,4 @@ def mef_ssim(fused: torch.Tensor, frames: torch.Tensor) -> float:
     weights = torch.exp(-((global_means - 0.5) ** 2) / 0.08) * torch.exp(-((mu_frames - 0.5) ** 2) / 0.08)
     mu_target = (weights * mu_frames).sum(dim=0, keepdim=True) / weights.sum(dim=0, keepdim=True)
     luminance_term = (2 * mu_fused * mu_target + C1) / (mu_fused**2 + mu_target**2 + C1)
-    return float(luminance_term.double().mean() * cs.double().mean())
+    return luminance_term.mean() * cs.mean()

@@ -15,6 +15,7 @@ from ..atomic import save_png_atomic
 from ..color import luminance
 from ..datasets import PairRecord, find_pairs, task_matches
 from ..image_processor import FusionImageProcessor
+from ..labels.synthetic import SYNTHESIZERS, SyntheticPairs
 from ..tasks import FusionTask, get_task
 
 
@@ -105,18 +106,95 @@ class LabelledPairs(torch.utils.data.Dataset):
         """A random ``size`` x ``size`` crop of one item as float in [0, 1] (edge-padded when smaller),
         flipped left-right with probability 1/2 when ``flip``."""
         item = self[index]
-        stacked = torch.cat([item["image_a"], item["image_b"], item["target"]]).float()[None] / 255.0
+        crop = random_crop(torch.cat([item["image_a"], item["image_b"], item["target"]]), size, generator, flip)
+        return {"image_a": crop[0:1], "image_b": crop[1:2], "target": crop[2:3], "has_target": True,
+                "task_id": item["task_id"], "task": item["task"]}
+
+
+def random_crop(planes: torch.Tensor, size: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """A random ``size`` x ``size`` crop of (C, H, W) uint8 planes as float (C, size, size) in [0, 1], edge-padded
+    when smaller, flipped left-right with probability 1/2 when ``flip``."""
+    stacked = planes.float()[None] / 255.0
+    height, width = stacked.shape[-2:]
+    if height < size or width < size:
+        stacked = F.pad(stacked, (0, max(size - width, 0), 0, max(size - height, 0)), mode="replicate")
         height, width = stacked.shape[-2:]
-        if height < size or width < size:
-            stacked = F.pad(stacked, (0, max(size - width, 0), 0, max(size - height, 0)), mode="replicate")
-            height, width = stacked.shape[-2:]
-        top = int(torch.randint(height - size + 1, (1,), generator=generator))
-        left = int(torch.randint(width - size + 1, (1,), generator=generator))
-        crop = stacked[0, :, top : top + size, left : left + size]
-        if flip and bool(torch.rand((), generator=generator) < 0.5):
-            crop = crop.flip(-1)
-        return {"image_a": crop[0:1], "image_b": crop[1:2], "target": crop[2:3], "task_id": item["task_id"],
-                "task": item["task"]}
+    top = int(torch.randint(height - size + 1, (1,), generator=generator))
+    left = int(torch.randint(width - size + 1, (1,), generator=generator))
+    crop = stacked[0, :, top : top + size, left : left + size]
+    if flip and bool(torch.rand((), generator=generator) < 0.5):
+        crop = crop.flip(-1)
+    return crop
+
+
+class SourcePairs(torch.utils.data.Dataset):
+    """Unlabelled training pairs of one task family, as 8-bit luminance, for the fidelity objectives.
+
+    The real pairs of ``data_root``'s train split (none for MEF and MFF, whose real sets are test sets) and, for MEF
+    and MFF, synthetic pairs of the natural training photographs (:mod:`fusionfm.labels.synthetic`) with the
+    photograph as their truth.
+
+    Args:
+        data_root: the ``shared/data`` folder.
+        task: a task family (``"IVF"``, ``"MIF"``, ``"MEF"``, ``"MFF"``) or a variant (``"MIF-CT"``).
+        exclude: (dataset, stem) of pairs to leave out (the validation split).
+        synthetic_seed: the synthetic pairs' seed (the validation split's synthetic pairs are those of seed 0).
+
+    Items are dicts of ``image_a``, ``image_b``, ``target``: (1, H, W) uint8 (the truth, or zeros), ``has_target``:
+    bool, ``task_id``: int and ``task``: the task's name.
+    """
+
+    def __init__(self, data_root: str | Path, task: str | FusionTask, exclude: set[tuple[str, str]] | None = None,
+                 synthetic_seed: int = 0) -> None:
+        self.task = get_task(task)
+        exclude = exclude or set()
+        self._processor = FusionImageProcessor()
+        try:
+            real = find_pairs(data_root, self.task, "train")
+        except ValueError:  # MEF and MFF have no real training split
+            real = []
+        self.real = [pair for pair in real if (pair.dataset, pair.stem) not in exclude]
+        self.synthetic, self._synthetic_indices = None, []
+        if self.task.family in SYNTHESIZERS:
+            self.synthetic = SyntheticPairs(data_root, self.task.family, "train", seed=synthetic_seed)
+            dataset = f"synthetic-{self.synthetic.rows[0]['dataset']}" if self.synthetic.rows else ""
+            self._synthetic_indices = [index for index, row in enumerate(self.synthetic.rows)
+                                       if (dataset, row["stem"]) not in exclude]
+        if not self.real and not self._synthetic_indices:
+            raise ValueError(f"No {self.task.name} training pairs under {data_root} outside the excluded ones.")
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.real) + len(self._synthetic_indices)
+
+    def __getitem__(self, index: int) -> dict:
+        if index not in self._cache:
+            if index < len(self.real):
+                pair = self.real[index]
+                images = [self._processor.load(path) for path in (pair.path_a, pair.path_b)]
+                if images[0].shape[-2:] != images[1].shape[-2:]:
+                    raise ValueError(f"{pair.dataset}/{pair.stem}: the two sources differ in size.")
+                task, truth = pair.task, None
+            else:
+                made = self.synthetic[self._synthetic_indices[index - len(self.real)]]
+                images, task, truth = [made.image_a, made.image_b], self.task, made.ground_truth
+            gray = [_gray_uint8(image) for image in images]
+            target = _gray_uint8(truth) if truth is not None else torch.zeros_like(gray[0])
+            self._cache[index] = {"image_a": gray[0], "image_b": gray[1], "target": target,
+                                  "has_target": truth is not None, "task_id": task.class_id, "task": task.name}
+        return self._cache[index]
+
+    def random_crop(self, index: int, size: int, generator: torch.Generator, flip: bool = True) -> dict:
+        """A random ``size`` x ``size`` crop of one item as float in [0, 1] (see :func:`random_crop`)."""
+        item = self[index]
+        crop = random_crop(torch.cat([item["image_a"], item["image_b"], item["target"]]), size, generator, flip)
+        return {"image_a": crop[0:1], "image_b": crop[1:2], "target": crop[2:3], "has_target": item["has_target"],
+                "task_id": item["task_id"], "task": item["task"]}
+
+
+def _gray_uint8(image: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) in [0, 1] -> (1, H, W) uint8 luminance."""
+    return (luminance(image[None])[0] * 255).round().to(torch.uint8)
 
 
 def parse_label_folders(items: list[str]) -> dict[str, Path]:

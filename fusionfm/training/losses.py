@@ -3,15 +3,17 @@ with the field's unsupervised fusion objectives on the one-step endpoint."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from kornia.filters import spatial_gradient
 from kornia.metrics import ssim
 
 from ..scheduler import FlowMatchFusionScheduler
 from ..tasks import get_task
+from .fidelity import soft_mef_ssim, soft_mi, soft_qabf, soft_ssim, soft_vif
 
 
 def flow_matching_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
@@ -90,29 +92,6 @@ def _gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
     return _sobel(image)[2]
 
 
-def soft_qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
-    """Qabf (Xydeas and Petrovic 2000) made differentiable, per sample (B,), for (B, 1, H, W) images in [0, 1].
-
-    As :func:`fusionfm.evaluation.metrics.qabf`: per pixel, Q^{SF} = sigmoid(15 (G - 0.5)) sigmoid(22 (A - 0.8)),
-    G the ratio of the smaller to the larger Sobel strength of source S and fused, A = 1 - 2 theta / pi with theta
-    the angle between their edge orientations (in [0, pi/2]; the metric's arctan difference, without its wrap at
-    +-pi/2), averaged with weights g_S over both sources. The benchmark's normalising constants (~0.99) are left out.
-    """
-    # float32 even under bf16 autocast: near-parallel edges need acos's slope just below 1, where bf16 rounds to 1.
-    with torch.autocast(fused.device.type, enabled=False):
-        gx_f, gy_f, g_f = _sobel(fused.float(), 1e-10)
-        total, weight = 0.0, 0.0
-        for source in (image_a, image_b):
-            gx_s, gy_s, g_s = _sobel(source.float(), 1e-10)
-            ratio = torch.minimum(g_s, g_f) / torch.maximum(g_s, g_f)
-            cosine = ((gx_s * gx_f + gy_s * gy_f).abs() / (g_s * g_f)).clamp(0.0, 1.0 - 1e-6)
-            alignment = 1 - torch.acos(cosine) * (2 / math.pi)
-            preserved = torch.sigmoid(15 * (ratio - 0.5)) * torch.sigmoid(22 * (alignment - 0.8))
-            total = total + (preserved * g_s).sum(dim=(1, 2, 3))
-            weight = weight + g_s.sum(dim=(1, 2, 3))
-        return total / weight
-
-
 def intensity_target(image_a: torch.Tensor, image_b: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
     """Per-pixel intensity targets (B, 1, H, W) for sources (B, 1, H, W) and task class ids ``family`` (B,):
     max(a, b) for IVF/MIF, the source closer to 0.5 for MEF, the mean for MFF (whose weight is 0)."""
@@ -137,7 +116,7 @@ def endpoint_terms(endpoint: torch.Tensor, image_a: torch.Tensor, image_b: torch
         similarity = (ssim(endpoint, image_a, 11) + ssim(endpoint, image_b, 11)).mean(dim=(1, 2, 3)) / 2
         computed["structure"] = 1 - similarity
     if "edges" in terms:
-        computed["edges"] = 1 - soft_qabf(endpoint, image_a, image_b)
+        computed["edges"] = 1 - soft_qabf(endpoint, image_a, image_b).sum(dim=1)
     return computed
 
 
@@ -168,3 +147,126 @@ def fusion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], gradient
         weights = endpoint_weights(batch["task_id"], endpoint_weight)
         loss = loss + sum(weights[term] * terms[term] for term in use_terms)
     return loss
+
+
+# ---------------------------------------------------------------------------------------------- fidelity objective
+FIDELITY_METRICS = {"MI": soft_mi, "VIF": soft_vif, "Qabf": soft_qabf, "SSIM": soft_ssim}
+"""The fidelity metrics the objective raises, each through its differentiable counterpart
+(:mod:`fusionfm.training.fidelity`)."""
+
+FIDELITY_OFFSETS = {"MI": 0.05, "VIF": 0.05, "Qabf": 0.02, "SSIM": 1.0, "MEF-SSIM": 0.05}
+"""Added to a metric's share before its log-ratio to the start (:func:`balanced_gain`), so that a share near zero
+(a flat crop has little Qabf or VIF to keep; SSIM lies in [-1, 1]) cannot dominate a batch."""
+
+
+@dataclass(frozen=True)
+class FidelityObjective:
+    """Weights of the fidelity objective (:func:`fidelity_loss`).
+
+    Args:
+        metrics: metric name (of :data:`FIDELITY_METRICS`) -> weight of its :func:`balanced_gain` from the start.
+        mef_ssim: weight of MEF-SSIM's gain against the pair, for exposure pairs (MEF).
+        truth: weight of the gain in closeness to the truth (mean absolute error), for pairs that have one (the
+            synthetic MEF and MFF pairs).
+        range_weight: weight of the fused values' excess beyond both sources' range (grey levels past
+            ``range_margin``), averaged over the pixels.
+        range_margin: grey levels (0-255) beyond both sources that cost nothing (the pyramid's own ringing).
+        white_weight: weight of the shortfall (grey levels) below a source that is clipped white (>= 250) in a
+            compact region (:func:`light_sources`): a headlight, a lamp or the sun stays white.
+        loss_weight: weight of each metric's loss below the start (its negative gain), on top of its weight in
+            ``metrics``: the objective then trades no metric away for another.
+    """
+
+    metrics: dict[str, float] = field(default_factory=lambda: {"MI": 1.0, "VIF": 1.0, "Qabf": 1.0, "SSIM": 1.0})
+    mef_ssim: float = 0.0
+    truth: float = 0.0
+    range_weight: float = 0.1
+    range_margin: float = 4.0
+    white_weight: float = 0.1
+    loss_weight: float = 0.0
+
+
+def balanced_gain(value: torch.Tensor, start: torch.Tensor, offset: float) -> torch.Tensor:
+    """Sum over the last dimension (the sources) of log((value + offset) / (start + offset)): (B,).
+
+    A fusion that copies one source raises that source's share and loses the other's; the logarithm makes the
+    loss cost more than the gain, so the objective keeps both sources (a sum of shares, as the metrics take it,
+    rewards such copies)."""
+    return (torch.log(value + offset) - torch.log(start + offset)).reshape(len(value), -1).sum(dim=1)
+
+
+LIGHT_LEVEL = 250 / 255
+"""A source at or above this level is clipped white."""
+
+LIGHT_RADIUS = 8
+"""Clipped regions that a disk of this radius (pixels) fits into are over-exposed areas (a white sky), not light
+sources: :func:`light_sources` leaves them out."""
+
+
+def light_sources(image: torch.Tensor, radius: int = LIGHT_RADIUS) -> torch.Tensor:
+    """(B, 1, H, W) mask (float, 0 or 1) of the compact clipped-white regions of ``image`` in [0, 1]: headlights,
+    lamps, the sun; the clipped pixels minus the morphological opening (a square of side 2 radius + 1) of the
+    clipped set, which keeps what is wider than that, such as an over-exposed sky."""
+    clipped = (image >= LIGHT_LEVEL).float()
+    size = 2 * radius + 1
+    eroded = -F.max_pool2d(-clipped, size, stride=1, padding=radius)
+    opened = F.max_pool2d(eroded, size, stride=1, padding=radius)
+    return clipped * (1 - opened)
+
+
+def fidelity_terms(fused: torch.Tensor, start: torch.Tensor, batch: dict[str, torch.Tensor],
+                   objective: FidelityObjective) -> dict[str, torch.Tensor]:
+    """The objective's terms, each per sample (B,), for a fused endpoint and the start's fusion (B, 1, H, W) of a
+    batch (``image_a``, ``image_b``, ``task_id``, and ``target``/``has_target`` where the truth is known). Metric
+    terms are :func:`balanced_gain` from the start, per source (positive: better; the truth term compares the mean
+    absolute errors); ``range`` and ``white`` are costs in grey levels."""
+    image_a, image_b = batch["image_a"].float(), batch["image_b"].float()
+    terms = {}
+    for name, weight in objective.metrics.items():
+        if weight:
+            metric = FIDELITY_METRICS[name]
+            with torch.no_grad():
+                at_start = metric(start, image_a, image_b)
+            terms[name] = balanced_gain(metric(fused, image_a, image_b), at_start, FIDELITY_OFFSETS[name])
+    exposure = batch["task_id"] == get_task("MEF").class_id
+    if objective.mef_ssim and bool(exposure.any()):
+        frames = torch.cat([image_a, image_b], dim=1)
+        value = soft_mef_ssim(fused, frames)
+        with torch.no_grad():
+            at_start = soft_mef_ssim(start, frames)
+        terms["MEF-SSIM"] = balanced_gain(value, at_start, FIDELITY_OFFSETS["MEF-SSIM"]) * exposure.float()
+    has_target = batch.get("has_target")
+    if objective.truth and has_target is not None and bool(has_target.any()):
+        target = batch["target"].float()
+        error = (fused - target).abs().mean(dim=(1, 2, 3))
+        at_start = (start - target).abs().mean(dim=(1, 2, 3))
+        terms["truth"] = balanced_gain(-error, -at_start, 1 + 1 / 255) * has_target.float()
+    lowest, highest = torch.minimum(image_a, image_b), torch.maximum(image_a, image_b)
+    margin = objective.range_margin / 255
+    excess = F.relu(fused - highest - margin) + F.relu(lowest - margin - fused)
+    terms["range"] = 255 * excess.mean(dim=(1, 2, 3))
+    lights = light_sources(highest)
+    terms["white"] = 255 * (lights * F.relu(highest - 3 / 255 - fused)).mean(dim=(1, 2, 3))
+    return terms
+
+
+def fidelity_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                  objective: FidelityObjective = FidelityObjective()) -> torch.Tensor:
+    """Per-sample loss (B,) of the one-step fusion of a batch against its start: minus the weighted balanced gains
+    of the fidelity metrics (and of MEF-SSIM and the truth where they apply), plus the range and white costs.
+
+    The endpoint is one Euler step from the coupling point ``x0`` at t = 0, the step inference takes; the start is
+    the model's untrained fusion (:meth:`fusionfm.unet.FusionUNet.start_fusion`). ``batch`` as the
+    :class:`~fusionfm.training.sampler.BatchSampler` draws it.
+    """
+    unet = getattr(model, "module", model)
+    x0, image_a, image_b, task_id = batch["x0"], batch["image_a"], batch["image_b"], batch["task_id"]
+    zeros = torch.zeros(len(x0), device=x0.device)
+    velocity = model(x0, image_a, image_b, zeros, task_id, **_variant_kwargs(batch)).float()
+    fused = x0.float() + velocity
+    start = unet.start_fusion(image_a, image_b, task_id, batch.get("gain_shifts"))
+    terms = fidelity_terms(fused, start, batch, objective)
+    gain = sum(weight * terms[name] - objective.loss_weight * F.relu(-terms[name])
+               for name, weight in objective.metrics.items() if name in terms)
+    gain = gain + objective.mef_ssim * terms.get("MEF-SSIM", 0.0) + objective.truth * terms.get("truth", 0.0)
+    return -gain + objective.range_weight * terms["range"] + objective.white_weight * terms["white"]

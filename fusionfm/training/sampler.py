@@ -50,6 +50,7 @@ class BatchSampler:
                  for task, index in picks]
         batch = {key: torch.stack([crop[key] for crop in crops]) for key in ("image_a", "image_b", "target")}
         batch["task_id"] = torch.tensor([crop["task_id"] for crop in crops], dtype=torch.long)
+        batch["has_target"] = torch.tensor([bool(crop.get("has_target", True)) for crop in crops])
         gain_shifts = self.gain_shifts_for([crop["task"] for crop in crops]) if self.gain_shifts_for else None
         if gain_shifts is not None:
             batch["gain_shifts"] = gain_shifts.cpu()
