@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +93,70 @@ def api_cases(files: dict[str, Path]) -> list[tuple[str, dict]]:
             cases.append((f"{option}={value!r}", {"a": ir, "b": vi, option: value}))
     cases += [("compute_dtype='fp16' on CPU", {"a": ir, "b": vi, "compute_dtype": "fp16"}),
               ("output_type='jpg'", {"a": ir, "b": vi, "output_type": "jpg"})]
+    for value in (1, 31):
+        cases.append((f"processing_resolution={value} (below the network's minimum)",
+                      {"a": ir, "b": vi, "processing_resolution": value}))
+    for name, integer in (("np.int64", np.int64), ("torch.tensor", torch.tensor)):
+        cases.append((f"{name} steps and resolution", {"a": ir, "b": vi, "num_inference_steps": integer(1),
+                                                       "processing_resolution": integer(256)}))
+    cases += [(f"task={name!r}", {"a": ir, "b": vi, "task": name}) for name in ("ivf", " IVF ", "MIF")]
+    cases += [("natural_exposure=True for IVF", {"a": ir, "b": vi, "natural_exposure": True}),
+              ("processing above the pixel cap", {"a": ir, "b": vi, "processing_resolution": 20000})]
     return cases
+
+
+def special_cases(files: dict[str, Path]) -> list[tuple[str, Callable[[FusionFMPipeline], object]]]:
+    """Cases that are not one call with keyword arguments: (case, function of the pipeline)."""
+    ir, vi = PIL.Image.open(EXAMPLE / "TNO_07_ir.png"), PIL.Image.open(EXAMPLE / "TNO_07_vi.png")
+    closed = PIL.Image.open(EXAMPLE / "TNO_07_ir.png")
+    closed.close()
+    folder = files["zero-byte.png"].parent
+    loop = folder / "loop_a.png"
+    loop.symlink_to(folder / "loop_b.png")
+    (folder / "loop_b.png").symlink_to(loop)
+
+    def half_precision(compute_dtype: str | None) -> Callable[[FusionFMPipeline], object]:
+        def call(pipe: FusionFMPipeline) -> object:
+            pipe.to(torch.float16)
+            try:
+                return pipe(ir, vi, task="IVF", compute_dtype=compute_dtype, output_type="pt")
+            finally:
+                pipe.to(torch.float32)
+        return call
+
+    cases: list[tuple[str, Callable[[FusionFMPipeline], object]]] = [
+        (f"float16 weights, compute_dtype={dtype!r}", half_precision(dtype)) for dtype in (None, "fp32", "bf16")]
+    cases += [("a closed PIL image", lambda pipe: pipe(closed, vi, task="IVF", output_type="pt")),
+              ("load_image(a folder)", lambda pipe: load_image(folder)),
+              ("load_image(a symbolic link loop)", lambda pipe: load_image(loop))]
+    return cases
+
+
+def folder_cases(model: str | None, root: Path) -> int:
+    """The folder CLI on a folder with a good pair and entries it cannot fuse; returns the number of failures (an
+    entry left out without being reported, or exit status 0)."""
+    shoot = root / "shoot"
+    shoot.mkdir()
+    for name in ("TNO_07_ir.png", "TNO_07_vi.png"):
+        (shoot / name).write_bytes((EXAMPLE / name).read_bytes())
+    odd = {"190008_ir.jpg": "a folder named like an image file", "loop_ir.png": "a symbolic link loop",
+           "lonely_vi.png": "no partner lonely_ir.*"}
+    (shoot / "190008_ir.jpg").mkdir()
+    (shoot / "loop_ir.png").symlink_to(shoot / "loop_ir.png")
+    (shoot / "lonely_vi.png").write_bytes((EXAMPLE / "TNO_07_vi.png").read_bytes())
+    command = [sys.executable, "-m", "fusionfm.fuse", "--task", "IVF", "--input", str(shoot), "--out",
+               str(root / "fused"), "--no-progress", "--threads", "1", *(["--model", model] if model else [])]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    failures = 0
+    for entry, reason in odd.items():
+        reported = f"{shoot / entry}: {reason}" in result.stderr
+        failures += not reported
+        print(f"| CLI | {entry} | {'reported: ' + reason if reported else 'FAIL: not reported'} | "
+              f"{time.perf_counter() - started:.2f} |")
+    failures += result.returncode == 0
+    print(f"| CLI | exit status | {result.returncode}{' (FAIL: 0)' if result.returncode == 0 else ''} | |")
+    return failures
 
 
 def run_api_case(pipe: FusionFMPipeline, case: dict) -> str:
@@ -134,6 +199,19 @@ def main() -> None:
             failures += outcome.startswith("FAIL")
             print(f"| API | {name} | {outcome[:160].replace('|', '/')} | {time.perf_counter() - started:.2f} |",
                   flush=True)
+        for name, call in special_cases(files):
+            started = time.perf_counter()
+            try:
+                call(pipe)
+                outcome = "FAIL: accepted"
+            except (ValueError, TypeError, FileNotFoundError) as error:
+                outcome = f"{type(error).__name__}: {error}"
+            except Exception as error:
+                outcome = f"FAIL {type(error).__name__}: {error}"
+            failures += outcome.startswith("FAIL")
+            print(f"| API | {name} | {outcome[:160].replace('|', '/')} | {time.perf_counter() - started:.2f} |",
+                  flush=True)
+        failures += folder_cases(args.model, Path(folder))
         if not args.no_app:
             failures += app_battery(args.model, files)
     print(f"\n{failures} failures")
@@ -152,14 +230,17 @@ def app_battery(model: str | None, files: dict[str, Path]) -> int:
     cases = [(f"upload {name}", ("IVF", str(path), vi, 1, 0, True)) for name, path in files.items()]
     cases += [(f"steps={value!r}", ("IVF", ir, vi, value, 0, False)) for value in (None, "abc", 0, 9, 1.5)]
     cases += [(f"resolution={value!r}", ("IVF", ir, vi, 1, value, False)) for value in (None, -5, 10**6)]
-    cases += [(f"task={value!r}", (value, ir, vi, 1, 0, False)) for value in (None, "Panorama")]
+    cases += [(f"task={value!r}", (value, ir, vi, 1, 0, False)) for value in (None, "Panorama", "ivf", " IVF ",
+                                                                               "MIF")]
+    cases += [("resolution=1 (below the network's minimum)", ("IVF", ir, vi, 1, 1, False)),
+              ("natural_exposure=True for IVF", ("IVF", ir, vi, 1, 0, False, False, True))]
     with serve_app() as url:
         client = Client(url, verbose=False)
-        for name, (task, path_a, path_b, steps, resolution, resize) in cases:
+        for name, (task, path_a, path_b, *settings) in cases:
             started = time.perf_counter()
             try:
-                _, _, _, timing, _ = client.predict(task, handle_file(path_a), handle_file(path_b), steps,
-                                                  resolution, resize, api_name="/fuse")
+                _, _, _, timing, _ = client.predict(task, handle_file(path_a), handle_file(path_b), *settings,
+                                                  api_name="/fuse")
                 outcome = "ok" + (" (" + timing.split("Note: ", 1)[1][:90] + ")" if "Note: " in timing else "")
             except Exception as error:
                 message = str(error)

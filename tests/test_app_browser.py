@@ -64,3 +64,36 @@ def test_an_error_stays_readable_on_the_page(tmp_path):
         page.wait_for_timeout(25_000)  # past the old toast's lifetime
         playwright.expect(message.first).to_be_visible()
         browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Chromium: apt-get install -y chromium")
+def test_frames_go_through_the_one_fuse_button_and_errors_leave_the_intro_readable(tmp_path):
+    """Frames uploaded under 'Exposure bracket or focus stack' are what Fuse fuses; a file that is not an image is
+    cleared as it arrives, with a message; error messages sit at the bottom right, not over the introduction."""
+    from conftest import DATA
+
+    frames = []
+    for index, path in enumerate(sorted((DATA / "MEF" / "Waterloo" / "sequences" / "Candle").glob("*.png"))[:3]):
+        frames.append(tmp_path / f"frame_{index}.png")
+        PIL.Image.open(path).reduce(4).save(frames[-1])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with serve_app() as url, playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(url)
+        page.get_by_role("radio", name="Multi-exposure (MEF)").check()
+        page.locator("#image-a input[type=file]").set_input_files(str(text))
+        warning = page.get_by_text("could not be read")
+        playwright.expect(warning.first).to_be_visible(timeout=30_000)
+        playwright.expect(page.locator("#image-a img")).to_have_count(0)  # the upload was cleared
+        intro = page.get_by_text("one-step image fusion").bounding_box()
+        toast = warning.first.bounding_box()
+        assert toast["y"] > intro["y"] + intro["height"], "the message covers the introduction"
+        page.get_by_role("button", name="Exposure bracket or focus stack").click()
+        page.locator("#frames input[type=file]").set_input_files([str(path) for path in frames])
+        playwright.expect(page.locator("#frames")).to_contain_text("frame_2 .png", timeout=30_000)
+        page.locator("#fuse").click()
+        playwright.expect(page.locator("#timing")).to_contain_text("Fused 3 frames at", timeout=120_000)
+        playwright.expect(page.locator("#fused img")).to_have_count(1)
+        browser.close()
