@@ -15,9 +15,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import PIL.Image
-import torch
-
-from .image_processor import to_pil
 
 
 def _temporary(path: Path) -> Path:
@@ -60,11 +57,11 @@ def write_csv_atomic(
     return path
 
 
-def save_png_atomic(image: PIL.Image.Image | torch.Tensor, path: str | os.PathLike) -> Path:
-    """Save a PIL image, or a (C, H, W) tensor in [0, 1] as 8-bit L (C = 1) or RGB (C = 3), as PNG."""
+def save_png_atomic(image: PIL.Image.Image, path: str | os.PathLike) -> Path:
+    """Save a PIL image as PNG (``fusionfm.image_processor.to_pil`` converts a tensor)."""
     path = Path(path)
     temporary = _temporary(path)
-    (to_pil(image) if isinstance(image, torch.Tensor) else image).save(temporary, format="PNG")
+    image.save(temporary, format="PNG")
     os.replace(temporary, path)
     return path
 

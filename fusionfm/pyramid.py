@@ -1,6 +1,6 @@
 """Gaussian and Laplacian pyramids of (B, C, H, W) images (Burt-Adelson, 5x5 Gaussian, sigma 1).
 
-Shared by the pyramid prior (:mod:`fusionfm.labels.priors`) and the U-Net's pyramid output head
+Shared by the pyramid prior (:mod:`fusionfm.priors`) and the U-Net's pyramid output head
 (:mod:`fusionfm.unet`). :func:`collapse` inverts :func:`laplacian_pyramid` exactly (up to float rounding) for
 any size: each level is half the previous one, rounded up.
 """

@@ -6,7 +6,7 @@ import torch
 
 from fusionfm.evaluation.artifacts import border_band, nyquist_energy, nyquist_ratio
 from fusionfm.evaluation.baseline import average_255
-from fusionfm.evaluation.metrics import to_gray_255
+from fusionfm.metrics.fusion import to_gray_255
 
 
 def _sources(real_pair):

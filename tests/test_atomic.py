@@ -17,6 +17,7 @@ from fusionfm.atomic import (
     write_csv_atomic,
     write_text_atomic,
 )
+from fusionfm.image_processor import to_pil
 
 
 def test_text_csv_and_png_are_written_without_leftovers(tmp_path):
@@ -24,7 +25,7 @@ def test_text_csv_and_png_are_written_without_leftovers(tmp_path):
     write_csv_atomic(tmp_path / "rows.csv", [{"x": 1, "y": 2, "ignored": 3}], ["x", "y"])
     write_csv_atomic(tmp_path / "plain.csv", [["h1", "h2"], [1, 2]])
     image = torch.linspace(0, 1, 12).reshape(1, 3, 4)
-    save_png_atomic(image, tmp_path / "gray.png")
+    save_png_atomic(to_pil(image), tmp_path / "gray.png")
     assert (tmp_path / "a" / "note.txt").read_text() == "hello"
     assert list(csv.DictReader((tmp_path / "rows.csv").open())) == [{"x": "1", "y": "2"}]
     assert list(csv.reader((tmp_path / "plain.csv").open())) == [["h1", "h2"], ["1", "2"]]

@@ -17,14 +17,14 @@ from conftest import DATA, REPO_ROOT, fusion_choice
 from fusionfm import UNET_PRESETS, FusionFMPipeline, get_task, load_image
 from fusionfm.color import luminance
 from fusionfm.evaluation.artifacts import border_band, nyquist_ratio
-from fusionfm.evaluation.mef_ssim import mef_ssim
-from fusionfm.evaluation.metrics import qabf, spatial_frequency, to_gray_255
 from fusionfm.evaluation.reference import psnr_to_truth
 from fusionfm.hub import BUNDLED_MODEL_DIR
 from fusionfm.image_processor import FusionImageProcessor
-from fusionfm.labels.priors import priors_for, run_prior
-from fusionfm.labels.synthetic import SyntheticPairs
+from fusionfm.metrics.fusion import qabf, spatial_frequency, to_gray_255
+from fusionfm.metrics.mef_ssim import mef_ssim
+from fusionfm.priors import priors_for, run_prior
 from fusionfm.pyramid import activity_fusion
+from fusionfm.synthetic import SyntheticPairs
 from fusionfm.unet import start_prior
 
 EXAMPLES = REPO_ROOT / "examples"

@@ -11,14 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import DATA, REPO_ROOT, free_port, kill_process_tree, make_pipeline
 
 from fusionfm.evaluate import main
-from fusionfm.evaluation.metrics import spatial_frequency, to_gray_255
-from fusionfm.evaluation.quality import quality_score
 from fusionfm.evaluation.ranking import RANKED_METRICS, _ranks, rank_methods
 from fusionfm.image_processor import FusionImageProcessor
+from fusionfm.metrics.fusion import spatial_frequency, to_gray_255
 
 STEMS = ("carLight", "carShadow")
 
@@ -104,17 +102,6 @@ def test_rank_methods_uses_only_the_pairs_every_method_has():
     two = dict.fromkeys(RANKED_METRICS, 2.0)
     rows = rank_methods({"good": {"x": two, "y": two}, "poor": {"x": one}})
     assert [(row["method"], row["pairs"], row["mean_rank"]) for row in rows] == [("good", 1, 1.0), ("poor", 1, 2.0)]
-
-
-def test_quality_score_is_one_for_the_plain_average_and_lower_for_a_blank():
-    processor = FusionImageProcessor()
-    ir = processor.load(next((DATA / "IVF/VIFB/test/ir").glob("carLight.*")))[None]
-    vi = processor.load(next((DATA / "IVF/VIFB/test/vi").glob("carLight.*")))[None]
-    gray_a, gray_b = to_gray_255(ir), to_gray_255(vi)
-    y_a, y_b = gray_a / 255, gray_b / 255
-    average = ((gray_a + gray_b) / 2).round() / 255
-    assert float(quality_score(average, y_a, y_b)[0]) == pytest.approx(1.0)
-    assert float(quality_score(torch.full_like(y_a, 0.5), y_a, y_b)[0]) < 0.5
 
 
 def _accelerate(processes: int) -> list[str]:

@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import DATA, REPO_ROOT, free_port, kill_process_tree, make_pipeline
 
-from fusionfm.evaluation.metrics import spatial_frequency
 from fusionfm.fuse import find_jobs, main, plan_folder
+from fusionfm.metrics.fusion import spatial_frequency
 from fusionfm.tasks import get_task
 
 

@@ -1,4 +1,4 @@
-"""fusionfm.evaluation.mef_ssim: the golden values, an independent computation, and a sanity ranking."""
+"""fusionfm.metrics.mef_ssim: the golden values, an independent computation, and a sanity ranking."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import DATA, SHARED
 from scipy.signal import correlate2d
 
 from fusionfm import FusionImageProcessor, load_image
-from fusionfm.evaluation.mef_ssim import mef_ssim
+from fusionfm.metrics.mef_ssim import mef_ssim
 
 WATERLOO = DATA / "MEF" / "Waterloo"
 ROWS = list(csv.DictReader((SHARED / "golden" / "mef_ssim_reference.csv").open(newline="")))

@@ -1,4 +1,4 @@
-"""fusionfm.evaluation.metrics reproduces the field's evaluator on the golden triples, and batches correctly."""
+"""fusionfm.metrics.fusion reproduces the field's evaluator on the golden triples, and batches correctly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import SHARED
 
-from fusionfm.evaluation.metrics import METRIC_NAMES, fusion_metrics, to_gray_255
+from fusionfm.metrics.fusion import METRIC_NAMES, fusion_metrics, to_gray_255
 
 GOLDEN = SHARED / "golden"
 ROWS = list(csv.DictReader((GOLDEN / "metrics_reference.csv").open(newline="")))
@@ -30,7 +30,7 @@ def test_golden_values(row):
 
 def test_golden_ssim_with_the_8_bit_range():
     row = ROWS[0]
-    from fusionfm.evaluation.metrics import ssim
+    from fusionfm.metrics.fusion import ssim
 
     value = ssim(_gray(row["image_f"]), _gray(row["image_a"]), _gray(row["image_b"]), data_range=255)
     assert value.item() == pytest.approx(float(row["SSIM_255"]), rel=1e-4)
@@ -86,7 +86,7 @@ def test_ssim_equals_scikit_image(real_pair, data_range):
     """scikit-image's structural_similarity is the reference implementation our SSIM follows."""
     from skimage.metrics import structural_similarity
 
-    from fusionfm.evaluation.metrics import ssim
+    from fusionfm.metrics.fusion import ssim
 
     ir, vi = real_pair("IVF")
     a, b = to_gray_255(ir), to_gray_255(vi)

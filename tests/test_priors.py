@@ -7,7 +7,7 @@ import torch
 from conftest import DATA
 
 from fusionfm import FusionImageProcessor
-from fusionfm.labels.priors import PRIORS, ExternalPriors, collapse, laplacian_pyramid, priors_for, run_prior
+from fusionfm.priors import PRIORS, ExternalPriors, collapse, laplacian_pyramid, priors_for, run_prior
 
 PROCESSOR = FusionImageProcessor()
 

@@ -23,9 +23,9 @@ from fusionfm import FusionImageProcessor
 from fusionfm.color import luminance
 from fusionfm.datasets import find_pairs
 from fusionfm.labels.builder import CSV_COLUMNS, score_refinement
-from fusionfm.labels.priors import priors_for, run_prior
 from fusionfm.labels.refiner import RefinerConfig, refine_image, train_decomposer
 from fusionfm.labels.selection import select
+from fusionfm.priors import priors_for, run_prior
 from fusionfm.pseudolabel import main
 from fusionfm.tasks import get_task
 

@@ -19,8 +19,8 @@ from fusionfm import (
     build_unet,
 )
 from fusionfm.color import luminance
-from fusionfm.evaluation.metrics import fusion_metrics, to_gray_255
-from fusionfm.labels.priors import laplacian_pyramid_fusion
+from fusionfm.metrics.fusion import fusion_metrics, to_gray_255
+from fusionfm.priors import laplacian_pyramid_fusion
 from fusionfm.pyramid import (
     CONSISTENT_SIGMA,
     activity_fusion,

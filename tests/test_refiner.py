@@ -10,7 +10,6 @@ from kornia.filters import gaussian_blur2d
 
 from fusionfm import FusionImageProcessor
 from fusionfm.color import luminance
-from fusionfm.evaluation.metrics import qabf, to_gray_255
 from fusionfm.labels.refiner import (
     RefinerConfig,
     load_decomposer,
@@ -19,7 +18,8 @@ from fusionfm.labels.refiner import (
     save_decomposer,
     train_decomposer,
 )
-from fusionfm.labels.synthetic import SyntheticPairs
+from fusionfm.metrics.fusion import qabf, to_gray_255
+from fusionfm.synthetic import SyntheticPairs
 
 pytestmark = pytest.mark.slow  # trains the decomposition network on a real pair
 

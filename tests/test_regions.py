@@ -7,9 +7,9 @@ from conftest import DATA
 from kornia.filters import gaussian_blur2d
 
 from fusionfm.evaluation.reference import psnr_to_truth
-from fusionfm.labels.priors import priors_for, run_prior
 from fusionfm.labels.regions import local_weights, region_select
-from fusionfm.labels.synthetic import SyntheticPairs
+from fusionfm.priors import priors_for, run_prior
+from fusionfm.synthetic import SyntheticPairs
 
 
 def _half_focused_pair():

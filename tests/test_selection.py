@@ -7,9 +7,9 @@ import torch
 from conftest import DATA
 from kornia.filters import gaussian_blur2d
 
-from fusionfm.labels.priors import priors_for, run_prior
 from fusionfm.labels.selection import SELECTION_WEIGHTS, select, weighted_scores
-from fusionfm.labels.synthetic import SyntheticPairs
+from fusionfm.priors import priors_for, run_prior
+from fusionfm.synthetic import SyntheticPairs
 
 
 def test_weight_rows_sum_to_one():

@@ -7,7 +7,7 @@ import torch
 from conftest import DATA
 from kornia.filters import laplacian
 
-from fusionfm.labels.synthetic import (
+from fusionfm.synthetic import (
     SyntheticPairs,
     focus_mask,
     pair_generator,

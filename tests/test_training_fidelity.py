@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fusionfm import build_unet
-from fusionfm.evaluation.mef_ssim import mef_ssim
-from fusionfm.evaluation.metrics import mutual_information, qabf, ssim, to_gray_255, vif
-from fusionfm.labels.priors import run_prior
+from fusionfm.metrics.fusion import mutual_information, qabf, ssim, to_gray_255, vif
+from fusionfm.metrics.mef_ssim import mef_ssim
+from fusionfm.priors import run_prior
 from fusionfm.tasks import get_task
 from fusionfm.training.fidelity import soft_mef_ssim, soft_mi, soft_qabf, soft_ssim, soft_vif
 from fusionfm.training.losses import (
@@ -148,7 +148,7 @@ def test_the_untrained_model_is_its_start(ivf_batch):
     short = light_sources(torch.maximum(a, b)) * (torch.maximum(a, b) - 3 / 255 - start).clamp_min(0)
     torch.testing.assert_close(terms["range"], 255 * excess.mean().reshape(1))
     torch.testing.assert_close(terms["white"], 255 * short.mean().reshape(1))
-    loss = fidelity_loss(model, ivf_batch, objective)
+    loss = fidelity_loss(model, ivf_batch, {"IVF": objective})
     # (the model's one step reproduces the start up to float rounding: its metric gains are 0 within 1e-5)
     torch.testing.assert_close(loss, 0.1 * terms["range"] + 0.1 * terms["white"], atol=1e-4, rtol=0)
 

@@ -7,8 +7,8 @@ import torch
 
 from fusionfm import FusionImageProcessor, build_unet
 from fusionfm.color import luminance
-from fusionfm.evaluation.metrics import qabf, to_gray_255
-from fusionfm.labels.priors import run_prior
+from fusionfm.metrics.fusion import qabf, to_gray_255
+from fusionfm.priors import run_prior
 from fusionfm.pyramid import activity_fusion
 from fusionfm.scheduler import FlowMatchFusionScheduler
 from fusionfm.tasks import get_task

@@ -17,7 +17,7 @@ from fusionfm.evaluation.validation import (
     validation_keys,
     validation_pairs,
 )
-from fusionfm.labels.priors import run_prior
+from fusionfm.priors import run_prior
 from fusionfm.tasks import get_task
 from fusionfm.training.datasets import LabelledPairs
 

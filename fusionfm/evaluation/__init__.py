@@ -1,2 +1,2 @@
-"""Evaluation: the fusion metrics, the plain-average baseline, quality scores and the ranking among methods
-(CLI: ``python -m fusionfm.evaluate``)."""
+"""Evaluation: the plain-average baseline, the validation split and its benchmark-aligned score, the ranking among
+methods (CLI: ``python -m fusionfm.evaluate``). The metrics are :mod:`fusionfm.metrics`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import to_gray_255
+from ..metrics.fusion import to_gray_255
 
 
 def average_255(gray_a: torch.Tensor, gray_b: torch.Tensor) -> torch.Tensor:

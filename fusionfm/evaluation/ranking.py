@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from ..atomic import save_png_atomic, write_csv_atomic, write_text_atomic
 from ..datasets import PairRecord, load_pair
 from ..distributed import process_state
-from ..image_processor import FusionImageProcessor
-from ..labels.priors import ExternalPriors, priors_for, run_prior
-from .metrics import fusion_metrics, to_gray_255
+from ..image_processor import FusionImageProcessor, to_pil
+from ..metrics.fusion import fusion_metrics, to_gray_255
+from ..priors import ExternalPriors, priors_for, run_prior
 
 RANKED_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
@@ -98,7 +98,7 @@ def _pair_results(pair: PairRecord, out_dir: Path, method_name: str, pipeline, f
         fused = pipeline(image_a, image_b, task=pair.task, num_inference_steps=num_inference_steps,
                          output_type="pt", show_progress_bar=False, **call_options).images[0]
         seconds = time.perf_counter() - started
-        save_png_atomic(fused, out_dir / "fused" / f"{pair.stem}.png")
+        save_png_atomic(to_pil(fused), out_dir / "fused" / f"{pair.stem}.png")
         ours = fused[None]
     else:
         matches = sorted(fused_dir.glob(f"{pair.stem}.*"))

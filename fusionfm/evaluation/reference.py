@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import ssim, to_gray_255
+from ..metrics.fusion import ssim, to_gray_255
 
 
 def psnr_to_truth(image: torch.Tensor, truth: torch.Tensor) -> float:

@@ -21,10 +21,10 @@ import torch
 
 from ..color import luminance
 from ..image_processor import FusionImageProcessor
-from ..labels.priors import priors_for, run_prior
-from ..labels.synthetic import SyntheticPairs
+from ..metrics.fusion import to_gray_255
+from ..priors import priors_for, run_prior
+from ..synthetic import SyntheticPairs
 from ..tasks import FusionTask, get_task
-from .metrics import to_gray_255
 from .ranking import RANKED_METRICS, ranked_metrics
 
 SPLIT_FILE = Path(__file__).with_name("validation_split.csv")

@@ -29,13 +29,14 @@ from ..atomic import save_png_atomic, write_csv_atomic
 from ..color import luminance
 from ..datasets import PairRecord, find_pairs, load_pair
 from ..distributed import process_state
-from ..evaluation.metrics import METRIC_NAMES
+from ..image_processor import to_pil
+from ..metrics.fusion import METRIC_NAMES
+from ..priors import ExternalPriors, priors_for, run_prior
+from ..synthetic import SyntheticPairs
 from ..tasks import FusionTask, get_task
-from .priors import ExternalPriors, priors_for, run_prior
 from .refiner import DecompositionNet, RefinerConfig, load_decomposer, refine_image, save_decomposer, train_decomposer
 from .regions import region_select
 from .selection import SELECTION_WEIGHTS, Selection, candidate_metrics, select, weighted_scores
-from .synthetic import SyntheticPairs
 
 CSV_COLUMNS = ["task", "dataset", "split", "stem", "candidate", "origin", "selected", "score", *METRIC_NAMES,
                "refined", "score_before", "score_after"]
@@ -166,9 +167,9 @@ def load_sources(job: LabelJob, store: LabelStore | None = None) -> tuple[torch.
     pair = dataset[index]
     if store is not None:
         folder = store.out_dir / job.dataset
-        save_png_atomic(pair.image_a, folder / "sources" / job.task.modality_a / f"{job.stem}.png")
-        save_png_atomic(pair.image_b, folder / "sources" / job.task.modality_b / f"{job.stem}.png")
-        save_png_atomic(pair.ground_truth, folder / "truth" / f"{job.stem}.png")
+        save_png_atomic(to_pil(pair.image_a), folder / "sources" / job.task.modality_a / f"{job.stem}.png")
+        save_png_atomic(to_pil(pair.image_b), folder / "sources" / job.task.modality_b / f"{job.stem}.png")
+        save_png_atomic(to_pil(pair.ground_truth), folder / "truth" / f"{job.stem}.png")
     return pair.image_a[None], pair.image_b[None]
 
 
@@ -186,7 +187,7 @@ def label_pair(job: LabelJob, store: LabelStore, refiner: DecompositionNet | Non
         before, after = score_refinement(label, candidate, image_a, image_b, job.task, selection)
         if after >= before:
             label, refined = candidate, True
-    save_png_atomic(label[0], store.label_path(job))
+    save_png_atomic(to_pil(label[0]), store.label_path(job))
     rows = []
     for name, (origin, _) in candidates.items():
         chosen = name == selection.best

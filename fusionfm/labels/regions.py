@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from kornia.metrics import ssim
 
 from ..color import luminance, recombine
-from ..evaluation.metrics import qabf_maps, to_gray_255
+from ..metrics.fusion import qabf_maps, to_gray_255
 from ..pyramid import collapse, gaussian_pyramid, laplacian_pyramid, pyramid_levels
 from ..tasks import FusionTask, get_task
 from .selection import SELECTION_WEIGHTS

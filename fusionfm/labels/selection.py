@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..evaluation.metrics import HIGHER_IS_BETTER, METRIC_NAMES, fusion_metrics, to_gray_255
+from ..metrics.fusion import HIGHER_IS_BETTER, METRIC_NAMES, fusion_metrics, to_gray_255
 from ..tasks import FusionTask, get_task
 
 SELECTION_WEIGHTS: dict[str, dict[str, float]] = {

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from ..atomic import save_png_atomic
 from ..color import luminance
 from ..datasets import PairRecord, find_pairs, task_matches
-from ..image_processor import FusionImageProcessor
-from ..labels.synthetic import SYNTHESIZERS, SyntheticPairs
+from ..image_processor import FusionImageProcessor, to_pil
+from ..synthetic import SYNTHESIZERS, SyntheticPairs
 from ..tasks import FusionTask, get_task
 
 
@@ -131,7 +131,7 @@ class SourcePairs(torch.utils.data.Dataset):
     """Unlabelled training pairs of one task family, as 8-bit luminance, for the fidelity objectives.
 
     The real pairs of ``data_root``'s train split (none for MEF and MFF, whose real sets are test sets) and, for MEF
-    and MFF, synthetic pairs of the natural training photographs (:mod:`fusionfm.labels.synthetic`) with the
+    and MFF, synthetic pairs of the natural training photographs (:mod:`fusionfm.synthetic`) with the
     photograph as their truth.
 
     Args:
@@ -234,7 +234,7 @@ def relabel_folder(labels_dir: str | Path, out_dir: str | Path, data_root: str |
             continue
         label = new_label(pair)
         if label is not None:
-            save_png_atomic(label, target)
+            save_png_atomic(to_pil(label), target)
             replaced += 1
         else:
             target.parent.mkdir(parents=True, exist_ok=True)

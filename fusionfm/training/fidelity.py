@@ -2,7 +2,7 @@
 
 Each function takes (B, 1, H, W) luminances in [0, 1] (``fused`` differentiable, the sources fixed) and returns the
 float32 score per sample and source, (B, 2) (the share of A, the share of B), whose sum over the sources follows the
-metric of :mod:`fusionfm.evaluation.metrics` of the same name:
+metric of :mod:`fusionfm.metrics.fusion` of the same name:
 
 - :func:`soft_ssim`: SSIM(F, A) + SSIM(F, B) with the metric's 7x7 box windows, sample covariance and constants
   (``data_range=2`` on the 0-255 scale); equal to it up to float32 rounding;
@@ -13,7 +13,7 @@ metric of :mod:`fusionfm.evaluation.metrics` of the same name:
 - :func:`soft_mi`: MI(F, A) + MI(F, B) from joint histograms with ``bins`` bins whose counts are shared linearly
   between neighbouring bins (Parzen windowing), so that moving a pixel's value moves the histogram smoothly; its
   level differs from the metric's 256-bin MI, its direction agrees.
-- :func:`soft_mef_ssim`: MEF-SSIM (:mod:`fusionfm.evaluation.mef_ssim`) of a fused image against its frames, (B,).
+- :func:`soft_mef_ssim`: MEF-SSIM (:mod:`fusionfm.metrics.mef_ssim`) of a fused image against its frames, (B,).
 
 Split by source, a fusion that copies one source and drops the other shows as one share rising and one falling
 (the sums reward it: MI and VIF of a copy of the richer source are high).
@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..evaluation import mef_ssim as mef
+from ..metrics.mef_ssim import mef_ssim_terms
 
 
 def _float32(*images: torch.Tensor) -> list[torch.Tensor]:
@@ -42,7 +42,7 @@ def _box_mean(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def soft_ssim(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
-    """SSIM(F, A) and SSIM(F, B) as :func:`fusionfm.evaluation.metrics.ssim` (their sum), differentiable in
+    """SSIM(F, A) and SSIM(F, B) as :func:`fusionfm.metrics.fusion.ssim` (their sum), differentiable in
     ``fused``: (B, 2)."""
     with torch.autocast(fused.device.type, enabled=False):
         fused, image_a, image_b = (255 * image for image in _float32(fused, image_a, image_b))
@@ -75,7 +75,7 @@ def _gaussian_valid(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def soft_vif(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
-    """VIF(A, F) and VIF(B, F) as :func:`fusionfm.evaluation.metrics.vif` (their sum), differentiable in ``fused``:
+    """VIF(A, F) and VIF(B, F) as :func:`fusionfm.metrics.fusion.vif` (their sum), differentiable in ``fused``:
     (B, 2).
 
     On the 0-255 scale: per scale, local variances s1 (source), s2 (fused) and covariance s12 in Gaussian windows
@@ -126,14 +126,17 @@ def _sobel_strength_and_angle(image: torch.Tensor) -> tuple[torch.Tensor, torch.
     return strength, angle
 
 
-def soft_qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
-    """Qabf (Xydeas and Petrovic 2000) as :func:`fusionfm.evaluation.metrics.qabf`, differentiable in ``fused``,
+def soft_qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, border: int = 0) -> torch.Tensor:
+    """Qabf (Xydeas and Petrovic 2000) as :func:`fusionfm.metrics.fusion.qabf`, differentiable in ``fused``,
     split by source: (B, 2), the edge preservation of A's and of B's edges, each weighted by its own strength over
     both sources' total (their sum is Qabf).
 
     Per pixel and source S, Q^{SF} = 0.9994 sigmoid(15 (G - 0.5)) 0.9879 sigmoid(22 (A - 0.8)) with G the ratio of
     the smaller to the larger Sobel strength of S and F and A = 1 - 2 |alpha_S - alpha_F| / pi (alpha = arctan(gy
     / gx)), averaged with the weights g_S over both sources, on the 0-255 scale with the metric's zero padding.
+    ``border``: pixels left out at every side. The zero padding makes an image's outermost ring a strong edge in
+    every source and fusion alike; on a training crop that ring weighs far more than on a whole image, so the
+    objective leaves it out (``border=1``).
     """
     # float32 even under bf16 autocast: the strength ratios and angles of weak edges need it.
     with torch.autocast(fused.device.type, enabled=False):
@@ -144,8 +147,9 @@ def soft_qabf(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor)
             ratio = torch.minimum(g_s, g_f) / torch.maximum(g_s, g_f)
             alignment = 1 - (angle_s - angle_f).abs() * (2 / math.pi)
             preserved = torch.sigmoid(15 * (ratio - 0.5)) * torch.sigmoid(22 * (alignment - 0.8)) * (0.9994 * 0.9879)
-            preserved_sums.append((preserved * g_s).sum(dim=(1, 2, 3)))
-            weights.append(g_s.sum(dim=(1, 2, 3)))
+            inside = (..., slice(border, g_s.shape[-2] - border), slice(border, g_s.shape[-1] - border))
+            preserved_sums.append((preserved * g_s)[inside].sum(dim=(1, 2, 3)))
+            weights.append(g_s[inside].sum(dim=(1, 2, 3)))
         return torch.stack(preserved_sums, dim=1) / torch.stack(weights, dim=1).sum(dim=1, keepdim=True)
 
 
@@ -181,9 +185,9 @@ def soft_mi(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Tensor, b
 def soft_mef_ssim(fused: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """MEF-SSIM of fused luminances (B, 1, H, W) against their frames (B, K, H, W), both in [0, 1]: (B,).
 
-    :func:`fusionfm.evaluation.mef_ssim.mef_ssim` per item, differentiable in ``fused`` (its reference-frame choice
+    :func:`fusionfm.metrics.mef_ssim.mef_ssim` per item, differentiable in ``fused`` (its reference-frame choice
     and weights depend on the frames only).
     """
     with torch.autocast(fused.device.type, enabled=False):
         fused, frames = _float32(fused, frames)
-        return torch.stack([mef.mef_ssim_terms(fused[i : i + 1], frames[i][:, None]) for i in range(len(fused))])
+        return torch.stack([mef_ssim_terms(fused[i : i + 1], frames[i][:, None]) for i in range(len(fused))])

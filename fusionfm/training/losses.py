@@ -3,7 +3,8 @@ with the field's unsupervised fusion objectives on the one-step endpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -12,7 +13,7 @@ from kornia.filters import spatial_gradient
 from kornia.metrics import ssim
 
 from ..scheduler import FlowMatchFusionScheduler
-from ..tasks import get_task
+from ..tasks import FAMILIES, get_task
 from .fidelity import soft_mef_ssim, soft_mi, soft_qabf, soft_ssim, soft_vif
 
 
@@ -150,9 +151,10 @@ def fusion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], gradient
 
 
 # ---------------------------------------------------------------------------------------------- fidelity objective
-FIDELITY_METRICS = {"MI": soft_mi, "VIF": soft_vif, "Qabf": soft_qabf, "SSIM": soft_ssim}
+FIDELITY_METRICS = {"MI": soft_mi, "VIF": soft_vif, "Qabf": functools.partial(soft_qabf, border=1),
+                    "SSIM": soft_ssim}
 """The fidelity metrics the objective raises, each through its differentiable counterpart
-(:mod:`fusionfm.training.fidelity`)."""
+(:mod:`fusionfm.training.fidelity`; Qabf without the crop's zero-padded outer ring)."""
 
 FIDELITY_OFFSETS = {"MI": 0.05, "VIF": 0.05, "Qabf": 0.02, "SSIM": 1.0, "MEF-SSIM": 0.05}
 """Added to a metric's share before its log-ratio to the start (:func:`balanced_gain`), so that a share near zero
@@ -250,21 +252,47 @@ def fidelity_terms(fused: torch.Tensor, start: torch.Tensor, batch: dict[str, to
     return terms
 
 
+FIDELITY_OBJECTIVES: dict[str, FidelityObjective] = {
+    "IVF": FidelityObjective(loss_weight=2.0),
+    "MIF": FidelityObjective(loss_weight=2.0),
+    "MEF": FidelityObjective(loss_weight=2.0, mef_ssim=4.0),
+    "MFF": FidelityObjective(loss_weight=2.0, truth=1.0),
+}
+"""The objective of each task family (the shipped recipe's; docs/quality.md says how each weight was chosen)."""
+
+
 def fidelity_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                  objective: FidelityObjective = FidelityObjective()) -> torch.Tensor:
+                  objectives: Mapping[str, FidelityObjective] | None = None) -> torch.Tensor:
     """Per-sample loss (B,) of the one-step fusion of a batch against its start: minus the weighted balanced gains
-    of the fidelity metrics (and of MEF-SSIM and the truth where they apply), plus the range and white costs.
+    of the fidelity metrics (and of MEF-SSIM and the truth where they apply), plus the range and white costs, each
+    sample by its task family's objective (``objectives``, default :data:`FIDELITY_OBJECTIVES`).
 
     The endpoint is one Euler step from the coupling point ``x0`` at t = 0, the step inference takes; the start is
     the model's untrained fusion (:meth:`fusionfm.unet.FusionUNet.start_fusion`). ``batch`` as the
     :class:`~fusionfm.training.sampler.BatchSampler` draws it.
     """
+    objectives = FIDELITY_OBJECTIVES if objectives is None else objectives
     unet = getattr(model, "module", model)
     x0, image_a, image_b, task_id = batch["x0"], batch["image_a"], batch["image_b"], batch["task_id"]
     zeros = torch.zeros(len(x0), device=x0.device)
     velocity = model(x0, image_a, image_b, zeros, task_id, **_variant_kwargs(batch)).float()
     fused = x0.float() + velocity
     start = unet.start_fusion(image_a, image_b, task_id, batch.get("gain_shifts"))
+    losses = fused.new_zeros(len(fused))
+    for family in FAMILIES:
+        rows = task_id == get_task(family).class_id
+        if not bool(rows.any()):
+            continue
+        if family not in objectives:
+            raise ValueError(f"The batch holds {family} samples but the objectives name only {', '.join(objectives)}.")
+        samples = {key: value[rows] for key, value in batch.items()
+                   if isinstance(value, torch.Tensor) and len(value) == len(rows)}
+        losses = losses.index_put((rows,), _objective_loss(fused[rows], start[rows], samples, objectives[family]))
+    return losses
+
+
+def _objective_loss(fused: torch.Tensor, start: torch.Tensor, batch: dict[str, torch.Tensor],
+                    objective: FidelityObjective) -> torch.Tensor:
     terms = fidelity_terms(fused, start, batch, objective)
     gain = sum(weight * terms[name] - objective.loss_weight * F.relu(-terms[name])
                for name, weight in objective.metrics.items() if name in terms)

@@ -23,9 +23,9 @@ import argparse
 import torch
 
 from fusionfm import UNET_PRESETS
-from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.evaluation.validation import benchmark_score, best_prior_mean, validation_pairs
+from fusionfm.metrics.fusion import to_gray_255
 from fusionfm.pyramid import ACTIVITY_EPSILON, CONSISTENT_SIGMA, activity_fusion
 from fusionfm.tasks import get_task
 from fusionfm.unet import start_prior

@@ -14,7 +14,7 @@ import argparse
 from fusionfm import FusionFMPipeline
 from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.evaluation.baseline import average_255
-from fusionfm.evaluation.metrics import qabf, to_gray_255
+from fusionfm.metrics.fusion import qabf, to_gray_255
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ For every candidate: mean PSNR (RGB) and SSIM (8-bit luma) against the truth, as
 ``scripts/reports/pseudolabel_report.py`` (candidates rounded to 8 bits, like written labels); the per-pair oracle
 (the candidate closest to the truth, by PSNR); the task's selection. With ``--search-rows``, every weight row
 of one to three metrics with equal weights, best first. ``--depth-blur`` replaces the MFF pairs of
-``fusionfm.labels.synthetic`` by pairs whose defocus follows a random depth map (a smooth field through a sigmoid of
+``fusionfm.synthetic`` by pairs whose defocus follows a random depth map (a smooth field through a sigmoid of
 random steepness 2-30, so some pairs have wide half-defocused regions, others near-binary ones; each image
 focused at one end of the depth range, blur radius up to 2-6 px). Synthetic *train* pairs by default, so
 that nothing here is tuned on the test pairs.
@@ -27,9 +27,9 @@ from kornia.filters import filter2d
 
 from fusionfm.color import recombine
 from fusionfm.evaluation.reference import psnr_to_truth, ssim_to_truth
-from fusionfm.labels.priors import focus_map_fusion, priors_for, run_prior
 from fusionfm.labels.selection import SELECTION_WEIGHTS, candidate_metrics, weighted_scores
-from fusionfm.labels.synthetic import SyntheticPairs, _smooth_field, _uniform, disk_kernel, pair_generator, quantise
+from fusionfm.priors import focus_map_fusion, priors_for, run_prior
+from fusionfm.synthetic import SyntheticPairs, _smooth_field, _uniform, disk_kernel, pair_generator, quantise
 from fusionfm.tasks import get_task
 
 SEARCHED_METRICS = ("Qabf", "VIF", "MI", "SSIM", "SCD", "CC", "EN", "SD", "SF", "AG", "PSNR")

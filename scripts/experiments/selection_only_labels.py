@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fusionfm.image_processor import FusionImageProcessor
-from fusionfm.labels.priors import PRIORS, run_prior
+from fusionfm.priors import PRIORS, run_prior
 from fusionfm.training.datasets import LabelledPair, relabel_folder
 
 

@@ -6,7 +6,7 @@ and the plain mean beside them.
         [--stacks merianos|synthetic] [--frames 3 5 9] [--photos 6] [--only NAME_PART ...]
 
 Stacks: the five Merianos three-exposure sets, or synthetic brackets of 3 to N frames (``--frames``) made from the
-first ``--photos`` BSDS500 train photographs (:func:`fusionfm.labels.synthetic.synthesize_bracket`, +-3 EV).
+first ``--photos`` BSDS500 train photographs (:func:`fusionfm.synthetic.synthesize_bracket`, +-3 EV).
 
 Variants change only how :func:`fusionfm.stacks.blend_stack` turns the network's logits into weights: the
 strength of the base level's brighter-than-the-mean prior, an added well-exposedness term on the base level
@@ -24,10 +24,10 @@ import torch
 import fusionfm.pipeline_fusionfm as pipeline_module
 from fusionfm import FusionFMPipeline, FusionImageProcessor
 from fusionfm.color import recombine_frames
-from fusionfm.evaluation.mef_ssim import mef_ssim
-from fusionfm.labels.priors import exposure_fusion_frames
-from fusionfm.labels.synthetic import SyntheticPairs, pair_generator, synthesize_bracket
+from fusionfm.metrics.mef_ssim import mef_ssim
+from fusionfm.priors import exposure_fusion_frames
 from fusionfm.stacks import blend_stack
+from fusionfm.synthetic import SyntheticPairs, pair_generator, synthesize_bracket
 from fusionfm.tasks import get_task
 
 VARIANTS = {

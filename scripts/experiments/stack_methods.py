@@ -19,7 +19,7 @@ import torch
 
 from fusionfm import FusionFMPipeline, FusionImageProcessor
 from fusionfm.color import luminance
-from fusionfm.evaluation.mef_ssim import mef_ssim
+from fusionfm.metrics.mef_ssim import mef_ssim
 
 
 def recursive_pairwise(pipeline: FusionFMPipeline, frames: list[torch.Tensor]) -> torch.Tensor:

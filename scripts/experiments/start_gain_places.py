@@ -22,7 +22,6 @@ import torch
 from fusionfm import UNET_PRESETS, FusionImageProcessor
 from fusionfm.color import luminance
 from fusionfm.datasets import find_pairs, load_pair
-from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, rank_methods, ranked_metrics
 from fusionfm.evaluation.validation import (
     ValidationPair,
@@ -32,6 +31,7 @@ from fusionfm.evaluation.validation import (
     validation_keys,
     validation_pairs,
 )
+from fusionfm.metrics.fusion import to_gray_255
 from fusionfm.pyramid import activity_fusion
 from fusionfm.tasks import get_task
 from fusionfm.unet import start_prior

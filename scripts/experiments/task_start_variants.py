@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 
 from fusionfm import FusionFMPipeline
-from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.evaluation.validation import benchmark_score, best_prior_mean, validation_fusions, validation_pairs
+from fusionfm.metrics.fusion import to_gray_255
 from fusionfm.pyramid import BASE_ACTIVITIES
 from fusionfm.tasks import get_task
 

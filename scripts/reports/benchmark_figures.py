@@ -15,7 +15,7 @@ import PIL.ImageDraw
 
 from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.image_processor import FusionImageProcessor
-from fusionfm.labels.priors import ExternalPriors, run_prior
+from fusionfm.priors import ExternalPriors, run_prior
 
 # (task, data set, pair): one representative test pair per task.
 FIGURES = [("IVF", "VIFB", None), ("MIF", "Harvard_MRI_PET", None), ("MEF", "MEFB", None), ("MFF", "MFIFB", None)]

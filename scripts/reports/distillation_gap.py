@@ -15,9 +15,9 @@ import torch
 
 from fusionfm import FusionFMPipeline
 from fusionfm.color import luminance
-from fusionfm.evaluation.metrics import qabf, spatial_frequency, to_gray_255
 from fusionfm.evaluation.validation import validation_keys
 from fusionfm.image_processor import FusionImageProcessor
+from fusionfm.metrics.fusion import qabf, spatial_frequency, to_gray_255
 from fusionfm.training.datasets import LabelledPairs, parse_label_folders
 
 

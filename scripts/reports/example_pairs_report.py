@@ -14,8 +14,8 @@ from pathlib import Path
 
 from fusionfm import FusionFMPipeline, load_image
 from fusionfm.evaluation.artifacts import border_band, nyquist_ratio
-from fusionfm.evaluation.metrics import qabf, spatial_frequency, to_gray_255
-from fusionfm.labels.priors import priors_for, run_prior
+from fusionfm.metrics.fusion import qabf, spatial_frequency, to_gray_255
+from fusionfm.priors import priors_for, run_prior
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PAIRS = [("IVF", "IVF/RoadScene_FLIR_08021_ir.jpg", "IVF/RoadScene_FLIR_08021_vi.jpg"),

@@ -21,10 +21,10 @@ import torch
 from fusionfm import FusionFMPipeline
 from fusionfm.color import luminance
 from fusionfm.datasets import find_pairs, load_pair
-from fusionfm.evaluation.mef_ssim import mef_ssim
 from fusionfm.evaluation.validation import benchmark_score, validation_pairs
 from fusionfm.image_processor import to_pil
-from fusionfm.labels.priors import run_prior
+from fusionfm.metrics.mef_ssim import mef_ssim
+from fusionfm.priors import run_prior
 
 MODES = {"FusionFM (default)": {}, "FusionFM, natural_exposure": {"natural_exposure": True},
          "FusionFM, natural_exposure, detail_gain=1": {"natural_exposure": True, "detail_gain": 1.0}}

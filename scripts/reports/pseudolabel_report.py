@@ -26,9 +26,9 @@ from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.evaluation.reference import psnr_to_truth, ssim_to_truth
 from fusionfm.image_processor import to_pil
 from fusionfm.labels.builder import REGIONS_CANDIDATE
-from fusionfm.labels.priors import ExternalPriors, priors_for, run_prior
 from fusionfm.labels.regions import region_select
-from fusionfm.labels.synthetic import quantise
+from fusionfm.priors import ExternalPriors, priors_for, run_prior
+from fusionfm.synthetic import quantise
 
 PROCESSOR = FusionImageProcessor()
 

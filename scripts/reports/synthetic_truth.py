@@ -3,7 +3,7 @@
     python scripts/reports/synthetic_truth.py [MODEL ...] [--task MFF] [--photographs validation|test]
         [--detail_gains 1 ...]
 
-Every synthetic pair is made from one photograph (``fusionfm.labels.synthetic``); for MFF that photograph is the
+Every synthetic pair is made from one photograph (``fusionfm.synthetic``); for MFF that photograph is the
 all-in-focus image, a perfect fusion of the pair. Per method, at the pairs' own size: the mean rank over the nine
 benchmark metrics among the methods (the truth not ranked), mean PSNR to the truth (dB, 8-bit luma) and the
 issue-14 clause's SF, AG and Qabf, with the truth itself as a row, so a clause that the truth fails is seen to be
@@ -21,12 +21,12 @@ import csv
 
 from fusionfm import FusionFMPipeline
 from fusionfm.color import luminance
-from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import rank_methods, ranked_metrics
 from fusionfm.evaluation.reference import psnr_to_truth
 from fusionfm.evaluation.validation import SPLIT_FILE
-from fusionfm.labels.priors import priors_for, run_prior
-from fusionfm.labels.synthetic import SyntheticPairs
+from fusionfm.metrics.fusion import to_gray_255
+from fusionfm.priors import priors_for, run_prior
+from fusionfm.synthetic import SyntheticPairs
 
 CLAUSE_METRICS = ("SF", "AG", "Qabf")
 TRUTH = "truth (the photograph)"

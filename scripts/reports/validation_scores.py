@@ -19,7 +19,6 @@ import argparse
 import torch
 
 from fusionfm import FusionFMPipeline
-from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.evaluation.validation import (
     NEAR_COPY_LEVELS,
@@ -30,7 +29,8 @@ from fusionfm.evaluation.validation import (
     validation_fusions,
     validation_pairs,
 )
-from fusionfm.labels.priors import run_prior
+from fusionfm.metrics.fusion import to_gray_255
+from fusionfm.priors import run_prior
 from fusionfm.tasks import FAMILIES
 
 

@@ -19,8 +19,8 @@ import torch
 
 from fusionfm import FusionFMPipeline, FusionImageProcessor
 from fusionfm.color import recombine_frames
-from fusionfm.evaluation.mef_ssim import mef_ssim
-from fusionfm.labels.priors import exposure_fusion_frames
+from fusionfm.metrics.mef_ssim import mef_ssim
+from fusionfm.priors import exposure_fusion_frames
 
 
 def main() -> None:

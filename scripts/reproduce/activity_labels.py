@@ -34,11 +34,11 @@ import torch
 
 from fusionfm import UNET_PRESETS
 from fusionfm.color import luminance
-from fusionfm.evaluation.metrics import to_gray_255
 from fusionfm.evaluation.ranking import RANKED_METRICS, ranked_metrics
 from fusionfm.evaluation.validation import benchmark_score, scored_pair
 from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.labels.regions import region_select
+from fusionfm.metrics.fusion import to_gray_255
 from fusionfm.pyramid import activity_fusion
 from fusionfm.training.datasets import LabelledPair, relabel_folder
 from fusionfm.unet import start_prior

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import filter2d, gaussian_blur2d
 
-from ..image_processor import FusionImageProcessor
+from .image_processor import FusionImageProcessor
 
 BORDER_CROP = 8
 """Pixels cropped from every side of a BSDS photograph (scan borders, see the data README)."""

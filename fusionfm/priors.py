@@ -17,11 +17,11 @@ import pywt
 import torch
 from kornia.filters import box_blur, gaussian_blur2d, guided_blur, laplacian, median_blur
 
-from ..color import luminance, recombine
-from ..image_processor import FusionImageProcessor
-from ..pyramid import collapse, gaussian_pyramid, laplacian_pyramid, pyramid_levels
-from ..stacks import WELL_EXPOSED_SIGMA
-from ..tasks import FAMILIES, FusionTask, get_task
+from .color import luminance, recombine
+from .image_processor import FusionImageProcessor
+from .pyramid import collapse, gaussian_pyramid, laplacian_pyramid, pyramid_levels
+from .stacks import WELL_EXPOSED_SIGMA
+from .tasks import FAMILIES, FusionTask, get_task
 
 Fuser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
