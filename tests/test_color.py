@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from fusionfm.color import chroma, is_gray, luminance, luminance_with_chroma, recombine, saturation_weighted_chroma
+from fusionfm.color import (
+    CHROMA_SCALE_POWER,
+    chroma,
+    exposure_matched_chroma,
+    is_gray,
+    luminance,
+    luminance_with_chroma,
+    recombine,
+    saturation_weighted_chroma,
+)
 from fusionfm.tasks import ColorPolicy
 
 
@@ -82,3 +91,22 @@ def test_a_fused_luminance_survives_the_colour_of_a_pet_scan(real_pair):
     wanted, got = chroma(pet) - 0.5, chroma(fused) - 0.5
     cross = wanted[:, 0] * got[:, 1] - wanted[:, 1] * got[:, 0]
     assert cross.abs().max() < 1e-4
+
+
+def test_exposure_matched_chroma_by_hand():
+    """A surface seen dark (Y = 0.1, Cr offset 0.04) and clipped white (no colour), fused at Y = 0.4: its colour
+    follows the brightness by the square root of the ratio, 0.04 x 2; frames at the fused brightness keep their
+    colour exactly (a focus stack)."""
+    fused_y = torch.full((1, 1, 2, 2), 0.4)
+    red_offset = torch.tensor([0.5, 0.54]).view(1, 2, 1, 1).expand(1, 2, 2, 2)
+    dark = luminance_with_chroma(torch.full((1, 1, 2, 2), 0.1), red_offset)
+    white = torch.ones(1, 3, 2, 2)
+    matched = exposure_matched_chroma(fused_y, [dark, white])
+    expected_offset = 0.04 * ((0.4 + 1e-3) / (0.1 + 1e-3)) ** CHROMA_SCALE_POWER
+    torch.testing.assert_close(matched[:, 1] - 0.5, torch.full((1, 2, 2), expected_offset), atol=2e-4, rtol=0)
+    torch.testing.assert_close(matched[:, 0], torch.full((1, 2, 2), 0.5), atol=2e-4, rtol=0)
+    frames = [torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+    same = luminance(frames[0])
+    frames[1] = luminance_with_chroma(same, chroma(frames[1]))  # both frames at one brightness
+    torch.testing.assert_close(exposure_matched_chroma(same, frames),
+                               saturation_weighted_chroma(chroma(frames[0]), chroma(frames[1])), atol=1e-6, rtol=0)
