@@ -35,11 +35,10 @@ import torch
 
 from fusionfm import FusionFMPipeline, FusionInputWarning, get_task, load_image
 from fusionfm.evaluation.baseline import average_255
-from fusionfm.evaluation.mef_ssim import mef_ssim
-from fusionfm.evaluation.metrics import average_gradient, entropy, fusion_metrics, spatial_frequency, to_gray_255
-from fusionfm.image_processor import FusionImageProcessor, ImageTooLargeError, to_pil
+from fusionfm.image_processor import FusionImageProcessor, ImageTooLargeError, SizeMismatchError, to_pil
 from fusionfm.memory import keep_memory_flat, trim_memory
-from fusionfm.pipeline_fusionfm import SizeMismatchError
+from fusionfm.metrics.fusion import average_gradient, entropy, fusion_metrics, spatial_frequency, to_gray_255
+from fusionfm.metrics.mef_ssim import mef_ssim
 from fusionfm.tasks import FusionTask
 from fusionfm.threads import default_threads
 

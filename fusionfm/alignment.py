@@ -8,6 +8,8 @@ order, not intensities, so exposure brackets can be aligned too, though their ex
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from skimage.exposure import equalize_hist
@@ -146,3 +148,26 @@ def align_frames(frames: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[f
                     for channel in frame]
         aligned.append(torch.from_numpy(np.stack(channels)).float().clamp(0.0, 1.0))
     return aligned, moved
+
+
+def warn_if_misregistered(frames: list[torch.Tensor], family: str) -> None:
+    """Warn (:class:`MisregistrationWarning`) when the (C, H, W) frames of a stack do not line up: focus stacks
+    (MFF) against the middle frame, exposure brackets (MEF) between neighbouring exposures (see
+    :data:`MISREGISTRATION_SHARE`)."""
+    threshold = misregistration_threshold(*frames[0].shape[-2:])
+    if family == "MFF":
+        moved = misregistration(frames)
+        pairs = [(len(frames) // 2, index, displacement) for index, displacement in enumerate(moved)]
+    else:
+        pairs = bracket_misregistration(frames)
+    pairs = [pair for pair in pairs if pair[2] == pair[2]]  # NaN: the frames could not be matched
+    if not pairs:
+        return
+    reference, frame, worst = max(pairs, key=lambda pair: pair[2])
+    if worst > threshold:
+        where = (f"frame {frame} is displaced by up to {worst:.0f} pixels against the middle frame"
+                 if family == "MFF" else
+                 f"frames {min(reference, frame)} and {max(reference, frame)} (neighbouring exposures) are "
+                 f"displaced by up to {worst:.0f} pixels against each other")
+        warnings.warn(f"The frames do not line up: {where}. Fused as they are they leave ghosts; pass "
+                      "align=True to register them first.", MisregistrationWarning, stacklevel=4)

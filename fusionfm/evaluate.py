@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
             pipeline = FusionFMPipeline.from_pretrained(args.model)
             pipeline.set_progress_bar_config(disable=True)
-            pipeline.check_detail_gain(args.detail_gain)
-            pipeline.check_natural_exposure(args.natural_exposure, args.task)
+            pipeline.check_options(args.task, args.steps, 0, 1, "pt", 0, args.detail_gain, args.natural_exposure, None)
             name = args.name or "FusionFM"
         else:
             if not args.fused.is_dir():

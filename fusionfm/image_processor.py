@@ -61,6 +61,18 @@ class FusionInputWarning(UserWarning):
     """An input is read in a way its owner may not expect (the message says how)."""
 
 
+class SizeMismatchError(ValueError):
+    """The images of one fusion differ in size (and resizing to the first was not asked for).
+
+    Attributes: ``size_a``, ``size_b`` as (H, W) (the first image's and the odd one's), ``index`` of the pair in
+    the batch (or of the frame in a stack).
+    """
+
+    def __init__(self, message: str, size_a: tuple[int, int], size_b: tuple[int, int], index: int) -> None:
+        super().__init__(message)
+        self.size_a, self.size_b, self.index = size_a, size_b, index
+
+
 class FusionImageProcessor(ConfigMixin):
     """Turns user images into canonical tensors and fused tensors back into user formats.
 
@@ -133,6 +145,37 @@ class FusionImageProcessor(ConfigMixin):
                 tensors.extend(self._canonicalise(image, f"{name}[{index}]"))
             return tensors
         return self._canonicalise(images, name)
+
+    def preprocess(self, image_a: PipelineImageInput, image_b: PipelineImageInput | None,
+                   resize_to_first: bool = False) -> list[list[torch.Tensor]]:
+        """The images of a pipeline call as fusions, each a list of canonical (C, H, W) tensors of one size: a pair
+        per item of ``image_a`` and ``image_b`` (single images, lists or batches), or, with ``image_b`` None, one
+        stack of the frames listed in ``image_a``.
+
+        Raises:
+            SizeMismatchError: the images of a fusion differ in size and ``resize_to_first`` is False (else they are
+                resized to the first one's size).
+            TypeError / ValueError: an input that cannot be read (named, see :meth:`to_tensor_list`).
+        """
+        if image_b is None:
+            fusions = [[self.to_tensor_list(frame, f"frame {index}")[0] for index, frame in enumerate(image_a)]]
+        else:
+            images_a, images_b = self.to_tensor_list(image_a, "image_a"), self.to_tensor_list(image_b, "image_b")
+            if len(images_a) != len(images_b):
+                raise ValueError(f"Got {len(images_a)} image_a but {len(images_b)} image_b; they must pair up one to "
+                                 "one.")
+            fusions = [[a, b] for a, b in zip(images_a, images_b, strict=True)]
+        for index, frames in enumerate(fusions):
+            size = tuple(frames[0].shape[-2:])
+            for position, frame in enumerate(frames[1:], start=1):
+                if tuple(frame.shape[-2:]) == size:
+                    continue
+                if not resize_to_first:
+                    raise SizeMismatchError(_size_message(size, tuple(frame.shape[-2:]), image_b is None, position,
+                                                          index if len(fusions) > 1 else None),
+                                            size, tuple(frame.shape[-2:]), position if image_b is None else index)
+                frames[position] = self.resize(frame[None], size)[0]
+        return fusions
 
     def load(self, path: str | Path) -> torch.Tensor:
         """An image file as a canonical (C, H, W) tensor; errors name the file (see :func:`load_image`)."""
@@ -413,3 +456,14 @@ def _is_closed(image: PIL.Image.Image) -> bool:
     if type(stored).__name__ == "DeferredError":
         return True
     return stored is None and hasattr(image, "fp") and image.fp is None
+
+
+def _size_message(size: tuple[int, int], other: tuple[int, int], stack: bool, position: int,
+                  pair: int | None) -> str:
+    if stack:
+        return (f"frame 0 is {size[0]}x{size[1]} but frame {position} is {other[0]}x{other[1]} (HxW). A stack needs "
+                "frames of one size: resize them, or pass resize_b_to_a=True to resize every frame to the first.")
+    where = f" in pair {pair}" if pair is not None else ""
+    return (f"image_a is {size[0]}x{size[1]} but image_b is {other[0]}x{other[1]} (HxW){where}. Fusion needs "
+            "registered images of one size: resize or crop them, or pass resize_b_to_a=True to resize image_b to "
+            "image_a's size.")

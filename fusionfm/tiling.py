@@ -10,6 +10,9 @@ from collections.abc import Callable
 
 import torch
 
+TILE_OVERLAP_DIVISOR = 4
+"""Tiles overlap by a quarter of their side (256 pixels for 1024-pixel tiles)."""
+
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of ``tile`` pixels covering ``length`` with at least ``overlap`` in common."""

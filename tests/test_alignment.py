@@ -46,7 +46,7 @@ def test_the_pipeline_warns_about_misregistered_frames_and_aligns_on_request(pcb
         aligned = pipe(pcb_frames, task="MFF", align=True).images[0]
         pair = pipe(pcb_frames[0], pcb_frames[2], task="MFF", align=True).images[0]
     assert aligned.size == pair.size == pcb_frames[0].size
-    with pytest.raises(ValueError, match="IVF fuses exactly two images"):
+    with pytest.raises(ValueError, match="align=True registers the frames of one exposure or focus pair or stack"):
         pipe(pcb_frames[0], pcb_frames[2], task="IVF", align=True)
 
 

@@ -16,10 +16,10 @@ from fusionfm.tasks import get_task
 from fusionfm.training.fidelity import soft_mef_ssim, soft_mi, soft_qabf, soft_ssim, soft_vif
 from fusionfm.training.losses import (
     FidelityObjective,
-    balanced_gain,
     fidelity_loss,
     fidelity_terms,
     light_sources,
+    log_gain,
 )
 
 QABF_CONSTANT = 0.9994 * 0.9879
@@ -110,12 +110,19 @@ def test_mef_ssim_equals_the_metric(real_pair):
     torch.testing.assert_close(soft_mef_ssim(fused, gray.transpose(0, 1)), torch.tensor([expected]), rtol=1e-5, atol=0)
 
 
-def test_balanced_gain_by_hand():
-    """Doubling one source's share and halving the other's gains nothing; a gain on one with the other kept is
-    log(ratio)."""
-    start = torch.tensor([[1.0, 1.0]])
-    torch.testing.assert_close(balanced_gain(torch.tensor([[2.0, 0.5]]), start, 0.0), torch.zeros(1))
-    torch.testing.assert_close(balanced_gain(torch.tensor([[1.5, 1.0]]), start, 0.5), torch.tensor([math.log(2 / 1.5)]))
+def test_log_gain_and_share_loss_by_hand(ivf_batch):
+    """A fusion that copies the infrared image raises MI's sum but loses the visible image's share: the share loss
+    is that share's log-ratio."""
+    torch.testing.assert_close(log_gain(torch.tensor([2.0]), torch.tensor([1.0]), 0.0), torch.tensor([math.log(2)]))
+    start = (ivf_batch["image_a"] + ivf_batch["image_b"]) / 2
+    objective = FidelityObjective(metrics={"MI": 1.0}, share_weight=1.0)
+    copy_terms = fidelity_terms(ivf_batch["image_a"], start, ivf_batch, objective)
+    shares_copy = soft_mi(ivf_batch["image_a"], ivf_batch["image_a"], ivf_batch["image_b"])
+    shares_start = soft_mi(start, ivf_batch["image_a"], ivf_batch["image_b"])
+    assert float(copy_terms["MI"]) > 0  # the sum rewards the copy
+    expected = torch.log(shares_start[:, 1] + 0.05) - torch.log(shares_copy[:, 1] + 0.05)
+    assert float(expected) > 0
+    torch.testing.assert_close(copy_terms["MI share loss"], expected)
 
 
 def test_light_sources_are_compact_clipped_regions():

@@ -1,13 +1,18 @@
 #!/usr/bin/env python
-"""Train FusionFM: flow matching over the fusion tasks, one after another, with EWC and experience replay.
+"""Train FusionFM: the fusion tasks one after another, with EWC and experience replay.
 
-    accelerate launch training/train.py --data_root ../shared/data --labels IVF=labels/IVF MIF=labels/MIF \\
-        MEF=labels/MEF MFF=labels/MFF --steps_per_task 1000 --ewc_lambda 1000 --replay_per_task 64 \\
-        --output_dir runs/fusionfm
+    accelerate launch training/train.py --data_root ../shared/data --tasks IVF MIF MEF MFF \\
+        --steps_per_task 1000 --ewc_lambda 1000 --replay_per_task 64 --output_dir runs/fusionfm
+
+The default objective (``--objective fidelity``) needs no labels: each one-step fusion of a training pair is scored
+against the model's start by differentiable fidelity metrics (MI, VIF, Qabf, SSIM per source; MEF-SSIM for exposure
+pairs; the truth of synthetic pairs), :func:`fusionfm.training.losses.fidelity_loss`. ``--objective labels`` trains
+by flow matching to pseudo-labels (``--labels TASK=DIR``, from ``python -m fusionfm.pseudolabel``). ``--init MODEL``
+fine-tunes a trained pipeline.
 
 Also runs as ``python training/train.py`` and as ``accelerate launch --multi_gpu --num_processes 2`` (gloo on
 a CPU machine, NCCL on GPUs). Each step: random crops of the current task (plus replayed samples of earlier
-tasks), flow-matching loss plus the EWC penalty. After each task: its Fisher into EWC, its replay quota, one
+tasks), the objective plus the EWC penalty. After each task: its Fisher into EWC, its replay quota, one
 row of the quality matrix R, the pipeline saved. ``--joint`` trains on all tasks at once (the upper bound).
 Checkpoints (:mod:`fusionfm.training.checkpoints`) are pickle-free and atomic; randomness derives from (seed,
 process, step), so a resumed run draws the same batches as an uninterrupted one.
@@ -21,6 +26,7 @@ import gc
 import importlib.util
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,13 +42,14 @@ from fusionfm.atomic import write_text_atomic
 from fusionfm.evaluation.validation import SPLIT_FILE, validation_keys, validation_pairs, validation_quality
 from fusionfm.hub import push_folder_to_hub
 from fusionfm.scheduler import COUPLINGS, TIME_SAMPLINGS
+from fusionfm.tasks import FAMILIES
 from fusionfm.training import checkpoints
 from fusionfm.training.checkpoints import TrainingState
 from fusionfm.training.continual import ElasticWeightConsolidation, ReplayBuffer, diagonal_fisher
-from fusionfm.training.datasets import LabelledPairs, parse_label_folders
+from fusionfm.training.datasets import LabelledPairs, SourcePairs, parse_label_folders
 from fusionfm.training.export import save_final_pipeline, save_pipeline
 from fusionfm.training.logs import CsvLog, quality_markdown, write_quality_csv
-from fusionfm.training.losses import DEFAULT_ENDPOINT_TERMS, ENDPOINT_TERMS, fusion_loss
+from fusionfm.training.losses import DEFAULT_ENDPOINT_TERMS, ENDPOINT_TERMS, fidelity_loss, fusion_loss
 from fusionfm.training.model_card import render_model_card
 from fusionfm.training.sampler import BatchSampler, step_generator
 
@@ -56,21 +63,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--data_root", type=Path, default=None,
                       help="shared/data folder: real sources of the labels and the test pairs for evaluation.")
-    data.add_argument("--labels", nargs="+", required=True, metavar="TASK=DIR",
-                      help="pseudo-label folder per task (written by python -m fusionfm.pseudolabel).")
+    data.add_argument("--objective", choices=["fidelity", "labels"], default="fidelity",
+                      help="fidelity: the unsupervised fidelity objective on the training pairs of --data_root "
+                           "(fusionfm.training.losses.FIDELITY_OBJECTIVES; no labels needed); labels: flow matching to "
+                           "pseudo-labels (--labels)")
+    data.add_argument("--labels", nargs="+", default=None, metavar="TASK=DIR",
+                      help="pseudo-label folder per task (written by python -m fusionfm.pseudolabel), for "
+                           "--objective labels")
     data.add_argument("--tasks", nargs="+", default=None,
-                      help="task order (default: the --labels order). Families: IVF MIF MEF MFF.")
+                      help="task order (default: the --labels order, else IVF MIF MEF MFF). Families: IVF MIF MEF MFF.")
     data.add_argument("--resolution", type=int, default=128, help="side of the square training crops")
     data.add_argument("--no_flip", action="store_true", help="no random left-right flips")
 
     model = parser.add_argument_group("model")
+    model.add_argument("--init", default=None,
+                       help="start from this pipeline's U-Net (a folder or Hub id; to fine-tune a trained model) "
+                            "instead of a fresh --unet_preset")
     model.add_argument("--unet_preset", default="default",
                        help="tiny, default, weight or large (fusionfm.unet.UNET_PRESETS)")
     model.add_argument("--unet_config", type=Path, default=None, help="JSON file of FusionUNet config overrides")
     model.add_argument("--coupling", choices=COUPLINGS, default="mean")
     model.add_argument("--time_sampling", choices=TIME_SAMPLINGS, default="uniform")
-    model.add_argument("--start_share", type=float, default=0.0,
-                       help="share of each batch trained at t = 0, the point one-step inference uses")
+    model.add_argument("--start_share", type=float, default=None,
+                       help="share of each batch trained at t = 0, the point one-step inference uses (default: 0.75 "
+                            "for --objective fidelity, 0 for labels)")
     model.add_argument("--gradient_loss_weight", type=float, default=0.0,
                        help="weight of the image-gradient term of the loss (0: plain flow matching)")
     model.add_argument("--endpoint_loss_weight", type=float, default=0.0,
@@ -88,8 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--joint", action="store_true",
                        help="train on all tasks at once (same total steps; no EWC or replay)")
     optim.add_argument("--learning_rate", type=float, default=1e-3)
-    optim.add_argument("--lr_scheduler", default="cosine",
-                       choices=["constant", "constant_with_warmup", "linear", "cosine"])
+    optim.add_argument("--lr_scheduler", default="cosine_per_task",
+                       choices=["constant", "constant_with_warmup", "linear", "cosine", "cosine_per_task"],
+                       help="cosine_per_task: one cosine decay over each task's steps (over all of them with --joint), "
+                            "so a later task does not learn at the tail of an earlier one's schedule")
     optim.add_argument("--lr_warmup_steps", type=int, default=100)
     optim.add_argument("--adam_weight_decay", type=float, default=1e-4)
     optim.add_argument("--adam_epsilon", type=float, default=1e-8,
@@ -129,14 +147,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.objective == "labels" and not args.labels:
+        parser.error("--objective labels needs --labels TASK=DIR for every task.")
     try:
-        args.labels = parse_label_folders(args.labels)
-        args.tasks = [get_task(task).family for task in (args.tasks or list(args.labels))]
+        args.labels = parse_label_folders(args.labels or [])
+        args.tasks = [get_task(task).family for task in (args.tasks or list(args.labels) or list(FAMILIES))]
     except ValueError as error:
         parser.error(str(error))
     missing = [task for task in args.tasks if task not in args.labels]
-    if missing:
+    if args.objective == "labels" and missing:
         parser.error(f"no --labels folder for {', '.join(missing)}; give TASK=DIR for every task in --tasks.")
+    if args.start_share is None:
+        args.start_share = 0.75 if args.objective == "fidelity" else 0.0
+    if args.objective == "fidelity" and args.data_root is None:
+        parser.error("--objective fidelity trains on the pairs of --data_root; pass it.")
     if len(set(args.tasks)) != len(args.tasks):
         parser.error(f"--tasks lists a task twice: {args.tasks}.")
     for name in ("resolution", "train_batch_size", "steps_per_task", "checkpointing_steps", "logging_steps"):
@@ -149,6 +173,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.eval_pairs and args.data_root is None:
         parser.error("evaluation needs --data_root (or pass --eval_pairs 0).")
     return args
+
+
+def cosine_per_task(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                    steps_per_task: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear warm-up over the first ``warmup_steps``, then a cosine decay to 0 over every task's steps."""
+
+    def factor(step: int) -> float:
+        warm_up = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        return warm_up * 0.5 * (1 + math.cos(math.pi * (step % steps_per_task) / steps_per_task))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def run_config(args: argparse.Namespace) -> dict:
@@ -178,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         held_out = validation_keys(split_file=args.validation_split)
-        datasets = {task: LabelledPairs(args.labels[task], args.data_root, task, exclude=held_out)
-                    for task in args.tasks}
+        if args.objective == "labels":
+            datasets = {task: LabelledPairs(args.labels[task], args.data_root, task, exclude=held_out)
+                        for task in args.tasks}
+        else:
+            datasets = {task: SourcePairs(args.data_root, task, exclude=held_out) for task in args.tasks}
         eval_sets = ({task: validation_pairs(args.data_root, task, args.eval_resolution, args.eval_pairs,
                                              args.validation_split) for task in args.tasks}
                      if args.eval_pairs != 0 and main_process else {})
@@ -188,16 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         logger.info("Training pairs: %s", ", ".join(f"{t} {len(d)}" for t, d in datasets.items()))
 
-    overrides = json.loads(args.unet_config.read_text()) if args.unet_config else {}
-    model = build_unet(args.unet_preset, **overrides)
+    if args.init:
+        model = FusionFMPipeline.from_pretrained(args.init).unet.to(memory_format=torch.contiguous_format)
+    else:
+        overrides = json.loads(args.unet_config.read_text()) if args.unet_config else {}
+        model = build_unet(args.unet_preset, **overrides)
     noise_scheduler = FlowMatchFusionScheduler(coupling=args.coupling, time_sampling=args.time_sampling,
                                                start_share=args.start_share)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay,
                                   eps=args.adam_epsilon)
     stages = 1 if args.joint else len(args.tasks)
     total_steps = args.steps_per_task * len(args.tasks)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
-                                 num_training_steps=total_steps)
+    if args.lr_scheduler == "cosine_per_task":
+        lr_scheduler = cosine_per_task(optimizer, args.lr_warmup_steps, total_steps // stages)
+    else:
+        lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                     num_training_steps=total_steps)
     # The LR schedule is stepped by hand once per optimisation step (not through accelerate, which
     # would step it once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -222,9 +266,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sampler = BatchSampler(datasets, replay, noise_scheduler, args.resolution, flip=not args.no_flip,
                            gain_shifts_for=unwrapped.gain_shifts_for)
-    loss_function = functools.partial(fusion_loss, gradient_weight=args.gradient_loss_weight,
-                                      endpoint_weight=args.endpoint_loss_weight,
-                                      use_terms=tuple(args.endpoint_terms), label_weight=args.label_loss_weight)
+    if args.objective == "labels":
+        loss_function = functools.partial(fusion_loss, gradient_weight=args.gradient_loss_weight,
+                                          endpoint_weight=args.endpoint_loss_weight,
+                                          use_terms=tuple(args.endpoint_terms), label_weight=args.label_loss_weight)
+    else:
+        loss_function = fidelity_loss
     steps_per_stage = total_steps // stages
     progress = tqdm(range(total_steps), initial=state.step, desc="Training",
                     disable=args.no_progress or not main_process)

@@ -157,8 +157,8 @@ FIDELITY_METRICS = {"MI": soft_mi, "VIF": soft_vif, "Qabf": functools.partial(so
 (:mod:`fusionfm.training.fidelity`; Qabf without the crop's zero-padded outer ring)."""
 
 FIDELITY_OFFSETS = {"MI": 0.05, "VIF": 0.05, "Qabf": 0.02, "SSIM": 1.0, "MEF-SSIM": 0.05}
-"""Added to a metric's share before its log-ratio to the start (:func:`balanced_gain`), so that a share near zero
-(a flat crop has little Qabf or VIF to keep; SSIM lies in [-1, 1]) cannot dominate a batch."""
+"""Added to a metric (or a source's share of it) before its log-ratio to the start (:func:`log_gain`), so that a value
+near zero (a flat crop has little Qabf or VIF to keep; SSIM lies in [-1, 1]) cannot dominate a batch."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class FidelityObjective:
     """Weights of the fidelity objective (:func:`fidelity_loss`).
 
     Args:
-        metrics: metric name (of :data:`FIDELITY_METRICS`) -> weight of its :func:`balanced_gain` from the start.
+        metrics: metric name (of :data:`FIDELITY_METRICS`) -> weight of its :func:`log_gain` from the start.
         mef_ssim: weight of MEF-SSIM's gain against the pair, for exposure pairs (MEF).
         truth: weight of the gain in closeness to the truth (mean absolute error), for pairs that have one (the
             synthetic MEF and MFF pairs).
@@ -177,6 +177,12 @@ class FidelityObjective:
             compact region (:func:`light_sources`): a headlight, a lamp or the sun stays white.
         loss_weight: weight of each metric's loss below the start (its negative gain), on top of its weight in
             ``metrics``: the objective then trades no metric away for another.
+        share_weight: weight of each source's share of a metric falling below the start's (the sum of the negative
+            log-gains of the two shares). A copy of the richer source raises MI and VIF (MI of a copy is the source's
+            whole entropy) while the other source's share collapses: this cost makes it a loss.
+        white_from_darker: a region counts as clipped white where the darker source is (exposure pairs: a lamp or
+            the sun is white in every exposure, while what only the over-exposed frame clips is to be recovered
+            from the darker one); otherwise where either source is (a headlight the infrared image shows grey).
     """
 
     metrics: dict[str, float] = field(default_factory=lambda: {"MI": 1.0, "VIF": 1.0, "Qabf": 1.0, "SSIM": 1.0})
@@ -186,15 +192,13 @@ class FidelityObjective:
     range_margin: float = 4.0
     white_weight: float = 0.1
     loss_weight: float = 0.0
+    share_weight: float = 1.0
+    white_from_darker: bool = False
 
 
-def balanced_gain(value: torch.Tensor, start: torch.Tensor, offset: float) -> torch.Tensor:
-    """Sum over the last dimension (the sources) of log((value + offset) / (start + offset)): (B,).
-
-    A fusion that copies one source raises that source's share and loses the other's; the logarithm makes the
-    loss cost more than the gain, so the objective keeps both sources (a sum of shares, as the metrics take it,
-    rewards such copies)."""
-    return (torch.log(value + offset) - torch.log(start + offset)).reshape(len(value), -1).sum(dim=1)
+def log_gain(value: torch.Tensor, start: torch.Tensor, offset: float) -> torch.Tensor:
+    """log((value + offset) / (start + offset)), elementwise: above 0 where ``value`` is better than the start."""
+    return torch.log(value + offset) - torch.log(start + offset)
 
 
 LIGHT_LEVEL = 250 / 255
@@ -220,8 +224,9 @@ def fidelity_terms(fused: torch.Tensor, start: torch.Tensor, batch: dict[str, to
                    objective: FidelityObjective) -> dict[str, torch.Tensor]:
     """The objective's terms, each per sample (B,), for a fused endpoint and the start's fusion (B, 1, H, W) of a
     batch (``image_a``, ``image_b``, ``task_id``, and ``target``/``has_target`` where the truth is known). Metric
-    terms are :func:`balanced_gain` from the start, per source (positive: better; the truth term compares the mean
-    absolute errors); ``range`` and ``white`` are costs in grey levels."""
+    terms are :func:`log_gain` of the metric from the start (positive: better; the truth term compares the mean
+    absolute errors), each with its "share loss" (how far each source's share fell below the start's); ``range`` and
+    ``white`` are costs in grey levels."""
     image_a, image_b = batch["image_a"].float(), batch["image_b"].float()
     terms = {}
     for name, weight in objective.metrics.items():
@@ -229,33 +234,35 @@ def fidelity_terms(fused: torch.Tensor, start: torch.Tensor, batch: dict[str, to
             metric = FIDELITY_METRICS[name]
             with torch.no_grad():
                 at_start = metric(start, image_a, image_b)
-            terms[name] = balanced_gain(metric(fused, image_a, image_b), at_start, FIDELITY_OFFSETS[name])
+            value, offset = metric(fused, image_a, image_b), FIDELITY_OFFSETS[name]
+            terms[name] = log_gain(value.sum(dim=1), at_start.sum(dim=1), offset)
+            terms[f"{name} share loss"] = F.relu(-log_gain(value, at_start, offset)).sum(dim=1)
     exposure = batch["task_id"] == get_task("MEF").class_id
     if objective.mef_ssim and bool(exposure.any()):
         frames = torch.cat([image_a, image_b], dim=1)
         value = soft_mef_ssim(fused, frames)
         with torch.no_grad():
             at_start = soft_mef_ssim(start, frames)
-        terms["MEF-SSIM"] = balanced_gain(value, at_start, FIDELITY_OFFSETS["MEF-SSIM"]) * exposure.float()
+        terms["MEF-SSIM"] = log_gain(value, at_start, FIDELITY_OFFSETS["MEF-SSIM"]) * exposure.float()
     has_target = batch.get("has_target")
     if objective.truth and has_target is not None and bool(has_target.any()):
         target = batch["target"].float()
         error = (fused - target).abs().mean(dim=(1, 2, 3))
         at_start = (start - target).abs().mean(dim=(1, 2, 3))
-        terms["truth"] = balanced_gain(-error, -at_start, 1 + 1 / 255) * has_target.float()
+        terms["truth"] = log_gain(-error, -at_start, 1 + 1 / 255) * has_target.float()
     lowest, highest = torch.minimum(image_a, image_b), torch.maximum(image_a, image_b)
     margin = objective.range_margin / 255
     excess = F.relu(fused - highest - margin) + F.relu(lowest - margin - fused)
     terms["range"] = 255 * excess.mean(dim=(1, 2, 3))
-    lights = light_sources(highest)
-    terms["white"] = 255 * (lights * F.relu(highest - 3 / 255 - fused)).mean(dim=(1, 2, 3))
+    white = lowest if objective.white_from_darker else highest
+    terms["white"] = 255 * (light_sources(white) * F.relu(white - 3 / 255 - fused)).mean(dim=(1, 2, 3))
     return terms
 
 
 FIDELITY_OBJECTIVES: dict[str, FidelityObjective] = {
     "IVF": FidelityObjective(loss_weight=2.0),
     "MIF": FidelityObjective(loss_weight=2.0),
-    "MEF": FidelityObjective(loss_weight=2.0, mef_ssim=4.0),
+    "MEF": FidelityObjective(loss_weight=2.0, mef_ssim=4.0, white_from_darker=True),
     "MFF": FidelityObjective(loss_weight=2.0, truth=1.0),
 }
 """The objective of each task family (the shipped recipe's; docs/quality.md says how each weight was chosen)."""
@@ -263,21 +270,24 @@ FIDELITY_OBJECTIVES: dict[str, FidelityObjective] = {
 
 def fidelity_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                   objectives: Mapping[str, FidelityObjective] | None = None) -> torch.Tensor:
-    """Per-sample loss (B,) of the one-step fusion of a batch against its start: minus the weighted balanced gains
-    of the fidelity metrics (and of MEF-SSIM and the truth where they apply), plus the range and white costs, each
-    sample by its task family's objective (``objectives``, default :data:`FIDELITY_OBJECTIVES`).
+    """Per-sample loss (B,) of the one-step fusion of a batch against its start: minus the weighted log-gains of the
+    fidelity metrics (and of MEF-SSIM and the truth where they apply), plus the metrics' losses, their sources' share
+    losses and the range and white costs, each sample by its task family's objective (``objectives``, default
+    :data:`FIDELITY_OBJECTIVES`).
 
-    The endpoint is one Euler step from the coupling point ``x0`` at t = 0, the step inference takes; the start is
-    the model's untrained fusion (:meth:`fusionfm.unet.FusionUNet.start_fusion`). ``batch`` as the
-    :class:`~fusionfm.training.sampler.BatchSampler` draws it.
+    The endpoint is one Euler step from x_t = (1 - t) x0 + t S at the batch's times t, S the model's untrained
+    fusion (the start, :meth:`fusionfm.unet.FusionUNet.start_fusion`): from the coupling point ``x0`` at t = 0, the
+    step one-step inference takes, and from points towards the fusion for the multi-step grid. ``batch`` as the
+    :class:`~fusionfm.training.sampler.BatchSampler` draws it (without ``t``: every sample at t = 0).
     """
     objectives = FIDELITY_OBJECTIVES if objectives is None else objectives
     unet = getattr(model, "module", model)
     x0, image_a, image_b, task_id = batch["x0"], batch["image_a"], batch["image_b"], batch["task_id"]
-    zeros = torch.zeros(len(x0), device=x0.device)
-    velocity = model(x0, image_a, image_b, zeros, task_id, **_variant_kwargs(batch)).float()
-    fused = x0.float() + velocity
     start = unet.start_fusion(image_a, image_b, task_id, batch.get("gain_shifts"))
+    t = batch["t"].float() if "t" in batch else torch.zeros(len(x0), device=x0.device)
+    x_t = FlowMatchFusionScheduler.interpolate(x0.float(), start, t)
+    velocity = model(x_t, image_a, image_b, t, task_id, **_variant_kwargs(batch)).float()
+    fused = x_t + (1 - t).view(-1, 1, 1, 1) * velocity
     losses = fused.new_zeros(len(fused))
     for family in FAMILIES:
         rows = task_id == get_task(family).class_id
@@ -295,6 +305,7 @@ def _objective_loss(fused: torch.Tensor, start: torch.Tensor, batch: dict[str, t
                     objective: FidelityObjective) -> torch.Tensor:
     terms = fidelity_terms(fused, start, batch, objective)
     gain = sum(weight * terms[name] - objective.loss_weight * F.relu(-terms[name])
+               - objective.share_weight * terms[f"{name} share loss"]
                for name, weight in objective.metrics.items() if name in terms)
     gain = gain + objective.mef_ssim * terms.get("MEF-SSIM", 0.0) + objective.truth * terms.get("truth", 0.0)
     return -gain + objective.range_weight * terms["range"] + objective.white_weight * terms["white"]
