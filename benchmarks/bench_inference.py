@@ -145,7 +145,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="pipeline folder or Hub id (default: a fresh U-Net of --preset)")
     parser.add_argument("--preset", default="default", help="U-Net preset when no --model is given")
-    parser.add_argument("--output_head", default=None, help="override the preset's output head (e.g. pyramid)")
     parser.add_argument("--task", default="IVF", help="task of the timed calls (the pair is MSRS's either way)")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
@@ -161,8 +160,7 @@ def main() -> None:
         pipe = FusionFMPipeline.from_pretrained(args.model)
     else:
         torch.manual_seed(0)
-        overrides = {"output_head": args.output_head} if args.output_head else {}
-        pipe = FusionFMPipeline(unet=build_unet(args.preset, **overrides).eval(), scheduler=FlowMatchFusionScheduler())
+        pipe = FusionFMPipeline(unet=build_unet(args.preset).eval(), scheduler=FlowMatchFusionScheduler())
         pipe.unet.to(memory_format=torch.channels_last)  # as from_pretrained does for the bf16 CPU path
         if pipe.unet.config.task_gates:  # a fresh model's closed gates skip the U-Net; time it as a trained task
             with torch.no_grad():
@@ -170,8 +168,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     pair = benchmark_pair()
     parameters = sum(p.numel() for p in pipe.unet.parameters())
-    head = pipe.unet.config.output_head
-    print(f"model: {args.model or 'preset ' + args.preset}, {head} head; {parameters / 1e6:.2f} M parameters; "
+    print(f"model: {args.model or 'preset ' + args.preset}; {parameters / 1e6:.2f} M parameters; "
           f"{gflops_per_step(pipe):.1f} GFLOPs per step at 640x480; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} runs after {args.warmup} warm-up runs\n")
     yardstick = {name: matmul_ms({"fp32": torch.float32, "bf16": torch.bfloat16}[name], args.repeats)

@@ -1,4 +1,4 @@
-"""Speed of fusionfm.evaluation.metrics: median ms for all twelve metrics on one 640x480 triple, and per metric.
+"""Speed of fusionfm.metrics.fusion: median ms for all twelve metrics on one 640x480 triple, and per metric.
 
     python benchmarks/bench_metrics.py [--repeats 9]
 

@@ -15,7 +15,7 @@ import torch
 from bench_inference import benchmark_pair
 
 from fusionfm import FusionImageProcessor
-from fusionfm.labels.priors import PRIORS, run_prior
+from fusionfm.priors import PRIORS, run_prior
 
 
 def main() -> None:

@@ -196,11 +196,9 @@ class FusionFMPipeline(DiffusionPipeline):
     @property
     def min_processing_side(self) -> int:
         """The smallest side (pixels) a call may shrink images to: the U-Net's size multiple (its patch times its
-        halvings) or, for the pyramid head, the 2^(levels - 1) pixels its coarsest level needs, whichever is
+        halvings) or the 2^(levels - 1) pixels its pyramid's coarsest level needs, whichever is
         larger. Images already smaller are fused at their own size (padded)."""
-        config = self.unet.config
-        levels = config.pyramid_levels if config.output_head == "pyramid" else 1
-        return max(self.unet.size_multiple, 2 ** (levels - 1))
+        return max(self.unet.size_multiple, 2 ** (self.unet.config.pyramid_levels - 1))
 
     # ------------------------------------------------------------------ validation
     def check_options(self, task, num_inference_steps, processing_resolution, batch_size, output_type, tile_size,
@@ -243,9 +241,6 @@ class FusionFMPipeline(DiffusionPipeline):
         """Raise a ValueError unless ``detail_gain`` is None or a gain this model's head can apply."""
         if detail_gain is None:
             return
-        if self.unet.config.output_head != "pyramid":
-            raise ValueError(f"detail_gain needs a model with the pyramid output head; this one has the "
-                             f"{self.unet.config.output_head!r} head. Leave detail_gain None.")
         max_gain = self.unet.config.max_gain
         if (isinstance(detail_gain, (bool, np.bool_)) or not isinstance(detail_gain, numbers.Real)
                 or not 1 / max_gain <= detail_gain <= max_gain):

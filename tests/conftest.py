@@ -57,10 +57,15 @@ def real_pair():
     return load
 
 
-def make_pipeline(coupling: str = "mean", seed: int = 0) -> FusionFMPipeline:
-    """A pipeline with the tiny U-Net, deterministically initialised, progress bars off."""
+def make_pipeline(coupling: str = "mean", seed: int = 0, open_gates: bool = True) -> FusionFMPipeline:
+    """A pipeline with the tiny U-Net (the shipped model's kind), deterministically initialised, progress bars off;
+    ``open_gates``: the network's corrections on, as after training (closed: every task is its start and the
+    U-Net is skipped)."""
     torch.manual_seed(seed)
     unet = build_unet("tiny").eval()
+    if open_gates:
+        with torch.no_grad():
+            unet.task_gate.fill_(1.0)
     pipe = FusionFMPipeline(unet=unet, scheduler=FlowMatchFusionScheduler(coupling=coupling))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -69,15 +74,6 @@ def make_pipeline(coupling: str = "mean", seed: int = 0) -> FusionFMPipeline:
 @pytest.fixture()
 def tiny_pipe() -> FusionFMPipeline:
     return make_pipeline()
-
-
-def make_pyramid_pipeline() -> FusionFMPipeline:
-    """A small pipeline with the shipped model's kind of output head (pyramid), deterministically initialised."""
-    torch.manual_seed(0)
-    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3).eval()
-    pipe = FusionFMPipeline(unet=unet, scheduler=FlowMatchFusionScheduler())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import DATA, REPO_ROOT, fusion_choice, load_app_module, make_pyramid_pipeline, serve_app
+from conftest import DATA, REPO_ROOT, fusion_choice, load_app_module, make_pipeline, serve_app
 from gradio_client import Client, handle_file
 
 from fusionfm import get_task
@@ -299,7 +299,7 @@ def test_frames_of_mixed_sizes_are_refused_then_resized_on_request(client, tmp_p
 def test_background_compilation_serves_eager_until_ready(real_pair, compile_cache, monkeypatch):
     monkeypatch.setenv("FUSIONFM_COMPILE_CACHE", str(compile_cache))
     app = load_app_module()
-    pipe = make_pyramid_pipeline()
+    pipe = make_pipeline()
     compile_now, go = pipe.compile_unet, threading.Event()
     monkeypatch.setattr(pipe, "compile_unet", lambda: go.wait(60) and compile_now())  # compiles when told to
     pair = [image.resize((640, 480)) for image in real_pair("MEF")]

@@ -23,9 +23,7 @@ from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.metrics.fusion import qabf, spatial_frequency, to_gray_255
 from fusionfm.metrics.mef_ssim import mef_ssim
 from fusionfm.priors import priors_for, run_prior
-from fusionfm.pyramid import activity_fusion
 from fusionfm.synthetic import SyntheticPairs
-from fusionfm.unet import start_prior
 
 EXAMPLES = REPO_ROOT / "examples"
 TASKS = ("IVF", "MIF-CT", "MIF-PET", "MIF-SPECT", "MEF", "MFF")
@@ -56,14 +54,15 @@ def _example(task: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _start_rule(bundled, task: str, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
     """What the bundled model's untrained head for ``task`` fuses (its activity prior): (1, 1, H, W) in [0, 1]."""
-    return activity_fusion(luminance(image_a), luminance(image_b),
-                           **start_prior(bundled.unet.config, get_task(task).class_id, task))
+    unet = bundled.unet
+    return unet.start_fusion(luminance(image_a), luminance(image_b), torch.tensor([get_task(task).class_id]),
+                             unet.gain_shifts_for([task])).clamp(0, 1)
 
 
 def test_the_bundled_model_is_what_loads_by_default(bundled):
     assert (BUNDLED_MODEL_DIR / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not list(BUNDLED_MODEL_DIR.rglob("*.bin")) and not list(BUNDLED_MODEL_DIR.rglob("*.pt"))
-    assert bundled.unet.config.output_head == UNET_PRESETS["default"]["output_head"]
+    assert bundled.unet.config.pyramid_levels == UNET_PRESETS["default"]["pyramid_levels"]
 
 
 @pytest.mark.parametrize("task", TASKS)

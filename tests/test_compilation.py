@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_pyramid_pipeline
+from conftest import make_pipeline
 
 from fusionfm import FusionFMPipeline
 from fusionfm.compilation import default_compile_cache
@@ -17,7 +17,7 @@ def fuse(pipe: FusionFMPipeline, pair, compute_dtype: str | None = None) -> np.n
 
 @pytest.mark.slow
 def test_compiled_equals_eager_within_bf16_rounding_at_two_sizes(real_pair, compile_cache):
-    pipe = make_pyramid_pipeline()
+    pipe = make_pipeline()
     pairs = [[image.resize(size) for image in real_pair("MEF")] for size in ((640, 480), (600, 420))]
     eager = [fuse(pipe, pair, "bf16") for pair in pairs]
     exact = [fuse(pipe, pair, "fp32") for pair in pairs]
@@ -40,7 +40,7 @@ def test_compiled_equals_eager_within_bf16_rounding_at_two_sizes(real_pair, comp
 
 
 def test_other_precisions_stay_eager(real_pair, tmp_path):
-    pipe = make_pyramid_pipeline()
+    pipe = make_pipeline()
     pair = [image.resize((96, 72)) for image in real_pair("MEF")]
     eager = fuse(pipe, pair, "fp32")
     pipe.compile_unet("bf16", cache_dir=tmp_path, warm_up_size=None)  # would compile at the first bf16 call

@@ -16,7 +16,8 @@ import pytest
 import torch
 from conftest import DATA, REPO_ROOT, free_port, kill_process_tree, make_pipeline
 
-from fusionfm.fuse import find_jobs, main, plan_folder
+from fusionfm.folders import find_jobs, plan_folder
+from fusionfm.fuse import main
 from fusionfm.metrics.fusion import spatial_frequency
 from fusionfm.tasks import get_task
 

@@ -266,7 +266,7 @@ def test_a_pickle_in_a_model_folder_never_runs(tmp_path, name):
     marker = tmp_path / "pickle-ran"
     (tmp_path / "model" / name).write_bytes(pickle.dumps(_Trap(str(marker))))
     loaded = FusionFMPipeline.from_pretrained(tmp_path / "model")
-    assert loaded.unet.config.output_head == "weight" and not marker.exists()
+    assert loaded.unet.config.pyramid_levels == 3 and not marker.exists()
     (tmp_path / "model/unet/diffusion_pytorch_model.safetensors").unlink()
     if name.startswith("unet/diffusion_pytorch_model"):
         with pytest.raises(Exception, match="safetensors"):
@@ -286,7 +286,7 @@ BAD_INPUTS = [
     (dict(batch_size=np.bool_(True)), "batch_size must be a whole number >= 1"),
     (dict(output_type="jpg"), "output_type must be one of pil, np, pt"),
     (dict(processing_resolution=-5), r"processing_resolution must be a whole number >= 0 \(0: the input's own size"),
-    (dict(processing_resolution=1), "processing_resolution=1 is below this model's minimum of 2 pixels"),
+    (dict(processing_resolution=1), "processing_resolution=1 is below this model's minimum of 4 pixels"),
     (dict(compute_dtype="int8"), "compute_dtype must be"),
     (dict(image_b="size"), r"image_a is 212x502 but image_b is 100x200 \(HxW\).*resize_b_to_a=True"),
     (dict(image_a=np.zeros((0, 5), np.uint8)), r"image_a is empty \(shape \(0, 5, 1\)\)"),
@@ -304,7 +304,7 @@ BAD_INPUTS = [
     (dict(image_a=[], image_b=[]), "image_a is an empty list"),
     (dict(image_a="list"), "both as single images or both as lists"),
     (dict(task=["IVF", "MEF"]), "Got 2 tasks for 1 pairs"),
-    (dict(detail_gain=1.0), "detail_gain needs a model with the pyramid output head"),  # tiny_pipe: weight head
+    (dict(detail_gain=3.0), r"detail_gain must be None \(the model's own\) or a number from 0.5 to 2"),
 ]
 
 
@@ -435,13 +435,12 @@ def exposure_bracket():
 
 
 def test_a_stack_of_frames_fuses_in_any_order(tiny_pipe, exposure_bracket):
-    pyramid_pipe = make_pipeline()
-    pyramid_pipe.unet = build_unet("pyramid", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
-    activity_pipe = make_pipeline()
-    activity_pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    start_pipe = make_pipeline(open_gates=False)
+    default_pipe = make_pipeline()
+    default_pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
     with torch.no_grad():
-        activity_pipe.unet.task_gate.fill_(0.5)  # the network's corrections on, as after training
-    for pipe in (tiny_pipe, pyramid_pipe, activity_pipe):  # the weight head, the pyramid head, the activity prior
+        default_pipe.unet.task_gate.fill_(0.5)  # the network's corrections on, as after training
+    for pipe in (tiny_pipe, start_pipe, default_pipe):  # corrections on, at the start, the default architecture
         fused = pipe(exposure_bracket, task="MEF", output_type="pt", **FP32).images[0]
         assert fused.shape == (3, *exposure_bracket[0].size[::-1])
         reordered = pipe(exposure_bracket[::-1], task="MEF", output_type="pt", **FP32).images[0]
@@ -452,10 +451,9 @@ def test_a_stack_of_frames_fuses_in_any_order(tiny_pipe, exposure_bracket):
 
 def test_black_and_white_that_every_source_shares_stay_so(exposure_bracket, monkeypatch):
     """Real frames with one patch black and one white in every frame, as a stack of three and as a pair: the
-    untrained pyramid head carries grey into both patches (spill of their surroundings' coarse bands); the pipeline
-    keeps them black and white."""
-    pipe = make_pipeline()
-    pipe.unet = build_unet("pyramid", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    band-wise blend carries grey into both patches (spill of their surroundings' coarse bands); the pipeline keeps
+    them black and white."""
+    pipe = _trained_like_default_pipe()
     frames = [np.asarray(frame).copy() for frame in exposure_bracket]
     for frame in frames:
         frame[10:30, 20:50], frame[60:80, 90:120] = 0, 255
@@ -498,7 +496,7 @@ def test_detail_gain_one_gives_a_source_fused_with_itself_back(exposure_bracket,
         faithful, own, stronger = (pipe(**call, task=task, output_type="pt", detail_gain=gain, **FP32).images[0]
                                    for gain in (1.0, None, 1.5))
         assert (faithful - frame).abs().max() < 1e-4
-        assert (own - frame).abs().mean() > 2e-3
+        assert (own - frame).abs().mean() > 1e-3
         assert (stronger - frame).abs().mean() > (own - frame).abs().mean()
 
 

@@ -151,7 +151,8 @@ def test_the_untrained_model_is_its_start(ivf_batch):
     for name in ("MI", "VIF", "Qabf", "SSIM"):
         torch.testing.assert_close(terms[name], torch.zeros(1))
     a, b = ivf_batch["image_a"], ivf_batch["image_b"]
-    excess = (start - torch.maximum(a, b) - 4 / 255).clamp_min(0) + (torch.minimum(a, b) - 4 / 255 - start).clamp_min(0)
+    margin = 10 / 255
+    excess = (start - torch.maximum(a, b) - margin).clamp_min(0) + (torch.minimum(a, b) - margin - start).clamp_min(0)
     short = light_sources(torch.maximum(a, b)) * (torch.maximum(a, b) - 3 / 255 - start).clamp_min(0)
     torch.testing.assert_close(terms["range"], 255 * excess.mean().reshape(1))
     torch.testing.assert_close(terms["white"], 255 * short.mean().reshape(1))

@@ -170,7 +170,7 @@ def test_training_starts_a_task_variant_where_inference_does(real_pair):
     """A batch of MRI-CT crops whose label is the CT variant's start (finest gain 1.3, the MIF class 1.05): the
     sampler adds the variant's gain shifts, and with them the untrained model's flow loss is ~0; without them (the
     class's start) it is not."""
-    unet = build_unet("tiny", output_head="pyramid", pyramid_levels=3, task_gates=True,
+    unet = build_unet("tiny", task_gates=True,
                       activity_scales=[[16.0, 16.0, 2.0]] * 4, detail_gains=[[1.05, 1.05]] * 4,
                       variant_detail_gains={"MIF-CT": [1.3, 1.05]})
     processor = FusionImageProcessor()

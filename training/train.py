@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--labels", nargs="+", default=None, metavar="TASK=DIR",
                       help="pseudo-label folder per task (written by python -m fusionfm.pseudolabel), for "
                            "--objective labels")
+    data.add_argument("--pairs", nargs="+", default=None, metavar="TASK=DIR",
+                      help="--objective fidelity on your own registered pairs instead of --data_root's training "
+                           "split: a folder per task in the layouts of python -m fusionfm.fuse (<stem>_ir.png + "
+                           "<stem>_vi.png, or ir/ + vi/); no labels needed")
+    data.add_argument("--exclude_datasets", nargs="+", default=[],
+                      help="data sets of --data_root's training split to leave out (e.g. TNO, to fine-tune on later)")
     data.add_argument("--tasks", nargs="+", default=None,
                       help="task order (default: the --labels order, else IVF MIF MEF MFF). Families: IVF MIF MEF MFF.")
     data.add_argument("--resolution", type=int, default=128, help="side of the square training crops")
@@ -151,7 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--objective labels needs --labels TASK=DIR for every task.")
     try:
         args.labels = parse_label_folders(args.labels or [])
-        args.tasks = [get_task(task).family for task in (args.tasks or list(args.labels) or list(FAMILIES))]
+        args.pairs = parse_label_folders(args.pairs or [], "--pairs")
+        args.tasks = [get_task(task).family for task in (args.tasks or list(args.labels) or list(args.pairs)
+                                                         or list(FAMILIES))]
     except ValueError as error:
         parser.error(str(error))
     missing = [task for task in args.tasks if task not in args.labels]
@@ -159,8 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"no --labels folder for {', '.join(missing)}; give TASK=DIR for every task in --tasks.")
     if args.start_share is None:
         args.start_share = 0.75 if args.objective == "fidelity" else 0.0
-    if args.objective == "fidelity" and args.data_root is None:
-        parser.error("--objective fidelity trains on the pairs of --data_root; pass it.")
+    if args.objective == "fidelity" and args.data_root is None and any(task not in args.pairs for task in args.tasks):
+        parser.error("--objective fidelity trains on the pairs of --data_root (or of --pairs TASK=DIR); pass them.")
     if len(set(args.tasks)) != len(args.tasks):
         parser.error(f"--tasks lists a task twice: {args.tasks}.")
     for name in ("resolution", "train_batch_size", "steps_per_task", "checkpointing_steps", "logging_steps"):
@@ -189,7 +197,8 @@ def cosine_per_task(optimizer: torch.optim.Optimizer, warmup_steps: int,
 def run_config(args: argparse.Namespace) -> dict:
     """The arguments as JSON values (checkpoints and the model card keep them)."""
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    return config | {"labels": {task: str(folder) for task, folder in args.labels.items()}}
+    return config | {key: {task: str(folder) for task, folder in getattr(args, key).items()}
+                     for key in ("labels", "pairs")}
 
 
 def model_card(args: argparse.Namespace, state: TrainingState, num_processes: int, load_from: str):
@@ -217,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             datasets = {task: LabelledPairs(args.labels[task], args.data_root, task, exclude=held_out)
                         for task in args.tasks}
         else:
-            datasets = {task: SourcePairs(args.data_root, task, exclude=held_out) for task in args.tasks}
+            datasets = {task: SourcePairs(args.data_root, task, exclude=held_out, folder=args.pairs.get(task),
+                                          exclude_datasets=set(args.exclude_datasets)) for task in args.tasks}
         eval_sets = ({task: validation_pairs(args.data_root, task, args.eval_resolution, args.eval_pairs,
                                              args.validation_split) for task in args.tasks}
                      if args.eval_pairs != 0 and main_process else {})

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..atomic import save_png_atomic
 from ..color import luminance
 from ..datasets import PairRecord, find_pairs, task_matches
+from ..folders import plan_folder
 from ..image_processor import FusionImageProcessor, to_pil
 from ..synthetic import SYNTHESIZERS, SyntheticPairs
 from ..tasks import FusionTask, get_task
@@ -135,27 +136,36 @@ class SourcePairs(torch.utils.data.Dataset):
     photograph as their truth.
 
     Args:
-        data_root: the ``shared/data`` folder.
+        data_root: the ``shared/data`` folder (unused with ``folder``).
         task: a task family (``"IVF"``, ``"MIF"``, ``"MEF"``, ``"MFF"``) or a variant (``"MIF-CT"``).
         exclude: (dataset, stem) of pairs to leave out (the validation split).
         synthetic_seed: the synthetic pairs' seed (the validation split's synthetic pairs are those of seed 0).
+        exclude_datasets: real data sets to leave out whole (a set kept aside to fine-tune on).
+        folder: instead of ``data_root``, a user's folder of registered pairs in the layouts of
+            :mod:`fusionfm.folders` (no synthetic pairs are added).
 
     Items are dicts of ``image_a``, ``image_b``, ``target``: (1, H, W) uint8 (the truth, or zeros), ``has_target``:
     bool, ``task_id``: int and ``task``: the task's name.
     """
 
-    def __init__(self, data_root: str | Path, task: str | FusionTask, exclude: set[tuple[str, str]] | None = None,
-                 synthetic_seed: int = 0) -> None:
+    def __init__(self, data_root: str | Path | None, task: str | FusionTask,
+                 exclude: set[tuple[str, str]] | None = None, synthetic_seed: int = 0,
+                 exclude_datasets: set[str] | None = None, folder: str | Path | None = None) -> None:
         self.task = get_task(task)
         exclude = exclude or set()
         self._processor = FusionImageProcessor()
-        try:
-            real = find_pairs(data_root, self.task, "train")
-        except ValueError:  # MEF and MFF have no real training split
-            real = []
-        self.real = [pair for pair in real if (pair.dataset, pair.stem) not in exclude]
+        if folder is not None:  # a user's own pairs, in the folder CLI's layouts
+            real = [PairRecord(self.task, Path(folder).name, "train", job.name, *job.paths)
+                    for job in plan_folder(Path(folder), self.task).jobs if len(job.paths) == 2]
+        else:
+            try:
+                real = find_pairs(data_root, self.task, "train")
+            except ValueError:  # MEF and MFF have no real training split
+                real = []
+        self.real = [pair for pair in real if (pair.dataset, pair.stem) not in exclude
+                     and pair.dataset not in (exclude_datasets or set())]
         self.synthetic, self._synthetic_indices = None, []
-        if self.task.family in SYNTHESIZERS:
+        if folder is None and self.task.family in SYNTHESIZERS:
             self.synthetic = SyntheticPairs(data_root, self.task.family, "train", seed=synthetic_seed)
             dataset = f"synthetic-{self.synthetic.rows[0]['dataset']}" if self.synthetic.rows else ""
             self._synthetic_indices = [index for index, row in enumerate(self.synthetic.rows)
@@ -197,8 +207,8 @@ def _gray_uint8(image: torch.Tensor) -> torch.Tensor:
     return (luminance(image[None])[0] * 255).round().to(torch.uint8)
 
 
-def parse_label_folders(items: list[str]) -> dict[str, Path]:
-    """``["IVF=labels/IVF", ...]`` -> {task family: folder}.
+def parse_label_folders(items: list[str], option: str = "--labels") -> dict[str, Path]:
+    """``["IVF=labels/IVF", ...]`` (the items of ``option``) -> {task family: folder}.
 
     Raises:
         ValueError: an item is not TASK=DIR, names an unknown task, or a family twice.
@@ -207,10 +217,10 @@ def parse_label_folders(items: list[str]) -> dict[str, Path]:
     for item in items:
         task, separator, folder = item.partition("=")
         if not separator or not folder:
-            raise ValueError(f"--labels takes TASK=DIR items, got {item!r}.")
+            raise ValueError(f"{option} takes TASK=DIR items, got {item!r}.")
         family = get_task(task).family
         if family in folders:
-            raise ValueError(f"--labels names {family} twice.")
+            raise ValueError(f"{option} names {family} twice.")
         folders[family] = Path(folder)
     return folders
 

@@ -172,7 +172,8 @@ class FidelityObjective:
             synthetic MEF and MFF pairs).
         range_weight: weight of the fused values' excess beyond both sources' range (grey levels past
             ``range_margin``), averaged over the pixels.
-        range_margin: grey levels (0-255) beyond both sources that cost nothing (the pyramid's own ringing).
+        range_margin: grey levels (0-255) beyond both sources that cost nothing (the fidelity goal counts values more
+            than 10 levels outside both sources).
         white_weight: weight of the shortfall (grey levels) below a source that is clipped white (>= 250) in a
             compact region (:func:`light_sources`): a headlight, a lamp or the sun stays white.
         loss_weight: weight of each metric's loss below the start (its negative gain), on top of its weight in
@@ -189,7 +190,7 @@ class FidelityObjective:
     mef_ssim: float = 0.0
     truth: float = 0.0
     range_weight: float = 0.1
-    range_margin: float = 4.0
+    range_margin: float = 10.0
     white_weight: float = 0.1
     loss_weight: float = 0.0
     share_weight: float = 1.0

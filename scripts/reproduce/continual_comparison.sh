@@ -1,30 +1,28 @@
 #!/usr/bin/env bash
-# The continual-learning comparison of docs/continual.md: naive sequential, EWC only, replay only,
-# EWC + replay and joint training, the same steps for each (4 tasks x STEPS steps of batch 8).
-# Usage: scripts/reproduce/continual_comparison.sh LABELS_DIR OUT_DIR [STEPS]
-#   LABELS_DIR holds IVF-train, MIF-train, MEF-train, MFF-train (python -m fusionfm.pseudolabel outputs).
-# Re-running resumes unfinished runs from their latest checkpoint and skips finished ones.
+# The continual-learning comparison of docs/continual.md: the shipped recipe (tasks one after another with EWC and
+# replay) beside joint training (all tasks at once, the same steps), each with two seeds, then the R matrices, ACC and
+# BWT. The runs differ from train_default_model.sh only in --joint and --seed.
+#   scripts/reproduce/continual_comparison.sh [OUT] [STEPS]
+# Re-running resumes unfinished runs and skips finished ones; two runs at a time, one thread each.
 set -euo pipefail
-LABELS=${1:?labels folder}
-OUT=${2:?output folder}
-STEPS=${3:-300}
 cd "$(dirname "$0")/../.."
-COMMON=(--data_root ../shared/data
-        --labels "IVF=$LABELS/IVF-train" "MIF=$LABELS/MIF-train" "MEF=$LABELS/MEF-train" "MFF=$LABELS/MFF-train"
-        --tasks IVF MIF MEF MFF --steps_per_task "$STEPS" --train_batch_size 8 --resolution 128
-        --learning_rate 1e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 50
-        --eval_pairs 8 --eval_resolution 256 --checkpointing_steps "$STEPS" --checkpoints_total_limit 1
-        --no_save_each_task --resume_from_checkpoint latest --no_progress --seed 0)
-declare -A VARIANTS=(
-  [naive]="--ewc_lambda 0 --replay_per_task 0"
-  [ewc]="--ewc_lambda 20000 --ewc_fisher_batches 4 --replay_per_task 0"
-  [replay]="--ewc_lambda 0 --replay_per_task 64 --replay_share 0.25"
-  [ewc_replay]="--ewc_lambda 20000 --ewc_fisher_batches 4 --replay_per_task 64 --replay_share 0.25"
-  [joint]="--joint"
-)
-for name in naive ewc replay ewc_replay joint; do
-  if [[ -f "$OUT/$name/training_summary.json" ]]; then echo "$name: done"; continue; fi
-  # shellcheck disable=SC2086
-  /usr/bin/time -f "$name: %e s" python training/train.py "${COMMON[@]}" ${VARIANTS[$name]} --output_dir "$OUT/$name"
-done
+OUT=${1:-work/continual}
+STEPS=${2:-1500}
+export OMP_NUM_THREADS=1
+run() {  # NAME SEED [extra arguments]
+  local name=$1 seed=$2; shift 2
+  if [[ -f "$OUT/$name-$seed/training_summary.json" ]]; then echo "$name-$seed: done"; return; fi
+  python training/train.py --data_root ../shared/data --objective fidelity --tasks IVF MIF MEF MFF \
+    --steps_per_task "$STEPS" --train_batch_size 2 --resolution 256 --learning_rate 1e-3 \
+    --lr_scheduler cosine_per_task --lr_warmup_steps 50 --mixed_precision bf16 --eval_pairs 8 --eval_resolution 256 \
+    --checkpointing_steps 500 --checkpoints_total_limit 2 --resume_from_checkpoint latest --no_progress \
+    --seed "$seed" --output_dir "$OUT/$name-$seed" "$@" > "$OUT/$name-$seed.log" 2>&1
+}
+mkdir -p "$OUT"
+run continual 0 --ewc_lambda 1000 --ewc_fisher_batches 8 --replay_per_task 64 --replay_share 0.25 &
+run continual 1 --ewc_lambda 1000 --ewc_fisher_batches 8 --replay_per_task 64 --replay_share 0.25
+wait
+run joint 0 --joint &
+run joint 1 --joint
+wait
 python scripts/reports/continual_report.py "$OUT"
