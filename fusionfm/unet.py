@@ -301,6 +301,24 @@ class FusionUNet(ModelMixin, ConfigMixin):
                                   self.consistency_weight[task_ids], self.consistency_epsilons[task_ids],
                                   self.config.consistency_sigma, self.sharper_base[task_ids])
 
+    TASK_PARAMETERS = ("task_gate", "activity_scale", "gain_offset", "unet.class_embedding.weight")
+    """Parameters with one row per task: a task's row changes only its own fusions."""
+
+    def train_only_tasks(self, task_ids: Sequence[int]) -> list[torch.nn.Parameter]:
+        """Freeze everything but the rows of ``task_ids`` in :data:`TASK_PARAMETERS` (their gradient is masked to
+        those rows), so training changes no other task's fusion; returns the parameters left to train (give them to
+        an optimizer without weight decay, which would move the other rows)."""
+        named = dict(self.named_parameters())
+        trainable = []
+        for name, parameter in named.items():
+            parameter.requires_grad_(name in self.TASK_PARAMETERS)
+            if name in self.TASK_PARAMETERS:
+                mask = torch.zeros(parameter.shape[0], *([1] * (parameter.ndim - 1)), device=parameter.device)
+                mask[list(task_ids)] = 1.0
+                parameter.register_hook(lambda grad, mask=mask: grad * mask.to(grad.dtype))
+                trainable.append(parameter)
+        return trainable
+
     def activity_scales_for(self, task_ids: torch.Tensor) -> torch.Tensor | None:
         """(B, L) float32 activity-prior strengths of each item's task (None without the prior)."""
         if self.config.activity_scales is None:

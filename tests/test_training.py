@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
-from conftest import DATA, REPO_ROOT, free_port, kill_process_tree
+from conftest import DATA, REPO_ROOT, free_port, kill_process_tree, make_pipeline
 from safetensors.torch import load_file
 
 from fusionfm import FusionFMPipeline
@@ -248,3 +249,31 @@ def test_relabel_folder_replaces_the_chosen_labels_copies_the_rest_and_resumes(l
         same = original.path_label.read_bytes() == relabelled.path_label.read_bytes()
         assert same == (original.stem != first)
     assert relabel_folder(labels["MFF"], out, None, replace_first) == (3, 0)  # resumed: nothing left to write
+
+
+def test_fine_tuning_on_a_folder_of_ones_own_pairs_changes_that_task_alone(tmp_path):
+    """The README's recipe on three small real pairs in the folder CLI's layout: --init a model, --pairs IVF=DIR,
+    --freeze_shared; the output loads and fuses, its infrared-visible fusions move and its other tasks stay
+    exactly as they were."""
+    pairs = tmp_path / "my_pairs"
+    pairs.mkdir()
+    stems = sorted(path.stem for path in (DATA / "IVF" / "TNO" / "train" / "ir").iterdir())[:3]
+    for stem in stems:
+        for modality in ("ir", "vi"):
+            source = next((DATA / "IVF" / "TNO" / "train" / modality).glob(f"{stem}.*"))
+            PIL.Image.open(source).convert("L").crop((0, 0, 96, 96)).save(pairs / f"{stem}_{modality}.png")
+    init = tmp_path / "init"
+    make_pipeline().save_pretrained(init)
+    output_dir = tmp_path / "tuned"
+    result = _run(["--init", str(init), "--pairs", f"IVF={pairs}", "--tasks", "IVF", "--freeze_shared",
+                   "--steps_per_task", "3", "--train_batch_size", "2", "--resolution", "64", "--lr_warmup_steps", "1",
+                   "--learning_rate", "0.05", "--eval_pairs", "0", "--no_progress", "--output_dir", str(output_dir)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Training pairs: IVF 3" in result.stderr
+    before, after = FusionFMPipeline.from_pretrained(init), FusionFMPipeline.from_pretrained(output_dir)
+    a, b = (PIL.Image.open(pairs / f"{stems[0]}_{modality}.png") for modality in ("ir", "vi"))
+    fused = {name: [pipe(a, b, task=task, output_type="pt", compute_dtype="fp32").images for task in
+                    ("IVF", "MIF", "MEF", "MFF")] for name, pipe in (("before", before), ("after", after))}
+    assert (fused["after"][0] - fused["before"][0]).abs().max() > 1e-4
+    for task in (1, 2, 3):
+        torch.testing.assert_close(fused["after"][task], fused["before"][task], atol=0, rtol=0)

@@ -413,3 +413,27 @@ def test_default_preset_size_and_unknown_presets():
     assert not unet.config.mid_block_attention
     with pytest.raises(ValueError, match="Unknown U-Net preset 'huge'. Known presets: default, tiny"):
         build_unet("huge")
+
+
+def test_training_only_one_tasks_parameters_leaves_every_other_task_exactly_as_it_was():
+    torch.manual_seed(0)
+    unet = build_unet("tiny")
+    with torch.no_grad():
+        unet.task_gate.fill_(0.5)
+    optimizer = torch.optim.AdamW(unet.train_only_tasks([0]), lr=0.1, weight_decay=0.0)
+    a, b = torch.rand(2, 1, 1, 32, 32).unbind(0)
+    x0 = (a + b) / 2
+
+    def fusions() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [unet(x0, a, b, torch.zeros(1), torch.tensor([task])) for task in range(4)]
+
+    before = fusions()
+    for _ in range(3):
+        unet(x0, a, b, torch.zeros(1), torch.tensor([0])).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = fusions()
+    assert (after[0] - before[0]).abs().max() > 1e-3
+    for task in (1, 2, 3):
+        torch.testing.assert_close(after[task], before[task], atol=0, rtol=0)

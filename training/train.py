@@ -63,10 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--data_root", type=Path, default=None,
                       help="shared/data folder: real sources of the labels and the test pairs for evaluation.")
-    data.add_argument("--objective", choices=["fidelity", "labels"], default="fidelity",
-                      help="fidelity: the unsupervised fidelity objective on the training pairs of --data_root "
-                           "(fusionfm.training.losses.FIDELITY_OBJECTIVES; no labels needed); labels: flow matching to "
-                           "pseudo-labels (--labels)")
+    data.add_argument("--objective", choices=["fidelity", "labels"], default=None,
+                      help="fidelity (default without --labels): the unsupervised fidelity objective on the training "
+                           "pairs of --data_root or --pairs (fusionfm.training.losses.FIDELITY_OBJECTIVES; no labels "
+                           "needed); labels (default with --labels): flow matching to pseudo-labels")
     data.add_argument("--labels", nargs="+", default=None, metavar="TASK=DIR",
                       help="pseudo-label folder per task (written by python -m fusionfm.pseudolabel), for "
                            "--objective labels")
@@ -85,6 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--init", default=None,
                        help="start from this pipeline's U-Net (a folder or Hub id; to fine-tune a trained model) "
                             "instead of a fresh --unet_preset")
+    model.add_argument("--freeze_shared", action="store_true",
+                       help="train only the --tasks' own parameters (their class embedding, gates, activity strengths "
+                            "and gains); every other task's fusions stay exactly as they were (fine-tuning one task "
+                            "without the others' data)")
     model.add_argument("--unet_preset", default="default",
                        help="tiny, default, weight or large (fusionfm.unet.UNET_PRESETS)")
     model.add_argument("--unet_config", type=Path, default=None, help="JSON file of FusionUNet config overrides")
@@ -153,6 +157,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.objective is None:
+        args.objective = "labels" if args.labels else "fidelity"
     if args.objective == "labels" and not args.labels:
         parser.error("--objective labels needs --labels TASK=DIR for every task.")
     try:
@@ -243,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         model = build_unet(args.unet_preset, **overrides)
     noise_scheduler = FlowMatchFusionScheduler(coupling=args.coupling, time_sampling=args.time_sampling,
                                                start_share=args.start_share)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay,
-                                  eps=args.adam_epsilon)
+    if args.freeze_shared:
+        parameters = model.train_only_tasks([get_task(task).class_id for task in args.tasks])
+        optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0, eps=args.adam_epsilon)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay,
+                                      eps=args.adam_epsilon)
     stages = 1 if args.joint else len(args.tasks)
     total_steps = args.steps_per_task * len(args.tasks)
     if args.lr_scheduler == "cosine_per_task":

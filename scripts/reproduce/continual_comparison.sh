@@ -12,7 +12,7 @@ export OMP_NUM_THREADS=1
 run() {  # NAME SEED [extra arguments]
   local name=$1 seed=$2; shift 2
   if [[ -f "$OUT/$name-$seed/training_summary.json" ]]; then echo "$name-$seed: done"; return; fi
-  python training/train.py --data_root ../shared/data --objective fidelity --tasks IVF MIF MEF MFF \
+  python training/train.py --data_root ../shared/data --objective fidelity --tasks IVF MIF MEF MFF --exclude_datasets TNO \
     --steps_per_task "$STEPS" --train_batch_size 2 --resolution 256 --learning_rate 1e-3 \
     --lr_scheduler cosine_per_task --lr_warmup_steps 50 --mixed_precision bf16 --eval_pairs 8 --eval_resolution 256 \
     --checkpointing_steps 500 --checkpoints_total_limit 2 --resume_from_checkpoint latest --no_progress \
