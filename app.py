@@ -52,8 +52,8 @@ TASK_CHOICES = [("Infrared + visible (IVF)", "IVF"), ("MRI + CT (MIF)", "MIF-CT"
 SHOWN_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 METRICS_MAX_SIDE = 512  # metrics of larger results are computed on a copy downscaled to this long side
 MAX_STEPS = 8  # the steps slider's range; the model is trained for one step
-# zlib level 1: PNG encoding at the default level took 130 ms per 640x480 image, three per answer, more than the
-# fusion itself; level 1 is several times faster for files about a third larger.
+# zlib level 1: PNG encoding at the default level takes longer than the fusion itself (three images per answer);
+# level 1 is several times faster for files about a third larger.
 PNG_COMPRESS_LEVEL = 1
 MAX_FRAMES = 16  # frames of one exposure bracket or focus stack
 STACK_TASKS = ("MEF", "MFF")

@@ -1,4 +1,4 @@
-"""Luminance extraction and colour recombination (DESIGN.md, "Colour").
+"""Luminance extraction and colour recombination (docs/design.md, "Colour").
 
 All functions take float tensors in [0, 1] shaped (B, C, H, W) with C = 1 (gray) or 3 (RGB).
 YCbCr is the full-range BT.601 variant (as OpenCV's RGB2YCrCb and kornia use): Y in [0, 1],

@@ -86,8 +86,8 @@ class FusionImageProcessor(ConfigMixin):
             divides by 65535.
         border_margin: pixels of mirrored image added on every side before the network and cropped after, so
             the network sees the image border as interior. Without it the convolutions' zero padding shows as
-            a band along the border (up to 10 grey levels on a multi-exposure example, 0.3 with 16 pixels;
-            docs/quality.md). 0 turns it off.
+            a band along the border (up to 10 grey levels on a multi-exposure example, 0.3 with 16 pixels).
+            0 turns it off.
     """
 
     config_name = "processor_config.json"

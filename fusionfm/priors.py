@@ -2,7 +2,7 @@
 
 Every built-in prior is a function ``fuse(image_a, image_b) -> fused_y`` on batched tensors:
 images (B, C, H, W) in [0, 1] with C = 1 or 3, result the fused luminance (B, 1, H, W) in [0, 1].
-:func:`run_prior` puts colour back with the task's policy (DESIGN.md, "Colour").
+:func:`run_prior` puts colour back with the task's policy (docs/design.md, "Colour").
 :class:`ExternalPriors` reads other methods' fused images from ``priors/<METHOD>/<stem>.*`` folders.
 """
 

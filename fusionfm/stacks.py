@@ -46,7 +46,7 @@ down to about this many pixels (:func:`blend_stack`'s ``base_min_size``). With o
 the weights swing from one to the other across an edge such as a bright window, and a per-pixel base blend leaves a
 dark or bright ring around it at 1/16 of the image size; blended down to 8 pixels the change spreads over the image.
 Chosen by eye on the Merianos validation pairs (16 still left a halo around a roof against the sky); stacks of three
-or more keep the per-pixel base, which scored higher on their validation (docs/quality.md, session 22)."""
+or more keep the per-pixel base, which scored higher on their validation (docs/stacks.md)."""
 
 
 def blend_stack(frames: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,

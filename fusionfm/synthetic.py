@@ -8,8 +8,7 @@ function of (photograph, seed, stem), so a data set can be rebuilt bit for bit.
   noise, clipped, re-encoded with a camera-like S-shaped tone curve and quantised to 8 bits. The
   range and the curve make the pairs as hard as real ones: on 20 BSDS train pairs 32 % of the
   over-exposed pixels are >= 250 and 25 % of the under-exposed ones <= 10 (MEFB and SICE: 34 % and
-  34 %); the earlier 1-2.5 EV without the curve gave 21 % and 4 %, pairs whose plain average was
-  nearly the truth.
+  34 %); milder brackets make pairs whose plain average is nearly the truth.
 - MFF: a smooth random focus mask splits the image into two complementary regions; each image is
   sharp in its region and defocused (disk blur, radius 1.5-5 px, a different radius per image)
   elsewhere, with a soft transition at the boundary, then quantised to 8 bits.

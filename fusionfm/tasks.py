@@ -1,7 +1,7 @@
 """The task registry: the one place that knows the fusion tasks.
 
 Every task names its two inputs (modality folder names as in the data layout, and display
-labels), how colour is put back after fusing luminance (see DESIGN.md, "Colour"), and the
+labels), how colour is put back after fusing luminance (see docs/design.md, "Colour"), and the
 class id that the U-Net receives as its task embedding. MIF variants share the MIF class id:
 the network learns one medical task, the variants differ only in labels and colour source.
 """

@@ -99,12 +99,10 @@ def benchmark_score(fused: torch.Tensor, pair: ValidationPair) -> float:
 
 NEAR_COPY_LEVELS = 2.0
 """A fusion nearer than this to one of its sources (:func:`distance_to_nearer_source`, grey levels 0-255) is a
-near-copy of it. :func:`benchmark_score` can reward one (where a source already beats the priors on most metrics: a
-MIF base strength of 64 made the first SPECT example pair 1.6 grey levels from its MRI, docs/quality.md session 17),
-so validation reports count them (``scripts/reports/validation_scores.py``), as the bundled-model tests do for the
+near-copy of it. :func:`benchmark_score` can reward one (where a source already beats the priors on most metrics), so
+validation reports count them (``scripts/reports/validation_scores.py``), as the bundled-model tests do for the
 examples. A count is a reason to look at the images, not a verdict: for MRI-PET and MRI-SPECT the colour carries the
-functional image, so a luminance near the MRI's can still be a fusion (the session-18 model: 12 of the 30 SPECT
-validation pairs at 256 px, GFF 6)."""
+functional image, so a luminance near the MRI's can still be a fusion."""
 
 CHOICE_LEVELS = 10.0
 """Sources differing by more than this many grey levels at a pixel leave fusion a choice there."""

@@ -1,4 +1,4 @@
-"""Stage 2 of the pseudo-labels: the Fusion Refiner (divide and conquer, DESIGN.md).
+"""Stage 2 of the pseudo-labels: the Fusion Refiner (divide and conquer, docs/pseudolabels.md).
 
 Given a selected label P and its sources a, b (luminance, (B, 1, H, W) in [0, 1]):
 

@@ -173,8 +173,8 @@ def _gaussian_1d(size: int) -> torch.Tensor:
 
 
 # Filtering is done in float64 through the FFT (Gaussians) and running sums (box windows): torch's
-# float64 depthwise convolution takes a generic path about 12x slower (300 ms for VIF's first scale at
-# 640x480), and float32 cannot be used (see the module docstring). VIF and SSIM filter their maps one at
+# float64 depthwise convolution takes a generic path about 12x slower, and float32 cannot be used (see the module
+# docstring). VIF and SSIM filter their maps one at
 # a time: one call over all eight is 3x slower on CPU, because its ~20 MB temporaries go back to the OS
 # (glibc trims the heap) and are page-faulted in again on every call.
 def _spectrum(images: torch.Tensor) -> torch.Tensor:
@@ -349,7 +349,7 @@ def fusion_metrics(fused: torch.Tensor, image_a: torch.Tensor, image_b: torch.Te
     """All twelve metrics of :data:`METRIC_NAMES` for a batch of (F, A, B): name -> (B,) float64."""
     fused, image_a, image_b = torch.broadcast_tensors(_batch(fused), _batch(image_a), _batch(image_b))
     if len(fused) > 1:
-        # One triple at a time is faster on CPU (450 vs 730 ms for eight 640x480 triples): the batched
+        # One triple at a time is faster on CPU (by about a third for eight 640x480 triples): the batched
         # temporaries are large enough for glibc to hand them back to the OS after every call.
         triples = zip(fused.split(1), image_a.split(1), image_b.split(1), strict=True)
         per_triple = [fusion_metrics(*triple) for triple in triples]

@@ -55,7 +55,7 @@ def _flow_terms(prediction: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, gr
 # ---------------------------------------------------------------------------------------------- endpoint terms
 ENDPOINT_TERMS = ("intensity", "gradient", "structure", "edges")
 DEFAULT_ENDPOINT_TERMS = ("intensity", "gradient", "structure")
-"""The terms used unless named: ``edges`` came later (session 16) and is opt-in, so earlier recipes run as before."""
+"""The terms used unless named (``edges`` is opt-in)."""
 
 ENDPOINT_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
     "IVF": {"intensity": 1.0, "gradient": 1.0, "structure": 0.5, "edges": 1.0},
@@ -68,9 +68,7 @@ ENDPOINT_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
 - intensity: L1 to a per-pixel intensity target: the brighter source for IVF and MIF (thermal targets and
   bone/tracer signal are bright, as in SeAFusion- and U2Fusion-style losses), the better-exposed source (closer
   to mid-grey) for MEF; none for MFF, where both sources have the right intensity;
-- MEF's intensity, gradient and structure are off (0): with intensity 0.5, gradient 1 and structure 0.5 its
-  validation score fell from 0.52-0.57 to 0.35-0.39 and a border band appeared (docs/quality.md); the per-pixel
-  targets pull against smooth tone transitions;
+- MEF's intensity, gradient and structure are off (0): the per-pixel targets pull against smooth tone transitions;
 - gradient: L1 between the endpoint's Sobel gradient magnitude and the larger of the two sources' (per pixel):
   keep the strongest edge of either source;
 - structure: 1 - the mean of SSIM(endpoint, a) and SSIM(endpoint, b) (11 x 11 Gaussian windows);
