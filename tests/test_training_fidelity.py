@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,8 +103,8 @@ def test_gradients_are_finite_on_flat_and_real_regions(real_pair):
 
 def test_mef_ssim_equals_the_metric(real_pair):
     under, over = real_pair("MEF")
-    frames = torch.stack([torch.from_numpy(__import__("numpy").asarray(image.convert("RGB"))).permute(2, 0, 1).float()
-                          / 255 for image in (under, over)])[..., :120, :160]
+    frames = torch.stack([torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
+                          for image in (under, over)])[..., :120, :160]
     gray = (0.299 * frames[:, 0] + 0.587 * frames[:, 1] + 0.114 * frames[:, 2])[:, None]
     fused = gray.mean(dim=0, keepdim=True)
     expected = mef_ssim(fused[0], gray)
