@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,15 @@ import pytest
 import torch
 from torch.nn.functional import max_pool2d
 
-from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet, get_task, load_image
+from fusionfm import (
+    FlowMatchFusionScheduler,
+    FusionFMPipeline,
+    FusionImageProcessor,
+    build_unet,
+    get_task,
+    load_image,
+)
+from fusionfm.color import luminance
 from fusionfm.finishing import BLACK_LEVEL, LIT_SOURCE_RADIUS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +155,48 @@ def kill_process_tree(process) -> None:
             member.kill()
     process.wait()
     psutil.wait_procs(family, timeout=30)
+
+
+def accelerate_launcher(processes: int) -> list[str]:
+    """``accelerate launch`` with ``processes`` real CPU processes (gloo) on this machine, on a free port."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu", "--num_processes",
+            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port())]
+
+
+@pytest.fixture(scope="module")
+def ivf_crops(real_pair) -> tuple[torch.Tensor, torch.Tensor]:
+    """The luminances (1, 1, 96, 120) of the top-left crop of a real infrared-visible pair (RoadScene)."""
+    processor = FusionImageProcessor()
+    a, b = (luminance(processor.to_tensor_list(image)[0][None]) for image in real_pair("IVF"))
+    return a[..., :96, :120], b[..., :96, :120]
+
+
+@dataclasses.dataclass
+class KilledAndResumed:
+    """What :func:`run_one_then_two_killed_and_resumed` saw: the outputs present when the two-process run was killed
+    (name -> mtime in ns) and the resumed run."""
+
+    done_before: dict[str, int]
+    resumed: subprocess.CompletedProcess
+
+
+def run_one_then_two_killed_and_resumed(arguments: list[str], one: Path, two: Path, outputs: str,
+                                        wait_for: int = 2) -> KilledAndResumed:
+    """``python ARGUMENTS --out ONE``, then the same under ``accelerate launch`` with two processes into TWO, killed
+    (launcher and workers) as soon as ``wait_for`` files match the glob ``outputs`` under TWO, then run again there
+    to the end. One thread per process; this checkout's fusionfm."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *arguments, "--out", str(one)], env=env, check=True, capture_output=True,
+                   timeout=600)
+    process = subprocess.Popen([*accelerate_launcher(2), *arguments, "--out", str(two)], env=env,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(two.glob(outputs))) < wait_for:
+        time.sleep(0.02)
+    kill_process_tree(process)
+    done = {path.name: path.stat().st_mtime_ns for path in two.glob(outputs)}
+    resumed = subprocess.run([*accelerate_launcher(2), *arguments, "--out", str(two)], env=env, capture_output=True,
+                             text=True, timeout=600)
+    return KilledAndResumed(done, resumed)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import PIL.Image
@@ -17,14 +19,24 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+@contextlib.contextmanager
+def app_page() -> Iterator:
+    """The app served in this process, open in a headless Chromium page of 1280x1400."""
+    with serve_app() as url, playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Chromium: apt-get install -y chromium")
 def test_fuse_a_pair_in_the_browser(tmp_path):
     example = REPO_ROOT / "examples" / "MIF-PET"
     mri, pet = sorted(example.glob("*_mri.png"))[0], sorted(example.glob("*_pet.png"))[0]
-    with serve_app() as url, playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(url)
+    with app_page() as page:
         page.get_by_role("radio", name="MRI + PET (MIF)").check()
         # The input labels follow the task.
         playwright.expect(page.locator("#image-a")).to_contain_text("MRI", timeout=20_000)
@@ -39,7 +51,6 @@ def test_fuse_a_pair_in_the_browser(tmp_path):
         assert result.evaluate("img => img.complete && img.naturalWidth") == 256  # the PNG really loaded
         screenshot = tmp_path / "app.png"
         page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
     image = PIL.Image.open(screenshot)
     assert image.width == 1280 and image.height > 800
 
@@ -50,10 +61,7 @@ def test_an_error_stays_readable_on_the_page(tmp_path):
     example = REPO_ROOT / "examples"
     mri = sorted((example / "MIF-PET").glob("*_mri.png"))[0]
     under = sorted((example / "MEF").glob("*_under.*"))[0]  # another size than the MRI image
-    with serve_app() as url, playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(url)
+    with app_page() as page:
         page.get_by_role("radio", name="Multi-exposure (MEF)").check()
         page.locator("#image-a input[type=file]").set_input_files(str(under))
         page.locator("#image-b input[type=file]").set_input_files(str(mri))
@@ -63,7 +71,6 @@ def test_an_error_stays_readable_on_the_page(tmp_path):
         playwright.expect(message.first).to_be_visible(timeout=60_000)
         page.wait_for_timeout(25_000)  # past the old toast's lifetime
         playwright.expect(message.first).to_be_visible()
-        browser.close()
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Chromium: apt-get install -y chromium")
@@ -78,10 +85,7 @@ def test_frames_go_through_the_one_fuse_button_and_errors_leave_the_intro_readab
         PIL.Image.open(path).reduce(4).save(frames[-1])
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with serve_app() as url, playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(url)
+    with app_page() as page:
         page.get_by_role("radio", name="Multi-exposure (MEF)").check()
         page.locator("#image-a input[type=file]").set_input_files(str(text))
         warning = page.get_by_text("could not be read")
@@ -96,4 +100,3 @@ def test_frames_go_through_the_one_fuse_button_and_errors_leave_the_intro_readab
         page.locator("#fuse").click()
         playwright.expect(page.locator("#timing")).to_contain_text("Fused 3 frames at", timeout=120_000)
         playwright.expect(page.locator("#fused img")).to_have_count(1)
-        browser.close()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO_ROOT, free_port, kill_process_tree, make_pipeline
+from conftest import (
+    DATA,
+    make_pipeline,
+    run_one_then_two_killed_and_resumed,
+)
 
 from fusionfm.evaluate import main
 from fusionfm.evaluation.ranking import RANKED_METRICS, _ranks, rank_methods
@@ -104,13 +103,6 @@ def test_rank_methods_uses_only_the_pairs_every_method_has():
     assert [(row["method"], row["pairs"], row["mean_rank"]) for row in rows] == [("good", 1, 1.0), ("poor", 1, 2.0)]
 
 
-def _accelerate(processes: int) -> list[str]:
-    accelerate = Path(sys.executable).with_name("accelerate")
-    return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu", "--num_processes",
-            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port())]
-
-
 def _without_seconds(path) -> list[dict]:
     return [{key: value for key, value in row.items() if key != "seconds"} for row in _read(path)]
 
@@ -127,22 +119,12 @@ def test_two_processes_write_the_same_tables_as_one_and_resume_after_a_kill(tmp_
             shutil.copyfile(source, root / "IVF" / "Mini" / folder / source.name)
     model = tmp_path / "model"
     make_pipeline().save_pretrained(model)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     arguments = ["-m", "fusionfm.evaluate", "--model", str(model), "--data", str(root), "--task", "IVF",
                  "--no-progress", "--no-builtin-priors"]
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, *arguments, "--out", str(one)], env=env, check=True, capture_output=True,
-                   timeout=600)
-    process = subprocess.Popen([*_accelerate(2), *arguments, "--out", str(two)], env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list((two / ".pairs").glob("*.json"))) < 2:
-        time.sleep(0.02)
-    kill_process_tree(process)
-    done = {p.name: p.stat().st_mtime_ns for p in (two / ".pairs").glob("*.json")}
+    run = run_one_then_two_killed_and_resumed(arguments, one, two, ".pairs/*.json")
+    done, result = run.done_before, run.resumed
     assert 2 <= len(done) < 6, "the run should have been killed part way"
-    result = subprocess.run([*_accelerate(2), *arguments, "--out", str(two)], env=env, capture_output=True,
-                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Mini: FusionFM ranks 1 of 1" in result.stdout and result.stdout.count("ranks") == 1  # main only
     assert _without_seconds(two / "per_pair.csv") == _without_seconds(one / "per_pair.csv")

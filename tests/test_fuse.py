@@ -8,13 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import DATA, REPO_ROOT, free_port, kill_process_tree, make_pipeline
+from conftest import (
+    DATA,
+    REPO_ROOT,
+    make_pipeline,
+    run_one_then_two_killed_and_resumed,
+)
 
 from fusionfm.folders import find_jobs, plan_folder
 from fusionfm.fuse import main
@@ -174,13 +178,6 @@ def test_help_shows_the_folder_layouts(capsys):
         assert layout in text
 
 
-def _accelerate(processes: int) -> list[str]:
-    accelerate = Path(sys.executable).with_name("accelerate")
-    return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu", "--num_processes",
-            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port())]
-
-
 @pytest.mark.slow
 def test_two_processes_fuse_the_same_files_as_one_and_resume_after_a_kill(model, tmp_path):
     pairs = tmp_path / "pairs"
@@ -191,22 +188,12 @@ def test_two_processes_fuse_the_same_files_as_one_and_resume_after_a_kill(model,
         for modality in ("ir", "vi"):
             source = next((DATA / "IVF" / "RoadScene" / "test" / modality).glob(f"{stem}.*"))
             shutil.copy(source, pairs / modality / source.name)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     arguments = ["-m", "fusionfm.fuse", "--task", "IVF", "--input", str(pairs), "--model", str(model),
                  "--no-progress", "--threads", "1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, *arguments, "--out", str(one)], env=env, check=True, capture_output=True,
-                   timeout=600)
-    process = subprocess.Popen([*_accelerate(2), *arguments, "--out", str(two)], env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(two.glob("*.png"))) < 2:
-        time.sleep(0.02)
-    kill_process_tree(process)
-    done = {path.name: path.stat().st_mtime_ns for path in two.glob("*.png")}
+    run = run_one_then_two_killed_and_resumed(arguments, one, two, "*.png")
+    done, result = run.done_before, run.resumed
     assert 2 <= len(done) < 8, "the run should have been killed part way"
-    result = subprocess.run([*_accelerate(2), *arguments, "--out", str(two)], env=env, capture_output=True,
-                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{8 - len(done)} fused, {len(done)} already done, 0 failed" in result.stdout
     assert result.stdout.count("fused,") == 1  # the main process reports

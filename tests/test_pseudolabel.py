@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import DATA, REPO_ROOT, free_port, kill_process_tree
+from conftest import DATA, REPO_ROOT, accelerate_launcher, kill_process_tree
 from kornia.filters import gaussian_blur2d
 
 from fusionfm import FusionImageProcessor
@@ -99,13 +99,6 @@ def test_synthetic_labels_are_deterministic_and_resume_after_a_kill(tmp_path):
     assert len(untouched) >= len(done_before) - 1
 
 
-def _accelerate(processes: int) -> list[str]:
-    accelerate = Path(sys.executable).with_name("accelerate")
-    return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu", "--num_processes",
-            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port())]
-
-
 @pytest.mark.slow
 def test_two_processes_write_the_same_labels_and_rows_as_one_and_resume_after_a_kill(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
@@ -114,7 +107,7 @@ def test_two_processes_write_the_same_labels_and_rows_as_one_and_resume_after_a_
     subprocess.run([sys.executable, "-m", "fusionfm.pseudolabel", *arguments, "--out", str(one)], env=env,
                    check=True, capture_output=True, timeout=600)
     two = tmp_path / "two"
-    command = [*_accelerate(2), "-m", "fusionfm.pseudolabel", *arguments, "--out", str(two)]
+    command = [*accelerate_launcher(2), "-m", "fusionfm.pseudolabel", *arguments, "--out", str(two)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.time() + 300
@@ -123,8 +116,8 @@ def test_two_processes_write_the_same_labels_and_rows_as_one_and_resume_after_a_
     kill_process_tree(process)
     assert 2 <= len(list((two / "synthetic-BSDS500").glob("*.png"))) < 6, "the run should have been killed part way"
     assert list(two.glob(".labels-*.csv"))  # each process had its own rows file
-    result = subprocess.run([*_accelerate(2), "-m", "fusionfm.pseudolabel", *arguments, "--out", str(two)], env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([*accelerate_launcher(2), "-m", "fusionfm.pseudolabel", *arguments, "--out", str(two)],
+                            env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (two / "labels.csv").read_bytes() == (one / "labels.csv").read_bytes()
     assert not list(two.glob(".labels-*.csv"))

@@ -23,29 +23,21 @@ from fusionfm.pyramid import (
 )
 
 
-@pytest.fixture(scope="module")
-def sources(real_pair):
-    processor = FusionImageProcessor()
-    ir, vi = real_pair("IVF")
-    a, b = (luminance(processor.to_tensor_list(image)[0][None]) for image in (ir, vi))
-    return a[..., :96, :120], b[..., :96, :120]
-
-
-def test_collapse_inverts_the_laplacian_pyramid_at_odd_sizes(sources):
-    a = sources[0][..., :77, :101]
+def test_collapse_inverts_the_laplacian_pyramid_at_odd_sizes(ivf_crops):
+    a = ivf_crops[0][..., :77, :101]
     torch.testing.assert_close(collapse(laplacian_pyramid(a, 4)), a, atol=1e-5, rtol=0)
     assert pyramid_levels(77, 101) == 4 and pyramid_levels(4, 4) == 1
 
 
-def test_saturated_weights_and_unit_gains_reproduce_each_source(sources):
-    a, b = sources
+def test_saturated_weights_and_unit_gains_reproduce_each_source(ivf_crops):
+    a, b = ivf_crops
     saturated, unit_gains = torch.full((1, 4, *a.shape[-2:]), 50.0), torch.ones(1, 3, *a.shape[-2:])
     torch.testing.assert_close(blend_pyramids(a, b, saturated, unit_gains), a, atol=1e-5, rtol=0)
     torch.testing.assert_close(blend_pyramids(a, b, -saturated, unit_gains), b, atol=1e-5, rtol=0)
 
 
-def test_band_wise_weights_take_each_band_from_its_source(sources):
-    a, b = sources
+def test_band_wise_weights_take_each_band_from_its_source(ivf_crops):
+    a, b = ivf_crops
     weights = torch.full((1, 3, *a.shape[-2:]), -50.0)
     weights[:, 0] = 50.0  # the finest band from a, the rest from b
     fused = blend_pyramids(a, b, weights, torch.ones(1, 2, *a.shape[-2:]))
@@ -121,7 +113,7 @@ def test_a_larger_consistency_epsilon_evens_the_choice_only_where_both_bands_are
 
 
 def test_a_consistent_detail_choice_keeps_more_of_the_sources_edges_on_a_real_mri_ct_pair(real_pair):
-    """Qabf (edge strength and orientation kept from the sources) of the prior alone, MRI-CT example: with half of
+    """Qabf (edge strength and orientation kept from the ivf_crops) of the prior alone, MRI-CT example: with half of
     every detail level's choice from one consistent map it rises (0.613 -> 0.650 measured); weight 0 is the
     per-band choice exactly."""
     processor = FusionImageProcessor()
@@ -142,10 +134,10 @@ def test_consistent_detail_logit_takes_one_epsilon_per_item():
     torch.testing.assert_close(both[1:], consistent_detail_logit(finest_a[1:], finest_b[1:], epsilon=0.03))
 
 
-def test_a_strong_activity_prior_is_the_max_abs_laplacian_prior(sources):
+def test_a_strong_activity_prior_is_the_max_abs_laplacian_prior(ivf_crops):
     """Logits 0 and detail strengths far above 1: each detail coefficient from the source with the larger
     magnitude, the base averaged (strength 0), which is the Laplacian-pyramid prior."""
-    a, b = sources
+    a, b = ivf_crops
     levels = pyramid_levels(*a.shape[-2:])
     fused = activity_fusion(a, b, torch.tensor([1e4] * (levels - 1) + [0.0]))
     prior = laplacian_pyramid_fusion(a, b)

@@ -15,7 +15,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
-from conftest import DATA, REPO_ROOT, free_port, kill_process_tree, make_pipeline
+from conftest import DATA, REPO_ROOT, accelerate_launcher, free_port, kill_process_tree, make_pipeline
 from safetensors.torch import load_file
 
 from fusionfm import FusionFMPipeline
@@ -170,16 +170,9 @@ def test_clear_errors_for_bad_arguments(labels, tmp_path):
     assert result.returncode == 2 and "TASK=DIR" in result.stderr
 
 
-def _two_process_launcher() -> list[str]:
-    accelerate = Path(sys.executable).with_name("accelerate")
-    return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--multi_gpu",
-            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port())]
-
-
 def _start(arguments: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([*_two_process_launcher(), str(SCRIPT), *arguments], cwd=REPO_ROOT, env=env,
+    return subprocess.Popen([*accelerate_launcher(2), str(SCRIPT), *arguments], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -200,7 +193,7 @@ def test_a_two_process_run_killed_again_and_again_resumes_to_the_same_weights(la
     after a checkpoint), then resume: the final weights equal an uninterrupted two-process run's, bit for bit."""
     arguments = ["--mixed_precision", "no", "--eval_pairs", "0", "--checkpoints_total_limit", "2"]
     reference = tmp_path / "reference"
-    result = _run(_arguments(labels, reference, *arguments), _two_process_launcher())
+    result = _run(_arguments(labels, reference, *arguments), accelerate_launcher(2))
     assert result.returncode == 0, result.stderr[-3000:]
 
     output_dir = tmp_path / "killed"
@@ -220,7 +213,7 @@ def test_a_two_process_run_killed_again_and_again_resumes_to_the_same_weights(la
 
         killed += _kill_when(_start(resume), ready if killed == 0 else ready_after_delay)
     assert killed >= 2  # a fast machine may finish before the last kill
-    result = _run(resume, _two_process_launcher())
+    result = _run(resume, accelerate_launcher(2))
     assert result.returncode == 0, result.stderr[-3000:]
     final, uninterrupted = _weights(output_dir), _weights(reference)
     assert all(torch.equal(final[name], uninterrupted[name]) for name in uninterrupted)

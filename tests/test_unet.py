@@ -31,16 +31,8 @@ from fusionfm.stacks import blend_stack
 from fusionfm.tasks import get_task
 
 
-@pytest.fixture(scope="module")
-def sources(real_pair):
-    processor = FusionImageProcessor()
-    ir, vi = real_pair("IVF")
-    a, b = (luminance(processor.to_tensor_list(image)[0][None]) for image in (ir, vi))
-    return a[..., :96, :120], b[..., :96, :120]
-
-
-def test_the_pyramid_head_maps_its_outputs_to_weights_and_bounded_gains(sources):
-    a, b = (x[..., :96, :112] for x in sources)
+def test_the_pyramid_head_maps_its_outputs_to_weights_and_bounded_gains(ivf_crops):
+    a, b = (x[..., :96, :112] for x in ivf_crops)
     torch.manual_seed(0)
     unet = build_unet("tiny", activity_scales=None, task_gates=False, detail_gains=None)
     assert unet.unet.conv_out.out_channels == 5  # 3 weights + 2 gains
@@ -56,10 +48,10 @@ def test_the_pyramid_head_maps_its_outputs_to_weights_and_bounded_gains(sources)
     torch.testing.assert_close(x0 + velocity, expected, atol=1e-5, rtol=0)  # one Euler step from t = 0 lands on it
 
 
-def test_a_salient_base_measured_from_given_means_is_the_same_in_every_tile(sources):
+def test_a_salient_base_measured_from_given_means_is_the_same_in_every_tile(ivf_crops):
     """Tiles fused with the whole image's means see the same salience as the whole image does (up to each
     tile's own pyramid); with each tile's own means they would not."""
-    a, b = (x[..., :96, :112] for x in sources)
+    a, b = (x[..., :96, :112] for x in ivf_crops)
     unet = build_unet("tiny", activity_scales=[[8.0, 8.0, 4.0]] * 4,
                       base_activity=["salient", "brighter", "brighter", "brighter"])
     means = mean_levels(a, b)
@@ -76,10 +68,10 @@ def test_a_salient_base_measured_from_given_means_is_the_same_in_every_tile(sour
     torch.testing.assert_close(unet(x0, a, b, zeros, mif, source_means=means), unet(x0, a, b, zeros, mif))
 
 
-def test_start_fusion_is_the_untrained_default_head_of_every_task(sources):
+def test_start_fusion_is_the_untrained_default_head_of_every_task(ivf_crops):
     """:meth:`FusionUNet.start_fusion` (the start the fidelity objective and the learning ledger measure from) fuses
     exactly as the untrained default preset does: its base rule, detail consistency, strengths and gains."""
-    a, b = (x[..., :96, :96] for x in sources)
+    a, b = (x[..., :96, :96] for x in ivf_crops)
     unet = build_unet("default").eval()
     x0 = (a + b) / 2
     for task_id in range(4):
@@ -173,10 +165,10 @@ def test_models_saved_before_the_consistency_epsilon_and_sigma_keep_theirs(tmp_p
     assert loaded.config.consistency_sigma == CONSISTENT_SIGMA == 2.0
 
 
-def test_per_task_consistency_epsilons_fuse_a_mixed_batch_as_each_task_alone(sources):
+def test_per_task_consistency_epsilons_fuse_a_mixed_batch_as_each_task_alone(ivf_crops):
     """An IVF item (epsilon 0.1) and an MFF item (0.03) in one batch fuse as each does alone, and a wrong number of
     epsilons or a sigma <= 0 is refused."""
-    a, b = (x[..., :64, :64] for x in sources)
+    a, b = (x[..., :64, :64] for x in ivf_crops)
     unet = build_unet("default").eval()
     pair_a, pair_b = torch.cat([a, a]), torch.cat([b, b])
     x0, zeros = (pair_a + pair_b) / 2, torch.zeros(2)
@@ -197,8 +189,8 @@ def _activity_unet(levels: int = 3) -> torch.nn.Module:
     return build_unet("tiny", pyramid_levels=levels, activity_scales=scales, detail_gains=None, task_gates=False)
 
 
-def test_an_activity_prior_model_starts_as_the_prior_and_keeps_its_learned_strengths(sources, tmp_path):
-    a, b = (x[..., :96, :112] for x in sources)
+def test_an_activity_prior_model_starts_as_the_prior_and_keeps_its_learned_strengths(ivf_crops, tmp_path):
+    a, b = (x[..., :96, :112] for x in ivf_crops)
     unet = _activity_unet()
     x0, task = (a + b) / 2, torch.tensor([1])  # MIF: strength 16 on every level
     velocity = unet(x0, a, b, torch.zeros(1), task)
@@ -217,8 +209,8 @@ def test_activity_scales_that_cannot_work_are_refused():
         build_unet("tiny", activity_scales=[[1.0, 1.0]] * 4)
 
 
-def test_task_gates_start_every_task_at_the_prior_and_move_only_with_its_own_data(sources):
-    a, b = (x[..., :96, :112] for x in sources)
+def test_task_gates_start_every_task_at_the_prior_and_move_only_with_its_own_data(ivf_crops):
+    a, b = (x[..., :96, :112] for x in ivf_crops)
     torch.manual_seed(0)
     gated = build_unet("tiny", task_gates=True,
                        activity_scales=[[16.0, 16.0, 2.0]] * 4)
@@ -235,8 +227,8 @@ def test_task_gates_start_every_task_at_the_prior_and_move_only_with_its_own_dat
     assert moved[0] > 0 and moved[3] > 0 and moved[1] == 0 and moved[2] == 0
 
 
-def test_detail_gains_start_each_task_at_its_own_gains_and_are_kept_on_save(sources, tmp_path):
-    a, b = (x[..., :96, :112] for x in sources)
+def test_detail_gains_start_each_task_at_its_own_gains_and_are_kept_on_save(ivf_crops, tmp_path):
+    a, b = (x[..., :96, :112] for x in ivf_crops)
     gains = [[1.05, 1.05], [1.0, 1.0], [1.2, 0.9], [1.05, 1.05]]
     unet = build_unet("tiny", task_gates=True,
                       activity_scales=[[16.0, 16.0, 2.0]] * 4, detail_gains=gains)
@@ -266,8 +258,8 @@ def _variant_unet(**overrides) -> FusionUNet:
     return build_unet("tiny", **{**config, **overrides}).eval()
 
 
-def test_a_task_variant_starts_at_its_own_gains_and_shares_what_its_class_learned(sources, tmp_path):
-    a, b = (x[..., :96, :112] for x in sources)
+def test_a_task_variant_starts_at_its_own_gains_and_shares_what_its_class_learned(ivf_crops, tmp_path):
+    a, b = (x[..., :96, :112] for x in ivf_crops)
     unet, mif, zeros = _variant_unet(), torch.tensor([1]), torch.zeros(1)
     x0, scales = (a + b) / 2, torch.tensor([16.0, 16.0, 2.0])
     with torch.no_grad():
@@ -335,8 +327,8 @@ def test_the_pipeline_starts_each_pair_of_a_mixed_batch_at_its_variants_gains(re
     assert (as_ct - as_pet).abs().mean() > 1e-3
 
 
-def test_reset_task_returns_one_task_to_its_start_and_leaves_the_others(sources):
-    a, b = (x[..., :96, :112] for x in sources)
+def test_reset_task_returns_one_task_to_its_start_and_leaves_the_others(ivf_crops):
+    a, b = (x[..., :96, :112] for x in ivf_crops)
     torch.manual_seed(0)
     unet = build_unet("tiny", task_gates=True,
                       activity_scales=[[16.0, 16.0, 2.0]] * 4, detail_gains=[[1.05, 1.05]] * 4)
@@ -356,8 +348,8 @@ def test_reset_task_returns_one_task_to_its_start_and_leaves_the_others(sources)
         build_unet("tiny", task_gates=False).reset_task(1)
 
 
-def test_a_task_at_its_start_skips_the_unet_at_inference_with_the_same_result(sources):
-    a, b = (x[..., :96, :112] for x in sources)
+def test_a_task_at_its_start_skips_the_unet_at_inference_with_the_same_result(ivf_crops):
+    a, b = (x[..., :96, :112] for x in ivf_crops)
     torch.manual_seed(0)
     unet = build_unet("tiny", task_gates=True,
                       activity_scales=[[16.0, 16.0, 2.0]] * 4, detail_gains=[[1.05, 1.05]] * 4)
