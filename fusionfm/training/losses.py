@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from kornia.filters import spatial_gradient
 from kornia.metrics import ssim
 
+from ..evaluation.fidelity import LIGHT_LEVEL, light_sources
 from ..scheduler import FlowMatchFusionScheduler
 from ..tasks import FAMILIES, get_task
 from .fidelity import soft_mef_ssim, soft_mi, soft_qabf, soft_ssim, soft_vif
@@ -200,25 +201,6 @@ def log_gain(value: torch.Tensor, start: torch.Tensor, offset: float) -> torch.T
     return torch.log(value + offset) - torch.log(start + offset)
 
 
-LIGHT_LEVEL = 250 / 255
-"""A source at or above this level is clipped white."""
-
-LIGHT_RADIUS = 8
-"""Clipped regions that a disk of this radius (pixels) fits into are over-exposed areas (a white sky), not light
-sources: :func:`light_sources` leaves them out."""
-
-
-def light_sources(image: torch.Tensor, radius: int = LIGHT_RADIUS) -> torch.Tensor:
-    """(B, 1, H, W) mask (float, 0 or 1) of the compact clipped-white regions of ``image`` in [0, 1]: headlights,
-    lamps, the sun; the clipped pixels minus the morphological opening (a square of side 2 radius + 1) of the
-    clipped set, which keeps what is wider than that, such as an over-exposed sky."""
-    clipped = (image >= LIGHT_LEVEL).float()
-    size = 2 * radius + 1
-    eroded = -F.max_pool2d(-clipped, size, stride=1, padding=radius)
-    opened = F.max_pool2d(eroded, size, stride=1, padding=radius)
-    return clipped * (1 - opened)
-
-
 def fidelity_terms(fused: torch.Tensor, start: torch.Tensor, batch: dict[str, torch.Tensor],
                    objective: FidelityObjective) -> dict[str, torch.Tensor]:
     """The objective's terms, each per sample (B,), for a fused endpoint and the start's fusion (B, 1, H, W) of a
@@ -254,7 +236,8 @@ def fidelity_terms(fused: torch.Tensor, start: torch.Tensor, batch: dict[str, to
     excess = F.relu(fused - highest - margin) + F.relu(lowest - margin - fused)
     terms["range"] = 255 * excess.mean(dim=(1, 2, 3))
     white = lowest if objective.white_from_darker else highest
-    terms["white"] = 255 * (light_sources(white) * F.relu(white - 3 / 255 - fused)).mean(dim=(1, 2, 3))
+    lights = light_sources(white, level=LIGHT_LEVEL / 255)
+    terms["white"] = 255 * (lights * F.relu(white - 3 / 255 - fused)).mean(dim=(1, 2, 3))
     return terms
 
 
