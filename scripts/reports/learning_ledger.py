@@ -101,6 +101,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--split", nargs="+", default=["validation", "test"], choices=["validation", "test"])
     parser.add_argument("--tasks", nargs="+", default=["IVF", "MIF", "MEF", "MFF"])
+    parser.add_argument("--datasets", nargs="+", default=None, help="only these data sets (e.g. TNO)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -115,6 +116,8 @@ def main() -> int:
         sets |= validation_sets(args.data, args.tasks)
     if "test" in args.split:
         sets |= test_sets(args.data, args.tasks)
+    if args.datasets:
+        sets = {name: items for name, items in sets.items() if name.split()[-1] in args.datasets}
     lines = ["| set | pairs | metric | start | reference | trained | vs start | vs reference |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
     verdicts = []
