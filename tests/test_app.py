@@ -55,6 +55,16 @@ def _expected_mode(task: str, path_a, path_b) -> str:
 EXAMPLES = app_module.example_rows()
 
 
+def test_example_tables_are_per_task_family_with_their_own_headers_all_on_one_page():
+    demo = app_module.build_demo(app_module.FusionApp(make_pipeline()))
+    tables = [block for block in demo.blocks.values() if type(block).__name__ == "Dataset"]
+    headers = {tuple(table.headers) for table in tables}
+    assert headers == {("Task", "Infrared", "Visible"), ("Task", "MRI", "CT, PET or SPECT"),
+                       ("Task", "Under-exposed", "Over-exposed"), ("Task", "Near focus", "Far focus")}
+    assert all(len(table.samples) <= table.samples_per_page for table in tables)  # no second page
+    assert sum(len(table.samples) for table in tables) == len(EXAMPLES)
+
+
 def test_examples_cover_every_task_of_the_selector():
     assert {row[0] for row in EXAMPLES} == {value for _, value in app_module.TASK_CHOICES}
     assert len(EXAMPLES) >= 2 * len(app_module.TASK_CHOICES)

@@ -24,6 +24,7 @@ from fusionfm.folders import find_jobs, plan_folder
 from fusionfm.fuse import main
 from fusionfm.metrics.fusion import spatial_frequency
 from fusionfm.tasks import get_task
+from fusionfm.threads import default_threads
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +202,8 @@ def test_two_processes_fuse_the_same_files_as_one_and_resume_after_a_kill(model,
     for stem in stems:
         assert (two / f"{stem}.png").read_bytes() == (one / f"{stem}.png").read_bytes()
     assert all((two / name).stat().st_mtime_ns == mtime for name, mtime in done.items())
+
+
+def test_default_threads_share_the_cpus_between_concurrent_fusions(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [default_threads(n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]

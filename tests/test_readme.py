@@ -20,3 +20,16 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     exec(compile(example, "README.md", "exec"), {})
     fused = PIL.Image.open(tmp_path / "fused.png")
     assert fused.size == PIL.Image.open(ir_path).size and fused.mode == "RGB"
+
+
+def test_the_caps_the_readme_states_are_the_bundled_models():
+    """The README's caps and minimum size are those the bundled pipeline applies."""
+    from fusionfm import FusionFMPipeline
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    pipe = FusionFMPipeline.from_pretrained()
+    stated_pixels = re.search(r"`max_processing_pixels` \((\d+) million", readme).group(1)
+    assert int(stated_pixels) * 1_000_000 == pipe.config.max_processing_pixels
+    stated_steps = re.search(r"`max_num_inference_steps` \((\d+)\)", readme).group(1)
+    assert int(stated_steps) == pipe.config.max_num_inference_steps
+    assert f"({pipe.min_processing_side} pixels a side for the bundled network" in readme
