@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         overrides = json.loads(args.unet_config.read_text()) if args.unet_config else {}
         model = build_unet(args.unet_preset, **overrides)
-    noise_scheduler = FlowMatchFusionScheduler(coupling=args.coupling, time_sampling=args.time_sampling,
+    scheduler = FlowMatchFusionScheduler(coupling=args.coupling, time_sampling=args.time_sampling,
                                                start_share=args.start_share)
     if args.freeze_shared:
         parameters = model.train_only_tasks([get_task(task).class_id for task in args.tasks])
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.log_with:
         accelerator.init_trackers("fusionfm", config={k: str(v) for k, v in vars(args).items()})
 
-    sampler = BatchSampler(datasets, replay, noise_scheduler, args.resolution, flip=not args.no_flip,
+    sampler = BatchSampler(datasets, replay, scheduler, args.resolution, flip=not args.no_flip,
                            gain_shifts_for=unwrapped.gain_shifts_for)
     if args.objective == "labels":
         loss_function = functools.partial(fusion_loss, gradient_weight=args.gradient_loss_weight,
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.joint:
                 consolidate(args, stage, accelerator, unwrapped, sampler, loss_function, ewc, replay, datasets)
             if main_process:
-                finish_stage(args, stage, name, unwrapped, noise_scheduler, state, eval_sets, accelerator)
+                finish_stage(args, stage, name, unwrapped, scheduler, state, eval_sets, accelerator)
             accelerator.wait_for_everyone()
         if state.step % args.checkpointing_steps == 0 or state.step == total_steps:
             if main_process:
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     fingerprints = gather_object([checkpoints.weights_fingerprint(unwrapped)])
     if main_process:
         load_from = args.hub_model_id if args.push_to_hub else str(args.output_dir)
-        save_final_pipeline(args.output_dir, FusionFMPipeline(unet=unwrapped, scheduler=noise_scheduler),
+        save_final_pipeline(args.output_dir, FusionFMPipeline(unet=unwrapped, scheduler=scheduler),
                             model_card(args, state, accelerator.num_processes, load_from))
         summary = {
             "world_size": accelerator.num_processes,
@@ -396,10 +396,10 @@ def consolidate(args, stage: int, accelerator: Accelerator, unwrapped, sampler: 
         replay.add_task(name, len(datasets[name]), step_generator(args.seed, 0, stage, stream=2))
 
 
-def finish_stage(args, stage: int, name: str, unwrapped, noise_scheduler, state: TrainingState,
+def finish_stage(args, stage: int, name: str, unwrapped, scheduler, state: TrainingState,
                  eval_sets: dict, accelerator: Accelerator) -> None:
     """End of a task (or of joint training) on the main process: the row of R, the pipeline after the task."""
-    pipeline = FusionFMPipeline(unet=unwrapped, scheduler=noise_scheduler)
+    pipeline = FusionFMPipeline(unet=unwrapped, scheduler=scheduler)
     pipeline.set_progress_bar_config(disable=True)
     if eval_sets:
         unwrapped.eval()

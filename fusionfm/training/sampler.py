@@ -28,9 +28,9 @@ class BatchSampler:
     gain shifts, so that training starts each variant where inference does."""
 
     def __init__(self, datasets: dict[str, LabelledPairs], replay: ReplayBuffer,
-                 noise_scheduler: FlowMatchFusionScheduler, resolution: int, flip: bool = True,
+                 scheduler: FlowMatchFusionScheduler, resolution: int, flip: bool = True,
                  gain_shifts_for: Callable[[Sequence[str]], torch.Tensor | None] | None = None) -> None:
-        self.datasets, self.replay, self.noise_scheduler = datasets, replay, noise_scheduler
+        self.datasets, self.replay, self.scheduler = datasets, replay, scheduler
         self.resolution, self.flip, self.gain_shifts_for = resolution, flip, gain_shifts_for
 
     def draw(self, tasks: list[str], batch_size: int, generator: torch.Generator,
@@ -54,6 +54,6 @@ class BatchSampler:
         gain_shifts = self.gain_shifts_for([crop["task"] for crop in crops]) if self.gain_shifts_for else None
         if gain_shifts is not None:
             batch["gain_shifts"] = gain_shifts.cpu()
-        batch["x0"] = self.noise_scheduler.source_point(batch["image_a"], batch["image_b"], generator)
-        batch["t"] = self.noise_scheduler.sample_time(batch_size, generator)
+        batch["x0"] = self.scheduler.source_point(batch["image_a"], batch["image_b"], generator)
+        batch["t"] = self.scheduler.sample_time(batch_size, generator)
         return batch, replayed

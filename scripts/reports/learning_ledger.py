@@ -5,8 +5,9 @@
 For every data set of the validation split and of the test splits: the mean MI, VIF, Qabf and SSIM (and MEF-SSIM of
 exposure pairs against their two frames) of three fusions of each pair: MODEL's start (MODEL with every task returned
 to it by ``reset_task``), the reference model (``fusionfm/reference_model``, the bundled model before learning paid)
-and MODEL itself. A column passes when MODEL is 0.5 % or more above on at least 3 of MI, VIF, Qabf and SSIM and no
-more than 0.5 % below on any (MEF-SSIM may not fall either). Validation pairs at their own size; one network step;
+and MODEL itself; for the synthetic pairs (validation, and made from the natural test photographs) also the PSNR to
+their photograph. A column passes when MODEL is 0.5 % or more above on at least 3 of MI, VIF, Qabf and SSIM and no
+more than 0.5 % below on any (nor on MEF-SSIM or PSNR). Pairs at their own size; one network step;
 the pipelines' default precision. Per-pair results are cached under OUT/pairs/, so a stopped run resumes. Writes
 OUT/ledger.md and prints it.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import json
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ from fusionfm import FusionFMPipeline, get_task
 from fusionfm.atomic import write_text_atomic
 from fusionfm.color import luminance
 from fusionfm.datasets import find_pairs, load_pair
+from fusionfm.evaluation.reference import psnr_to_truth
 from fusionfm.evaluation.validation import SPLIT_FILE
 from fusionfm.image_processor import FusionImageProcessor
 from fusionfm.metrics.fusion import mutual_information, qabf, ssim, to_gray_255, vif
@@ -47,7 +50,7 @@ def started(pipeline: FusionFMPipeline) -> FusionFMPipeline:
 
 
 def validation_sets(data_root: Path, families: list[str]) -> dict[str, list]:
-    """(set name) -> [(stem, task, image a, image b)] of the validation split, at the pairs' own size."""
+    """(set name) -> [(stem, task, image a, image b, truth or None)] of the validation split."""
     processor = FusionImageProcessor()
     synthetic: dict[str, tuple[SyntheticPairs, dict[str, int]]] = {}
     sets: dict[str, list] = {}
@@ -58,33 +61,54 @@ def validation_sets(data_root: Path, families: list[str]) -> dict[str, list]:
                 continue
             if row["path_a"]:
                 a, b = processor.load(data_root / row["path_a"]), processor.load(data_root / row["path_b"])
+                truth = None
             else:
                 if task.family not in synthetic:
                     made = SyntheticPairs(data_root, task.family, "train", seed=0)
                     synthetic[task.family] = (made, {r["stem"]: i for i, r in enumerate(made.rows)})
                 made, index = synthetic[task.family]
                 pair = made[index[row["stem"]]]
-                a, b = pair.image_a, pair.image_b
-            sets.setdefault(f"validation {task.family} {row['dataset']}", []).append((row["stem"], task, a, b))
+                a, b, truth = pair.image_a, pair.image_b, pair.ground_truth
+            sets.setdefault(f"validation {task.family} {row['dataset']}", []).append((row["stem"], task, a, b, truth))
     return sets
 
 
 def test_sets(data_root: Path, families: list[str]) -> dict[str, list]:
-    """(set name) -> lazily loaded [(stem, task, PairRecord)] of every test split."""
+    """(set name) -> [(stem, task, loader)] of every test split and of the synthetic pairs of the natural test
+    photographs (MEF, MFF); a loader returns (image a, image b, truth or None)."""
     sets: dict[str, list] = {}
     for family in families:
         for pair in find_pairs(data_root, family, "test"):
-            sets.setdefault(f"test {family} {pair.dataset}", []).append((pair.stem, pair.task, pair))
+            loader = functools.partial(_real_pair, pair)
+            sets.setdefault(f"test {family} {pair.dataset}", []).append((pair.stem, pair.task, loader))
+        if family in ("MEF", "MFF"):
+            made = SyntheticPairs(data_root, family, "test", seed=0)
+            for index, row in enumerate(made.rows):
+                loader = functools.partial(_synthetic_pair, made, index)
+                sets.setdefault(f"test {family} synthetic", []).append((row["stem"], get_task(family), loader))
     return sets
 
 
-def scores(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, exposure: bool) -> dict[str, float]:
+def _real_pair(record) -> tuple:
+    image_a, image_b = (image[0] for image in load_pair(record))
+    return image_a, image_b, None
+
+
+def _synthetic_pair(pairs: SyntheticPairs, index: int) -> tuple:
+    pair = pairs[index]
+    return pair.image_a, pair.image_b, pair.ground_truth
+
+
+def scores(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, exposure: bool,
+           truth: torch.Tensor | None) -> dict[str, float]:
     gray = [to_gray_255(image[None] if image.ndim == 3 else image) for image in (fused, a, b)]
     values = {"MI": mutual_information(*gray), "VIF": vif(*gray), "Qabf": qabf(*gray), "SSIM": ssim(*gray)}
     values = {name: float(value) for name, value in values.items()}
     if exposure:
         frames = torch.stack([luminance(image[None])[0] for image in (a, b)])
         values["MEF-SSIM"] = mef_ssim(luminance(fused[None])[0], frames)
+    if truth is not None:
+        values["PSNR"] = psnr_to_truth(fused[None], truth[None])
     return values
 
 
@@ -129,11 +153,11 @@ def main() -> int:
             if cache.is_file():
                 rows.append(json.loads(cache.read_text()))
                 continue
-            a, b = item[2:] if len(item) == 4 else (image[0] for image in load_pair(item[2]))
+            a, b, truth = item[2:] if len(item) == 5 else item[2]()
             row = {}
             for column, pipeline in pipelines.items():
                 fused = pipeline(a, b, task=task, output_type="pt").images[0]
-                row[column] = scores(fused, a, b, task.family == "MEF")
+                row[column] = scores(fused, a, b, task.family == "MEF", truth)
             write_text_atomic(cache, json.dumps(row))
             rows.append(row)
         means = {column: {metric: sum(r[column][metric] for r in rows) / len(rows) for metric in rows[0][column]}
