@@ -103,16 +103,16 @@ def test_detail_gain_reaches_every_fusion_and_a_bad_one_stops_before_any(tmp_pat
     pairs = tmp_path / "pairs"
     shutil.copytree(REPO_ROOT / "examples" / "MFF", pairs)
     spatial_frequencies = {}
-    for gain in (None, "1"):
+    for gain in ("1.3", "1"):
         out = tmp_path / f"out_{gain}"
-        extra = [] if gain is None else ["--detail-gain", gain]
-        assert main(["--task", "MFF", "--input", str(pairs), "--out", str(out), "--no-progress", *extra]) == 0
+        assert main(["--task", "MFF", "--input", str(pairs), "--out", str(out), "--no-progress", "--detail-gain",
+                     gain]) == 0
         images = [torch.from_numpy(np.asarray(PIL.Image.open(path).convert("L"), dtype=np.float32))
                   for path in sorted(out.glob("*.png"))]
         spatial_frequencies[gain] = [float(spatial_frequency(image)) for image in images]
     assert len(spatial_frequencies["1"]) == len(list(pairs.glob("*_a.*")))
-    # The bundled model's MFF gains (1.04-1.1) sharpen; gain 1 keeps the sources' contrast.
-    assert all(default > faithful * 1.01 for default, faithful in zip(*spatial_frequencies.values(), strict=True))
+    # Gains above 1 sharpen every detail level; 1 keeps the sources' contrast.
+    assert all(sharp > faithful * 1.1 for sharp, faithful in zip(*spatial_frequencies.values(), strict=True))
     capsys.readouterr()
     out = tmp_path / "out_bad"
     assert main(["--task", "MFF", "--input", str(pairs), "--out", str(out), "--detail-gain", "3"]) == 2

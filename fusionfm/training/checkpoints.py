@@ -180,9 +180,11 @@ def resolve_resume(output_dir: Path, requested: str) -> Path | None:
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's bytes: equal across processes when DDP kept them in sync."""
+    """SHA-256 of every parameter's bytes in row-major order: equal across processes when DDP kept them in sync, and
+    the same for weights in channels-last layout (as ``from_pretrained`` gives them on a CPU)."""
     digest = hashlib.sha256()
     for name, parameter in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(parameter.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape(-1): a tensor with unit dimensions can count as contiguous with strides a byte view rejects.
+        digest.update(parameter.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

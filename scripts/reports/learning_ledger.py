@@ -15,7 +15,6 @@ OUT/ledger.md and prints it.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import functools
 import json
@@ -41,9 +40,9 @@ MARGIN = 0.5  # per cent
 COLUMNS = ("start", "reference", "trained")
 
 
-def started(pipeline: FusionFMPipeline) -> FusionFMPipeline:
-    """A copy of ``pipeline`` with every task returned to its start."""
-    start = copy.deepcopy(pipeline)
+def started(model: str) -> FusionFMPipeline:
+    """The pipeline ``model`` with every task returned to its start."""
+    start = FusionFMPipeline.from_pretrained(model)
     for class_id in range(start.unet.config.num_tasks):
         start.unet.reset_task(class_id)
     return start
@@ -131,7 +130,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     trained = FusionFMPipeline.from_pretrained(args.model)
-    pipelines = {"start": started(trained), "reference": FusionFMPipeline.from_pretrained(args.reference),
+    pipelines = {"start": started(args.model), "reference": FusionFMPipeline.from_pretrained(args.reference),
                  "trained": trained}
     for pipeline in pipelines.values():
         pipeline.set_progress_bar_config(disable=True)
