@@ -138,7 +138,7 @@ NATURAL_EXPOSURE = ", natural exposure"  # likewise for an exposure pair blended
 
 def contrast_setting(keep_contrast) -> float | None:
     """The pipeline's ``detail_gain`` for the page's contrast box: 1 (the sources' own contrast) when ticked,
-    else None (the model's own gains, which sharpen); a gr.Error for anything but true or false."""
+    else None (the gains the model learned); a gr.Error for anything but true or false."""
     return 1.0 if true_or_false(keep_contrast, "keep_contrast") else None
 
 
@@ -439,8 +439,8 @@ def build_demo(app: FusionApp, concurrency: int = 2) -> gr.Blocks:
             resolution = SettingSlider(0, app.max_side, value=0, step=32,
                                        label="Processing resolution: long side in pixels (0 = input size)")
             resize = gr.Checkbox(False, label="Resize to the first image (when the sizes differ)", elem_id="resize")
-            keep_contrast = gr.Checkbox(False, label="Keep the sources' own contrast: no added sharpening, the "
-                                                     "most faithful result (for focus stacks and scans)",
+            keep_contrast = gr.Checkbox(False, label="Keep the sources' own contrast: every detail at the sources' "
+                                                     "strength instead of the model's learned gains",
                                         elem_id="keep-contrast")
             natural_exposure = gr.Checkbox(False, label="Exposure pairs: natural skies and highlights, blended by "
                                                         "how well exposed each part is (darker, less contrast)",
