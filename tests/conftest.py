@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 from torch.nn.functional import max_pool2d
@@ -200,3 +202,29 @@ def run_one_then_two_killed_and_resumed(arguments: list[str], one: Path, two: Pa
     resumed = subprocess.run([*accelerate_launcher(2), *arguments, "--out", str(two)], env=env, capture_output=True,
                              text=True, timeout=600)
     return KilledAndResumed(done, resumed)
+
+
+def pil_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
+    """(1, C, H, W) float in [0, 1] from an 8-bit L or RGB PIL image."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+@pytest.fixture(scope="module")
+def exposure_bracket():
+    """The first three frames of a real Waterloo exposure sequence, darkest first, downscaled for speed."""
+    paths = sorted((DATA / "MEF" / "Waterloo" / "sequences" / "Balloons").glob("*.png"))[:3]
+    return [PIL.Image.open(path).convert("RGB").reduce(4) for path in paths]
+
+
+def trained_like_default_pipe() -> FusionFMPipeline:
+    """A small pipeline of the default preset with the network's corrections on and its gains off their start, as
+    after training."""
+    pipe = make_pipeline()
+    pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
+    with torch.no_grad():
+        pipe.unet.task_gate.fill_(0.5)
+        pipe.unet.gain_offset.add_(0.05)
+    return pipe

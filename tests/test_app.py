@@ -81,11 +81,13 @@ def test_fuse_every_example_pair(client, row):
     source = PIL.Image.open(path_a)
     assert fused.format == "PNG" and fused.size == source.size
     assert fused.mode == _expected_mode(task, path_a, path_b)
-    y, y_a, y_b = _luminance(fused_path), _luminance(path_a), _luminance(path_b)
-    choice = fusion_choice(y_a, y_b, task).numpy()  # the medical pairs are mostly black background
-    for other in (y_a, y_b, (y_a + y_b) / 2):
-        assert np.abs(y - other)[choice].mean() > 2.0  # not a copy of an input or of their mean
-    assert PIL.Image.open(slider_input).size == fused.size and _luminance(slider_fused).shape == y.shape
+    choice = fusion_choice(_luminance(path_a), _luminance(path_b), task).numpy()  # medical pairs: mostly black
+    rgb, rgb_a, rgb_b = (np.asarray(PIL.Image.open(path).convert("RGB"), dtype=np.float64)
+                         for path in (fused_path, path_a, path_b))
+    # Not a copy of an input or of their mean, in colour (an MRI-SPECT fusion's luminance is near the MRI's).
+    for other in (rgb_a, rgb_b, (rgb_a + rgb_b) / 2):
+        assert np.abs(rgb - other).mean(axis=-1)[choice].mean() > 2.0
+    assert PIL.Image.open(slider_input).size == fused.size and _luminance(slider_fused).shape == rgb.shape[:2]
     assert [row[0] for row in table["data"]] == ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"]
     assert all(np.isfinite(row[1]) and np.isfinite(row[2]) for row in table["data"])
     assert "(1 step)" in timing and "Note:" not in timing

@@ -1,34 +1,26 @@
-"""FusionFMPipeline on real pairs: sizes, modes, colour policy, batching, the flow, seeds, save/load, errors."""
+"""FusionFMPipeline on real pairs: sizes, modes, colour policy, batching, the flow, seeds, save/load, errors,
+detail gains."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, make_pipeline
+from conftest import make_pipeline, pil_to_tensor, trained_like_default_pipe
 
-from fusionfm import FusionFMPipeline, build_unet, get_task
+from fusionfm import FusionFMPipeline, get_task
 from fusionfm.color import chroma, luminance
 from fusionfm.finishing import favour_the_lit_source, keep_shared_extremes
-from fusionfm.pipeline_fusionfm import NonFiniteResultError, SizeMismatchError
+from fusionfm.pipeline_fusionfm import NonFiniteResultError
 
 FP32 = dict(compute_dtype="fp32")
 
 
-def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
-    """(1, C, H, W) float in [0, 1] from an 8-bit L or RGB PIL image."""
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array).permute(2, 0, 1)[None]
+FP32 = dict(compute_dtype="fp32")
 
 
 def _hand_flow(pipe: FusionFMPipeline, y_a: torch.Tensor, y_b: torch.Tensor, task: str, steps: int) -> torch.Tensor:
@@ -66,7 +58,7 @@ def test_every_task_gives_a_non_trivial_image_of_the_input_size(tiny_pipe, real_
     assert out.shape[-2:] == (a.size[1], a.size[0])
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
     y = luminance(out)
-    mean = (luminance(_to_tensor(a.convert("RGB"))) + luminance(_to_tensor(b.convert("RGB")))) / 2
+    mean = (luminance(pil_to_tensor(a.convert("RGB"))) + luminance(pil_to_tensor(b.convert("RGB")))) / 2
     # The untrained network moved x0 (by (w - 1/2)(a - b) with the weight head: little where a and b agree,
     # as in a multi-focus pair; the trained model's real examples are checked in test_bundled_model.py).
     assert (y - mean).abs().mean() > 1e-3
@@ -77,7 +69,7 @@ def test_one_step_equals_x0_plus_velocity(tiny_pipe, real_pair):
     ir, vi = real_pair("IVF-gray")
     ir, vi = ir.crop((0, 0, 203, 151)), vi.crop((0, 0, 203, 151))
     out = tiny_pipe(ir, vi, task="IVF", output_type="pt", **FP32).images
-    expected = _hand_flow(tiny_pipe, _to_tensor(ir.convert("L")), _to_tensor(vi.convert("L")), "IVF", steps=1)
+    expected = _hand_flow(tiny_pipe, pil_to_tensor(ir.convert("L")), pil_to_tensor(vi.convert("L")), "IVF", steps=1)
     assert out.shape == expected.shape == (1, 1, 151, 203)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
@@ -86,7 +78,7 @@ def test_one_step_equals_x0_plus_velocity(tiny_pipe, real_pair):
 def test_n_steps_follow_the_euler_rule(tiny_pipe, real_pair, steps):
     mri, ct = real_pair("MIF-CT")
     out = tiny_pipe(mri, ct, task="MIF-CT", num_inference_steps=steps, output_type="pt", **FP32).images
-    expected = _hand_flow(tiny_pipe, _to_tensor(mri.convert("L")), _to_tensor(ct.convert("L")), "MIF-CT", steps)
+    expected = _hand_flow(tiny_pipe, pil_to_tensor(mri.convert("L")), pil_to_tensor(ct.convert("L")), "MIF-CT", steps)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)  # float32 summation order, over several steps
     one_step = tiny_pipe(mri, ct, task="MIF-CT", output_type="pt", **FP32).images
     assert (out - one_step).abs().max() > 1e-3  # more steps really integrate differently
@@ -96,7 +88,7 @@ def test_ivf_keeps_the_visible_chroma(tiny_pipe, real_pair):
     ir, vi = real_pair("IVF")
     out = tiny_pipe(ir, vi, task="IVF", output_type="pt", **FP32).images
     assert out.shape[1] == 3
-    difference = (chroma(out) - chroma(_to_tensor(vi))).abs().amax(dim=1)
+    difference = (chroma(out) - chroma(pil_to_tensor(vi))).abs().amax(dim=1)
     # Exact wherever no RGB channel was clipped (clipping out-of-gamut colours shifts chroma).
     in_gamut = ((out > 0) & (out < 1)).all(dim=1)
     assert in_gamut.float().mean() > 0.3
@@ -107,8 +99,8 @@ def test_mif_pet_takes_chroma_from_pet_and_ct_stays_gray(tiny_pipe, real_pair):
     mri, pet = real_pair("MIF-PET")
     fused_pet = tiny_pipe(mri, pet, task="MIF-PET").images[0]
     assert fused_pet.mode == "RGB"
-    fused = _to_tensor(fused_pet)
-    difference = (chroma(fused) - chroma(_to_tensor(pet))).abs().amax(dim=1)
+    fused = pil_to_tensor(fused_pet)
+    difference = (chroma(fused) - chroma(pil_to_tensor(pet))).abs().amax(dim=1)
     in_gamut = ((fused > 0.02) & (fused < 0.98)).all(dim=1)
     assert in_gamut.float().mean() > 0.1
     assert difference[in_gamut].max() < 3 / 255  # 8-bit rounding of the PNG-ready output
@@ -236,8 +228,9 @@ def test_save_then_load_gives_the_same_output(tmp_path, real_pair):
         assert torch.equal(tensor, loaded.unet.state_dict()[key]), key
     assert loaded.scheduler.config.coupling == "mean"
     # Same weights; the loaded tensors' memory layout (channels-last on bf16 CPUs) picks other fp32 conv kernels
-    # (differences up to ~1.4e-5).
-    np.testing.assert_allclose(before, after, atol=1e-4)
+    # (luminance differences up to ~1.4e-5, which the colour step can amplify to ~1.4e-4 near a saturated colour;
+    # one thread).
+    np.testing.assert_allclose(before, after, atol=1e-3)
 
 
 def test_pickled_weights_are_never_loaded(tmp_path):
@@ -425,35 +418,11 @@ def test_the_caps_can_be_raised(tiny_pipe, real_pair, tmp_path):
         FusionFMPipeline.from_pretrained(tmp_path / "pipe", max_processing_pixels=0)
 
 
-@pytest.fixture(scope="module")
-def exposure_bracket():
-    """The first three frames of a real Waterloo exposure sequence, darkest first, downscaled for speed."""
-    from conftest import DATA
-
-    paths = sorted((DATA / "MEF" / "Waterloo" / "sequences" / "Balloons").glob("*.png"))[:3]
-    return [PIL.Image.open(path).convert("RGB").reduce(4) for path in paths]
-
-
-def test_a_stack_of_frames_fuses_in_any_order(tiny_pipe, exposure_bracket):
-    start_pipe = make_pipeline(open_gates=False)
-    default_pipe = make_pipeline()
-    default_pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
-    with torch.no_grad():
-        default_pipe.unet.task_gate.fill_(0.5)  # the network's corrections on, as after training
-    for pipe in (tiny_pipe, start_pipe, default_pipe):  # corrections on, at the start, the default architecture
-        fused = pipe(exposure_bracket, task="MEF", output_type="pt", **FP32).images[0]
-        assert fused.shape == (3, *exposure_bracket[0].size[::-1])
-        reordered = pipe(exposure_bracket[::-1], task="MEF", output_type="pt", **FP32).images[0]
-        torch.testing.assert_close(reordered, fused, atol=1e-5, rtol=0)  # float rounding only
-        frames = torch.stack([_to_tensor(f) for f in exposure_bracket])
-        assert (fused - frames.mean(dim=0)).abs().mean() > 1e-3  # not the plain mean
-
-
 def test_black_and_white_that_every_source_shares_stay_so(exposure_bracket, monkeypatch):
     """Real frames with one patch black and one white in every frame, as a stack of three and as a pair: the
     band-wise blend carries grey into both patches (spill of their surroundings' coarse bands); the pipeline keeps
     them black and white."""
-    pipe = _trained_like_default_pipe()
+    pipe = trained_like_default_pipe()
     frames = [np.asarray(frame).copy() for frame in exposure_bracket]
     for frame in frames:
         frame[10:30, 20:50], frame[60:80, 90:120] = 0, 255
@@ -472,23 +441,12 @@ def test_black_and_white_that_every_source_shares_stay_so(exposure_bracket, monk
         assert black.max() > 0 and white.min() < 255
 
 
-def _trained_like_default_pipe() -> FusionFMPipeline:
-    """A small pipeline of the default preset with the network's corrections on and its gains off their start, as
-    after training."""
-    pipe = make_pipeline()
-    pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
-    with torch.no_grad():
-        pipe.unet.task_gate.fill_(0.5)
-        pipe.unet.gain_offset.add_(0.05)
-    return pipe
-
-
 @pytest.mark.parametrize("task", ["IVF", "MIF-CT", "MEF", "MFF"])
 def test_detail_gain_one_gives_a_source_fused_with_itself_back(exposure_bracket, task):
     """A real frame fused with itself, as a pair and as a stack of three: at detail_gain=1 every pyramid level is
     the frame's own, whatever the weights, so the frame comes back; at the model's gains (and at 1.5) it does not."""
-    pipe = _trained_like_default_pipe()
-    frame = _to_tensor(exposure_bracket[1])
+    pipe = trained_like_default_pipe()
+    frame = pil_to_tensor(exposure_bracket[1])
     calls = [dict(image_a=frame, image_b=frame)]
     if task in ("MEF", "MFF"):
         calls.append(dict(image_a=[frame] * 3))
@@ -502,228 +460,8 @@ def test_detail_gain_one_gives_a_source_fused_with_itself_back(exposure_bracket,
 
 @pytest.mark.parametrize("gain", [0, 0.4, 2.5, float("nan"), "1", True])
 def test_detail_gains_the_head_cannot_apply_are_refused(real_pair, exposure_bracket, gain):
-    pipe = _trained_like_default_pipe()
+    pipe = trained_like_default_pipe()
     ir, vi = real_pair("IVF")
     for call in (dict(image_a=ir, image_b=vi, task="IVF"), dict(image_a=exposure_bracket, task="MEF")):
         with pytest.raises(ValueError, match=r"detail_gain must be None \(the model's own\) or a number from 0.5 to 2"):
             pipe(**call, detail_gain=gain)
-
-
-def test_the_well_exposedness_term_leads_a_stacks_base_by_hand():
-    """Flat frames of 0.2, 0.5 and 0.95, no network logits: the base weights are exp(-(v - 0.5)^2 / 0.08)."""
-    from fusionfm.stacks import blend_stack
-
-    values = torch.tensor([0.2, 0.5, 0.95])
-    frames = values.view(3, 1, 1, 1).expand(3, 1, 32, 48).clone()
-    logits, gains = torch.zeros(3, 3, 1, 1), torch.ones(3, 2, 1, 1)
-    weights = torch.exp(-((values - 0.5) ** 2) / 0.08)
-    expected = float((weights * values).sum() / weights.sum())  # 0.456, where the plain mean is 0.55
-    fused = blend_stack(frames, logits, gains, well_exposedness=1.0)
-    torch.testing.assert_close(fused, torch.full_like(fused, expected), atol=1e-6, rtol=0)
-    torch.testing.assert_close(blend_stack(frames, logits, gains), torch.full_like(fused, 0.55), atol=1e-6, rtol=0)
-
-
-def test_the_well_exposedness_term_leads_a_stacks_detail_by_hand():
-    """Flat frames of 0.1, 0.5 and 0.9 carrying a faint checkerboard of amplitudes 0.002, 0.006, 0.004: with the
-    term on the detail levels only, the base is the plain mean and the checkerboard's amplitude is the softmax of
-    w * -(v - 0.5)^2 / 0.08 over the frames, mostly the middle frame's."""
-    from fusionfm.stacks import blend_stack
-
-    values, amplitudes = torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.002, 0.006, 0.004])
-    rows, cols = torch.meshgrid(torch.arange(32), torch.arange(48), indexing="ij")
-    checkerboard = ((rows + cols) % 2 * 2 - 1).float()
-    frames = values.view(3, 1, 1, 1) + amplitudes.view(3, 1, 1, 1) * checkerboard
-    logits, gains = torch.zeros(3, 3, 1, 1), torch.ones(3, 2, 1, 1)
-    for strength in (1.0, 2.0):
-        weights = torch.softmax(-strength * (values - 0.5) ** 2 / 0.08, dim=0)
-        amplitude = float((weights * amplitudes).sum())  # 0.0053 and 0.0059
-        assert amplitude > 0.005
-        expected = values.mean() + amplitude * checkerboard
-        fused = blend_stack(frames, logits, gains, detail_well_exposedness=strength)[0, 0]
-        torch.testing.assert_close(fused[4:-4, 4:-4], expected[4:-4, 4:-4], atol=2e-5, rtol=0)
-    # Without the term every frame's checkerboard counts alike: amplitude 0.004.
-    plain = blend_stack(frames, logits, gains)[0, 0]
-    torch.testing.assert_close(plain[4:-4, 4:-4], (values.mean() + 0.004 * checkerboard)[4:-4, 4:-4], atol=2e-5,
-                               rtol=0)
-
-
-def test_a_base_blended_through_its_pyramid_spreads_a_change_of_weights():
-    """Flat frames of 0.2 and 0.9 whose base weights switch from one to the other halfway across: blended per pixel
-    the fused row steps within a few pixels; through the base's pyramid (down to 2 pixels) the change spreads over a
-    third of the image (at the image size of its coarsest level), and both keep each frame's value at the far ends.
-    Identical frames come back exactly either way."""
-    from fusionfm.stacks import blend_stack
-
-    frames = torch.tensor([0.2, 0.9]).view(2, 1, 1, 1).expand(2, 1, 64, 256).clone()
-    logits, gains = torch.zeros(2, 3, 64, 256), torch.ones(2, 2, 1, 1)
-    step = torch.where(torch.arange(256) < 128, 20.0, -20.0)
-    logits[0, 2], logits[1, 2] = step, -step  # the base level's weights only
-
-    def ramp_width(row: torch.Tensor) -> int:
-        return int(((row > 0.27) & (row < 0.83)).sum())  # pixels between 10 % and 90 % of the step
-
-    per_pixel = blend_stack(frames, logits, gains)[0, 0, 32]
-    through_pyramid = blend_stack(frames, logits, gains, base_min_size=2)[0, 0, 32]
-    assert ramp_width(per_pixel) <= 8 and ramp_width(through_pyramid) >= 64
-    for row in (per_pixel, through_pyramid):
-        assert abs(float(row[0]) - 0.2) < 1e-3 and abs(float(row[-1]) - 0.9) < 1e-3
-    same = frames[:1].expand(2, -1, -1, -1)
-    torch.testing.assert_close(blend_stack(same, logits, gains, base_min_size=2), frames[:1], atol=1e-6, rtol=0)
-
-
-def test_natural_exposure_fuses_a_pair_as_a_two_frame_stack(exposure_bracket):
-    pipe = _trained_like_default_pipe()
-    under, _, over = exposure_bracket
-    natural = pipe(under, over, task="MEF", output_type="pt", natural_exposure=True, **FP32).images
-    default = pipe(under, over, task="MEF", output_type="pt", **FP32).images
-    assert (natural - default).abs().mean() > 1e-3
-    for frames in ([under, over], [over, under]):
-        torch.testing.assert_close(pipe(frames, task="MEF", output_type="pt", natural_exposure=True, **FP32).images,
-                                   natural)
-    batch = pipe([under, under], [over, over], task="MEF", output_type="pt", natural_exposure=True, **FP32).images
-    torch.testing.assert_close(batch, torch.cat([natural, natural]))
-    # Brackets of three or more blend by well-exposedness already: the setting changes nothing there.
-    torch.testing.assert_close(pipe(exposure_bracket, task="MEF", output_type="pt", natural_exposure=True,
-                                    **FP32).images,
-                               pipe(exposure_bracket, task="MEF", output_type="pt", **FP32).images)
-
-
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(task="IVF", natural_exposure=True), "applies to multi-exposure fusion \\(task 'MEF'\\) only"),
-    (dict(task=["MEF", "MFF"], natural_exposure=True), "applies to multi-exposure fusion"),
-    (dict(task="MEF", natural_exposure="yes"), "natural_exposure must be True or False, got 'yes'"),
-    (dict(task="MEF", natural_exposure=True, num_inference_steps=2), "natural_exposure=True, are fused in one"),
-])
-def test_natural_exposure_calls_that_cannot_work_are_refused(exposure_bracket, kwargs, message):
-    pipe = _trained_like_default_pipe()
-    under, _, over = exposure_bracket
-    images = ([under, under], [over, over]) if isinstance(kwargs["task"], list) else (under, over)
-    with pytest.raises(ValueError, match=message):
-        pipe(*images, **kwargs)
-
-
-def test_two_frames_through_the_stack_call_equal_the_pair_call(tiny_pipe, exposure_bracket):
-    under, _, over = exposure_bracket
-    pair = tiny_pipe(under, over, task="MEF", output_type="pt", **FP32).images
-    for frames in ([under, over], [over, under]):  # MEF orders two frames darker first
-        torch.testing.assert_close(tiny_pipe(frames, task="MEF", output_type="pt", **FP32).images, pair)
-
-
-def test_stack_calls_that_cannot_work_are_refused(tiny_pipe, exposure_bracket):
-    with pytest.raises(ValueError, match="IVF fuses exactly two images"):
-        tiny_pipe(exposure_bracket, task="IVF")
-    with pytest.raises(ValueError, match="A stack needs 2 to 64 frames, got 65"):
-        tiny_pipe((exposure_bracket * 22)[:65], task="MEF")
-    with pytest.raises(SizeMismatchError, match="frame 0 is 85x128 but frame 2 is 43x64"):
-        tiny_pipe([*exposure_bracket[:2], exposure_bracket[2].reduce(2)], task="MFF")
-    resized = tiny_pipe([*exposure_bracket[:2], exposure_bracket[2].reduce(2)], task="MFF", resize_b_to_a=True)
-    assert resized.images[0].size == exposure_bracket[0].size
-    with pytest.raises(ValueError, match="fused in one step"):
-        tiny_pipe(exposure_bracket, task="MEF", num_inference_steps=2)
-
-
-def test_tile_boxes_cover_the_image_with_the_overlap():
-    from fusionfm.tiling import feather_window, tile_boxes
-
-    boxes = tile_boxes(300, 500, 128, 32)
-    covered = torch.zeros(300, 500)
-    weight = torch.zeros(300, 500)
-    for box in boxes:
-        top, left, bottom, right = box
-        assert bottom - top == 128 and right - left == 128
-        covered[top:bottom, left:right] += 1
-        weight[top:bottom, left:right] += feather_window(box, 300, 500, 32)[0, 0]
-    assert covered.min() >= 1 and weight.min() > 0
-    assert tile_boxes(100, 90, 128, 32) == [(0, 0, 100, 90)]
-    with pytest.raises(ValueError, match="tile overlap must be in"):
-        tile_boxes(300, 500, 128, 128)
-
-
-def test_tiled_fusion_matches_the_untiled_one_without_seams(real_pair):
-    """The pyramid head on a real 291x446 pair in 128-pixel tiles (32 overlap) against one piece."""
-    torch.manual_seed(0)
-    pipe = make_pipeline()
-    pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
-    with torch.no_grad():
-        pipe.unet.task_gate.fill_(0.5)  # the network's corrections on, as after training
-    ir, vi = real_pair("IVF")
-    whole = pipe(ir, vi, task="IVF", tile_size=0, output_type="pt", **FP32).images[0]
-    assert torch.equal(pipe(ir, vi, task="IVF", tile_size=512, output_type="pt", **FP32).images[0], whole)
-    tiled = pipe(ir, vi, task="IVF", tile_size=128, output_type="pt", **FP32).images[0]
-    difference = (tiled - whole).abs() * 255
-    # A 128-pixel tile's base band is 8x8 pixels, so a base prior that chooses (IVF's salient one, strength 4)
-    # sees less context than in one piece: p99 6.8 here (5.3 with the earlier averaged base); the bundled
-    # model at 128-pixel tiles differs by 4-9 grey levels p99 on VIFB pairs, at 256 pixels by 3-5.
-    assert difference.mean() < 1.0 and difference.flatten().quantile(0.99) < 8.0
-    # No step at the tile borders: the columns where tiles start change no more than other columns do.
-    steps = (luminance(tiled[None]) - luminance(whole[None]))[0, 0].diff(dim=1).abs().mean(dim=0) * 255
-    borders = [left for left in (96, 192, 288) if left < steps.shape[0]]
-    assert steps[borders].max() < 4 * steps.mean() + 0.5
-
-
-def test_untiled_calls_above_sixteen_megapixels_are_refused(tiny_pipe, real_pair):
-    ir, vi = real_pair("IVF")
-    with pytest.raises(ValueError, match=r"in one piece \(tile_size=0\).*Use tiles, e.g. tile_size=1024"):
-        tiny_pipe(ir, vi, task="IVF", processing_resolution=8000, tile_size=0)
-    for bad in (-1, 10, 1.5, True):
-        with pytest.raises(ValueError, match="tile_size must be 0"):
-            tiny_pipe(ir, vi, task="IVF", tile_size=bad)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak memory from /proc (Linux)")
-def test_a_tiled_sixteen_megapixel_pair_fuses_in_bounded_memory(tmp_path):
-    """4096x4096 (a real pair upsampled), the default U-Net in 512-pixel tiles: peak resident memory of the
-    process stays under 2.5 GB; in one piece the network alone would need about 4.4 GB (bf16)."""
-    probe = f"""
-import sys, torch, PIL.Image
-sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
-from conftest import DATA
-from fusionfm import FlowMatchFusionScheduler, FusionFMPipeline, build_unet
-torch.set_num_threads(1)
-pipe = FusionFMPipeline(unet=build_unet("default").eval(), scheduler=FlowMatchFusionScheduler())
-pipe.unet.task_gate.data.fill_(0.5)  # closed gates would skip the U-Net, whose memory this measures
-pipe.set_progress_bar_config(disable=True)
-ir, vi = (PIL.Image.open(DATA / "IVF/RoadScene/test" / m / "FLIR_00211.jpg").convert("L").resize((4096, 4096))
-          for m in ("ir", "vi"))
-out = pipe(ir, vi, task="IVF", tile_size=512, compute_dtype="bf16").images[0]
-# VmHWM, not ru_maxrss: the latter counts the forking parent's (pytest's) size too.
-peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1]
-print(out.size, int(peak) / 1024)
-"""
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=1200,
-                            cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    size, peak_mb = result.stdout.split(")")[0] + ")", float(result.stdout.split(")")[1])
-    assert size == "(4096, 4096)" and peak_mb < 2500, result.stdout
-
-
-def test_a_stack_too_large_to_fuse_in_one_piece_is_refused(tiny_pipe, exposure_bracket):
-    with pytest.raises(ValueError, match=r"stack at 3984x6000 pixels in one piece \(tile_size=0\).*Use tiles"):
-        tiny_pipe(exposure_bracket, task="MEF", processing_resolution=6000, tile_size=0)
-    with pytest.raises(ValueError, match="66.4 megapixels per frame, above this pipeline's cap of 64"):
-        tiny_pipe(exposure_bracket, task="MEF", processing_resolution=10000)
-    with pytest.raises(ValueError, match="tile_size must be 0"):
-        tiny_pipe(exposure_bracket, task="MEF", tile_size=10)
-
-
-@pytest.mark.parametrize("task", ["MEF", "MFF"])
-def test_a_tiled_stack_matches_the_untiled_one_without_seams(exposure_bracket, task):
-    """A real 3-frame bracket (512x339) in 128-pixel tiles (32 overlap) against one piece."""
-    from conftest import DATA
-
-    torch.manual_seed(0)
-    pipe = make_pipeline()
-    pipe.unet = build_unet("default", block_out_channels=(8, 16, 16, 16), norm_num_groups=4).eval()
-    with torch.no_grad():
-        pipe.unet.task_gate.fill_(0.5)  # the network's corrections on, as after training
-    paths = sorted((DATA / "MEF" / "Waterloo" / "sequences" / "Balloons").glob("*.png"))[:3]
-    frames = [PIL.Image.open(path).convert("RGB") for path in paths]
-    whole = pipe(frames, task=task, tile_size=0, output_type="pt", **FP32).images[0]
-    assert torch.equal(pipe(frames, task=task, tile_size=1024, output_type="pt", **FP32).images[0], whole)
-    tiled = pipe(frames, task=task, tile_size=128, output_type="pt", **FP32).images[0]
-    assert tiled.shape == whole.shape == (3, 339, 512)
-    difference = (tiled - whole).abs() * 255
-    # Measured 0.16-0.18 mean, 2.9-3.0 p99. The feathered blend is fuse_in_tiles, as for pairs, whose seam test is
-    # above: on this bracket the content's own column steps (up to 2.2 grey levels) would hide even unblended tiles.
-    assert 0 < difference.mean() < 1.0 and difference.flatten().quantile(0.99) < 6.0
