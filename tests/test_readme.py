@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import PIL.Image
 from conftest import DATA, REPO_ROOT
 
@@ -20,6 +21,16 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     exec(compile(example, "README.md", "exec"), {})
     fused = PIL.Image.open(tmp_path / "fused.png")
     assert fused.size == PIL.Image.open(ir_path).size and fused.mode == "RGB"
+    # The bundled model's IVF fusion of that pair: the library's own call gives the same pixels, and neither input.
+    from fusionfm import FusionFMPipeline, load_image
+
+    pipe = FusionFMPipeline.from_pretrained()
+    pipe.set_progress_bar_config(disable=True)
+    expected = np.asarray(pipe(load_image(ir_path), load_image(vi_path), task="IVF").images[0], dtype=np.float64)
+    written = np.asarray(fused, dtype=np.float64)
+    assert np.abs(written - expected).max() <= 1
+    for source in (ir_path, vi_path):
+        assert np.abs(written - np.asarray(PIL.Image.open(source).convert("RGB"), dtype=np.float64)).mean() > 2
 
 
 def test_the_caps_the_readme_states_are_the_bundled_models():
