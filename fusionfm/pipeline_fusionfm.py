@@ -62,8 +62,7 @@ class FusionFMPipelineOutput(BaseOutput):
 
 @dataclass
 class _Fusion:
-    """One fusion of a call: its canonical (C, H, W) frames (a pair: a then b), its task, and its sources' luminance
-    at the processing size."""
+    """One fusion of a call: canonical (C, H, W) frames (a pair: a, b), task, luminance at the processing size."""
 
     frames: list[torch.Tensor]
     task: FusionTask
@@ -141,9 +140,8 @@ class FusionFMPipeline(DiffusionPipeline):
                         **kwargs) -> FusionFMPipeline:
         """Load from a local folder or a Hub repo id (downloaded first; cache and offline mode honoured).
 
-        Without a name: ``$FUSIONFM_MODEL`` if set, else the model bundled in the package. Weights are read from
-        safetensors only. Download keyword arguments (``revision``, ``cache_dir``, ``token``, ``local_files_only``,
-        ``force_download``, ``proxies``) go to the Hub; the rest (e.g. ``dtype``) to diffusers.
+        Without a name: ``$FUSIONFM_MODEL`` if set, else the bundled model. Safetensors weights only. Hub keyword
+        arguments (``revision``, ``cache_dir``, ``token``, ``local_files_only``...) go to the Hub, others to diffusers.
         """
         download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
         if pretrained_model_name_or_path is None:
@@ -190,14 +188,14 @@ class FusionFMPipeline(DiffusionPipeline):
     @property
     def compiled_dtype(self) -> torch.dtype | None:
         """The precision whose calls run the compiled U-Net, or None (all eager)."""
-        compiled = self._compiled_unet
+        compiled = self._compiled_unet  # one read: another thread may disable it meanwhile
         return compiled.dtype if compiled is not None else None
 
     @property
     def min_processing_side(self) -> int:
         """The smallest side (pixels) a call may shrink images to: the U-Net's size multiple (its patch times its
-        halvings) or the 2^(levels - 1) pixels its pyramid's coarsest level needs, whichever is
-        larger. Images already smaller are fused at their own size (padded)."""
+        halvings) or the 2^(levels - 1) pixels its pyramid's coarsest level needs, whichever is larger. Images already
+        smaller are fused at their own size (padded)."""
         return max(self.unet.size_multiple, 2 ** (self.unet.config.pyramid_levels - 1))
 
     # ------------------------------------------------------------------ validation
@@ -287,10 +285,10 @@ class FusionFMPipeline(DiffusionPipeline):
                 "(e.g. 2048), or raise the cap: pipe.register_to_config(max_processing_pixels=N).")
         network_pixels = min(height, tile_size or height) * min(width, tile_size or width)
         if network_pixels > MAX_UNTILED_PIXELS:
-            raise ValueError(
-                f"Fusing {what}at {height}x{width} pixels{where} in one piece (tile_size={tile_size}) needs the "
-                f"network on {network_pixels / 1e6:.1f} megapixels at once, above {MAX_UNTILED_PIXELS / 1e6:g} (about "
-                "0.3-0.4 GB of memory per megapixel). Use tiles, e.g. tile_size=1024.")
+            raise ValueError(f"Fusing {what}at {height}x{width} pixels{where} in one piece (tile_size={tile_size}) "
+                             f"needs the network on {network_pixels / 1e6:.1f} megapixels at once, above "
+                             f"{MAX_UNTILED_PIXELS / 1e6:g} (about 0.3-0.4 GB of memory per megapixel). Use tiles, "
+                             "e.g. tile_size=1024.")
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
