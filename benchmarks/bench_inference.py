@@ -7,7 +7,7 @@
 Times the whole call (PIL in, PIL out: colour conversion, padding, network, colour back), as task ``--task``
 (IVF by default). Speed does not depend on the weights, so a freshly initialised preset measures the shipped
 architecture (its task gates are opened, so the U-Net runs as for a trained task). A model whose task is still at
-its start (task gate 0, as the bundled model's MIF and MFF) skips the U-Net: time such a task with ``--model``.
+its start (task gate 0, as after ``reset_task``) skips the U-Net: time such a model with ``--model``.
 Beside the milliseconds: the time of a 2048^3 matrix product in the same precision, measured in the same run, and the
 ratio (machines differ; the ratio says how well the network uses this one).
 Prints a Markdown table; machines are shared, so quote medians over several repeats.
