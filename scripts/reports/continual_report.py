@@ -26,7 +26,7 @@ def read_run(folder: Path) -> tuple[list[str], list[list[str]], str, str]:
 
 def main(out_dir: str) -> None:
     root = Path(out_dir)
-    summary = ["| variant | seed | ACC | BWT | training seconds |", "|---|---:|---:|---:|---:|"]
+    summary = ["| variant | seed | ACC | BWT | seconds (last resumed part) |", "|---|---:|---:|---:|---:|"]
     spread = ["| variant | seeds | ACC mean | ACC spread | BWT mean |", "|---|---:|---:|---:|---:|"]
     for name, title in VARIANTS.items():
         runs = sorted(path for path in root.glob(f"{name}-*") if (path / "continual.csv").is_file())
