@@ -14,6 +14,7 @@ close to the average.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,26 +52,36 @@ def validation_keys(task: str | FusionTask | None = None, split_file: Path = SPL
                 if family is None or get_task(row["task"]).family == family}
 
 
+def validation_images(data_root: str | Path, task: str | FusionTask, count: int | None = None,
+                      split_file: Path = SPLIT_FILE) -> Iterator[tuple[dict[str, str], FusionTask, torch.Tensor,
+                                                                       torch.Tensor, torch.Tensor | None]]:
+    """The validation pairs of a task family at their own size (the first ``count`` in the file's order, all for
+    None): (the split file's row, the pair's task, image a, image b as (C, H, W) in [0, 1], and the truth photograph
+    of a synthetic pair, else None). Synthetic pairs are made exactly as the label builder makes them."""
+    family = get_task(task).family
+    with Path(split_file).open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if get_task(row["task"]).family == family][:count]
+    processor, root = FusionImageProcessor(), Path(data_root)
+    synthetic, index = None, {}
+    for row in rows:
+        pair_task = get_task(row["task"])
+        if row["path_a"]:
+            yield row, pair_task, processor.load(root / row["path_a"]), processor.load(root / row["path_b"]), None
+            continue
+        if synthetic is None:
+            synthetic = SyntheticPairs(root, family, "train", seed=0)
+            index = {made_row["stem"]: i for i, made_row in enumerate(synthetic.rows)}
+        made = synthetic[index[row["stem"]]]
+        yield row, pair_task, made.image_a, made.image_b, made.ground_truth
+
+
 def validation_pairs(data_root: str | Path, task: str | FusionTask, resolution: int | None = 256,
                      count: int | None = None, split_file: Path = SPLIT_FILE) -> list[ValidationPair]:
     """The validation pairs of a task family (the first ``count`` in the file's order, all for None), their long
     side resized to ``resolution``, with their priors' metrics."""
-    family = get_task(task).family
-    with Path(split_file).open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if get_task(row["task"]).family == family][:count]
-    processor, root, synthetic = FusionImageProcessor(), Path(data_root), {}
+    processor = FusionImageProcessor()
     pairs = []
-    for row in rows:
-        pair_task = get_task(row["task"])
-        if row["path_a"]:
-            image_a, image_b = processor.load(root / row["path_a"]), processor.load(root / row["path_b"])
-        else:  # a synthetic pair, exactly as the label builder makes it
-            if family not in synthetic:
-                pairs_of_family = SyntheticPairs(root, family, "train", seed=0)
-                synthetic[family] = (pairs_of_family, {r["stem"]: i for i, r in enumerate(pairs_of_family.rows)})
-            dataset, index = synthetic[family]
-            made = dataset[index[row["stem"]]]
-            image_a, image_b = made.image_a, made.image_b
+    for row, pair_task, image_a, image_b, _ in validation_images(data_root, task, count, split_file):
         size = processor.processing_size(tuple(image_a.shape[-2:]), resolution)
         y_a, y_b = (processor.resize(luminance(image[None]), size) for image in (image_a, image_b))
         pairs.append(scored_pair(pair_task, row["dataset"], row["stem"], y_a, y_b))

@@ -15,7 +15,6 @@ OUT/ledger.md and prints it.
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import json
 import sys
@@ -28,8 +27,7 @@ from fusionfm.atomic import write_text_atomic
 from fusionfm.color import luminance
 from fusionfm.datasets import find_pairs, load_pair
 from fusionfm.evaluation.reference import psnr_to_truth
-from fusionfm.evaluation.validation import SPLIT_FILE
-from fusionfm.image_processor import FusionImageProcessor
+from fusionfm.evaluation.validation import validation_images
 from fusionfm.metrics.fusion import mutual_information, qabf, ssim, to_gray_255, vif
 from fusionfm.metrics.mef_ssim import mef_ssim
 from fusionfm.synthetic import SyntheticPairs
@@ -50,25 +48,10 @@ def started(model: str) -> FusionFMPipeline:
 
 def validation_sets(data_root: Path, families: list[str]) -> dict[str, list]:
     """(set name) -> [(stem, task, image a, image b, truth or None)] of the validation split."""
-    processor = FusionImageProcessor()
-    synthetic: dict[str, tuple[SyntheticPairs, dict[str, int]]] = {}
     sets: dict[str, list] = {}
-    with SPLIT_FILE.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            task = get_task(row["task"])
-            if task.family not in families:
-                continue
-            if row["path_a"]:
-                a, b = processor.load(data_root / row["path_a"]), processor.load(data_root / row["path_b"])
-                truth = None
-            else:
-                if task.family not in synthetic:
-                    made = SyntheticPairs(data_root, task.family, "train", seed=0)
-                    synthetic[task.family] = (made, {r["stem"]: i for i, r in enumerate(made.rows)})
-                made, index = synthetic[task.family]
-                pair = made[index[row["stem"]]]
-                a, b, truth = pair.image_a, pair.image_b, pair.ground_truth
-            sets.setdefault(f"validation {task.family} {row['dataset']}", []).append((row["stem"], task, a, b, truth))
+    for family in families:
+        for row, task, a, b, truth in validation_images(data_root, family):
+            sets.setdefault(f"validation {family} {row['dataset']}", []).append((row["stem"], task, a, b, truth))
     return sets
 
 
@@ -100,7 +83,7 @@ def _synthetic_pair(pairs: SyntheticPairs, index: int) -> tuple:
 
 def scores(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, exposure: bool,
            truth: torch.Tensor | None) -> dict[str, float]:
-    gray = [to_gray_255(image[None] if image.ndim == 3 else image) for image in (fused, a, b)]
+    gray = [to_gray_255(image[None]) for image in (fused, a, b)]
     values = {"MI": mutual_information(*gray), "VIF": vif(*gray), "Qabf": qabf(*gray), "SSIM": ssim(*gray)}
     values = {name: float(value) for name, value in values.items()}
     if exposure:
