@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "and gains); every other task's fusions stay exactly as they were (fine-tuning one task "
                             "without the others' data)")
     model.add_argument("--unet_preset", default="default",
-                       help="tiny, default, weight or large (fusionfm.unet.UNET_PRESETS)")
+                       help="default or tiny (fusionfm.unet.UNET_PRESETS)")
     model.add_argument("--unet_config", type=Path, default=None, help="JSON file of FusionUNet config overrides")
     model.add_argument("--coupling", choices=COUPLINGS, default="mean")
     model.add_argument("--time_sampling", choices=TIME_SAMPLINGS, default="uniform")
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = json.loads(args.unet_config.read_text()) if args.unet_config else {}
         model = build_unet(args.unet_preset, **overrides)
     scheduler = FlowMatchFusionScheduler(coupling=args.coupling, time_sampling=args.time_sampling,
-                                               start_share=args.start_share)
+                                         start_share=args.start_share)
     if args.freeze_shared:
         parameters = model.train_only_tasks([get_task(task).class_id for task in args.tasks])
         optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0, eps=args.adam_epsilon)

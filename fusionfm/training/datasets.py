@@ -162,8 +162,9 @@ class SourcePairs(torch.utils.data.Dataset):
                 real = find_pairs(data_root, self.task, "train")
             except ValueError:  # MEF and MFF have no real training split
                 real = []
-        self.real = [pair for pair in real if (pair.dataset, pair.stem) not in exclude
-                     and pair.dataset not in (exclude_datasets or set())]
+        exclude_datasets = exclude_datasets or set()
+        self.real = [pair for pair in real
+                     if (pair.dataset, pair.stem) not in exclude and pair.dataset not in exclude_datasets]
         self.synthetic, self._synthetic_indices = None, []
         if folder is None and self.task.family in SYNTHESIZERS:
             self.synthetic = SyntheticPairs(data_root, self.task.family, "train", seed=synthetic_seed)
