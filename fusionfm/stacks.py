@@ -114,8 +114,8 @@ def _blend_through_pyramid(bands: torch.Tensor, weights: torch.Tensor, min_size:
 def fuse_stack(unet, scheduler: FlowMatchFusionScheduler, luma: torch.Tensor, task: FusionTask,
                compute_dtype: torch.dtype, batch_size: int, detail_gains: torch.Tensor | None, tile_size: int,
                border_margin: int, base_min_size: int = 0) -> torch.Tensor:
-    """The stack blend of (N, 1, h, w) frame luminances with ``unet`` (a :class:`fusionfm.unet.FusionUNet` with the
-    pyramid or weight head): (1, 1, h, w) on the CPU, in tiles of ``tile_size`` pixels (0: whole) when larger.
+    """The stack blend of (N, 1, h, w) frame luminances with ``unet`` (a :class:`fusionfm.unet.FusionUNet`):
+    (1, 1, h, w) on the CPU, in tiles of ``tile_size`` pixels (0: whole) when larger.
 
     ``detail_gains``: (1, L - 1) gains of every detail level instead of the network's, or None;
     ``base_min_size``: see :func:`blend_stack`; ``border_margin``: mirrored pixels around each tile.

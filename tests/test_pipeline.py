@@ -66,8 +66,8 @@ def test_every_task_gives_a_non_trivial_image_of_the_input_size(tiny_pipe, real_
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
     y = luminance(out)
     mean = (luminance(pil_to_tensor(a.convert("RGB"))) + luminance(pil_to_tensor(b.convert("RGB")))) / 2
-    # The untrained network moved x0 (by (w - 1/2)(a - b) with the weight head: little where a and b agree,
-    # as in a multi-focus pair; the trained model's real examples are checked in test_bundled_model.py).
+    # The fusion moves away from x0, the sources' mean (little where a and b agree, as in a multi-focus pair; the
+    # trained model's real examples are checked in test_bundled_model.py).
     assert (y - mean).abs().mean() > 1e-3
 
 
