@@ -290,13 +290,24 @@ class FusionUNet(ModelMixin, ConfigMixin):
             gain_input = _gain_offsets(self.config.detail_gains, self.config.max_gain).to(device)[task_ids]
             if gain_shifts is not None:
                 gain_input = gain_input + gain_shifts.float().to(device)
-            gains = torch.exp(math.log(self.config.max_gain) * torch.tanh(gain_input))
+            gains = self._bounded_gains(gain_input)
         else:
             gains = torch.ones(len(task_ids), levels - 1, device=device)
         scales = torch.tensor(self.config.activity_scales, dtype=torch.float32, device=device)[task_ids]
-        with torch.autocast(device_type=device.type, enabled=False):
-            return blend_pyramids(image_a.float(), image_b.float(), image_a.new_zeros(len(task_ids), levels, 1, 1),
-                                  gains[:, :, None, None], scales, self.salient_base[task_ids],
+        return self._blend(image_a, image_b, image_a.new_zeros(len(task_ids), levels, 1, 1), gains[:, :, None, None],
+                           scales, task_ids, source_means)
+
+    def _bounded_gains(self, gain_input: torch.Tensor) -> torch.Tensor:
+        """Gain pre-activations to contrast gains in [1 / max_gain, max_gain] (0 -> 1)."""
+        return torch.exp(math.log(self.config.max_gain) * torch.tanh(gain_input))
+
+    def _blend(self, image_a: torch.Tensor, image_b: torch.Tensor, logits: torch.Tensor, gains: torch.Tensor,
+               scales: torch.Tensor | None, task_ids: torch.Tensor, source_means: torch.Tensor | None) -> torch.Tensor:
+        """The collapsed band-wise blend of the sources (B, 1, H, W) for these weight logits and gains, with each
+        item's task's activity prior, in float32 (:func:`fusionfm.pyramid.blend_pyramids`)."""
+        task_ids = task_ids.long()
+        with torch.autocast(device_type=image_a.device.type, enabled=False):
+            return blend_pyramids(image_a.float(), image_b.float(), logits, gains, scales, self.salient_base[task_ids],
                                   None if source_means is None else source_means.float(),
                                   self.consistency_weight[task_ids], self.consistency_epsilons[task_ids],
                                   self.config.consistency_sigma, self.sharper_base[task_ids])
@@ -350,7 +361,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
             gain_input = gain_input + self.gain_offset.float()[task_ids.long()][:, :, None, None]
         if gain_shifts is not None:
             gain_input = gain_input + gain_shifts.float()[:, :, None, None]
-        return output[:, :levels], torch.exp(math.log(self.config.max_gain) * torch.tanh(gain_input))
+        return output[:, :levels], self._bounded_gains(gain_input)
 
     def forward(
         self,
@@ -383,13 +394,7 @@ class FusionUNet(ModelMixin, ConfigMixin):
         """
         output = self._raw_output(x_t, image_a, image_b, t, task_ids)
         logits, gains = self._pyramid_maps(output, task_ids, gain_shifts, detail_gains)
-        with torch.autocast(device_type=output.device.type, enabled=False):
-            fused = blend_pyramids(image_a.float(), image_b.float(), logits, gains,
-                                   self.activity_scales_for(task_ids), self.salient_base[task_ids.long()],
-                                   None if source_means is None else source_means.float(),
-                                   self.consistency_weight[task_ids.long()],
-                                   self.consistency_epsilons[task_ids.long()], self.config.consistency_sigma,
-                                   self.sharper_base[task_ids.long()])
+        fused = self._blend(image_a, image_b, logits, gains, self.activity_scales_for(task_ids), task_ids, source_means)
         remaining = (1 - t.float()).clamp_min(self.config.min_remaining_time).view(-1, 1, 1, 1)
         return (fused - x_t.float()) / remaining
 
