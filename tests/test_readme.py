@@ -44,3 +44,18 @@ def test_the_caps_the_readme_states_are_the_bundled_models():
     stated_steps = re.search(r"`max_num_inference_steps` \((\d+)\)", readme).group(1)
     assert int(stated_steps) == pipe.config.max_num_inference_steps
     assert f"({pipe.min_processing_side} pixels a side for the bundled network" in readme
+
+
+def _bash_block(readme: str, section: str) -> list[str]:
+    """The command lines of the first bash block under the README's ``## section`` heading."""
+    body = re.search(rf"^## {section}\n(.*?)(?=^## )", readme, re.S | re.M).group(1)
+    return re.search(r"```bash\n(.*?)```", body, re.S).group(1).strip().splitlines()
+
+
+def test_the_install_run_and_test_commands_are_there_and_ci_runs_them():
+    """The README's Install and Test commands are exactly what .ci/run runs, and Run starts the app."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci = [line for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci == _bash_block(readme, "Install") + _bash_block(readme, "Test")
+    assert _bash_block(readme, "Run") == ["python app.py"]
